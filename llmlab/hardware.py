@@ -1,0 +1,56 @@
+"""Resolve the `hardware` config into a device, a dtype, thread settings and this process's rank."""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from llmlab.config import HardwareConfig
+from llmlab.errors import LlmlabError
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Hardware:
+    device: torch.device
+    dtype: torch.dtype
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_hardware(cfg: HardwareConfig) -> Hardware:
+    """Pick the device and dtype (`auto`: CUDA + bf16 when present, else CPU + fp32) and set the CPU thread count."""
+    name = cfg.device
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise LlmlabError(f"hardware.device={cfg.device} but no CUDA GPU is visible; use hardware=cpu")
+    device = torch.device(name)
+    if cfg.dtype == "auto":
+        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        dtype = torch.bfloat16 if bf16 else torch.float32
+    elif cfg.dtype in DTYPES:
+        dtype = DTYPES[cfg.dtype]
+    else:
+        raise LlmlabError(f"unknown hardware.dtype '{cfg.dtype}'; choose auto, {', '.join(DTYPES)}")
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    return Hardware(device=device, dtype=dtype, rank=rank, world_size=world)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices). Data generators take the seed explicitly."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

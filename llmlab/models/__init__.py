@@ -1,0 +1,1 @@
+"""Model loading (PyPI GGUF, hub, local, random-init) and model code of the reproduced papers."""

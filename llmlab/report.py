@@ -1,0 +1,151 @@
+"""`llmlab-report DIR` (or `llmlab report DIR`): aggregate finished runs under DIR into a table and a plot.
+
+Runs are grouped by every field of `results.json` that varies across them (except the seed); each metric is shown as
+the mean over seeds ± the half-width of its 95% interval (Student t over seeds; with a single seed, the binomial
+normal approximation over items, marked "items"). Writes `report.md` and `report.png` into DIR.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from llmlab.errors import LlmlabError
+from llmlab.tracking import atomic_write
+
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+       12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}  # two-sided 95% Student t quantiles by degrees of freedom
+METRIC_ORDER = ("strict", "loose", "loglik", "label_logit")
+SKIP = {"seed", "metrics", "timing", "runner"}
+
+
+def t95(df: int) -> float:
+    return T95[max(k for k in T95 if k <= df)] if df <= 30 else 1.96
+
+
+def load_runs(root: Path) -> tuple[list[dict], int]:
+    """Every results.json under root, and the number of run directories without one (unfinished runs)."""
+    if not root.exists():
+        raise LlmlabError(f"{root}: no such directory")
+    runs = []
+    for path in sorted(root.rglob("results.json")):
+        try:
+            runs.append(json.loads(path.read_text()))
+        except json.JSONDecodeError as e:
+            raise LlmlabError(f"{path}: not valid JSON ({e.msg})") from None
+    unfinished = sum(1 for meta in root.rglob("meta.json") if not (meta.parent / "results.json").exists())
+    return runs, unfinished
+
+
+def aggregate(runs: list[dict]) -> tuple[list[str], list[dict]]:
+    """Rows keyed by the varying fields + variant, with per-metric (mean, half-width, n_seeds, kind)."""
+    fields = [k for k in runs[0] if k not in SKIP and not isinstance(runs[0][k], (dict, list))]
+    varying = [k for k in fields if len({json.dumps(r.get(k)) for r in runs}) > 1] or fields[:2]
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in runs:
+        for variant, mets in r["metrics"].items():
+            groups[tuple(r.get(k) for k in varying) + (variant,)].append(mets)
+    rows = []
+    for key in sorted(groups, key=lambda k: tuple((v is None, str(v) if not isinstance(v, int) else f"{v:08d}")
+                                                   for v in k)):
+        seeds = groups[key]
+        row = dict(zip(varying + ["variant"], key))
+        metrics = [m for m in METRIC_ORDER if m in seeds[0]] + sorted(set(seeds[0]) - set(METRIC_ORDER) - {"n"})
+        for m in metrics:
+            vals = [s[m] for s in seeds if m in s]
+            mean = sum(vals) / len(vals)
+            if len(vals) > 1:
+                sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
+                row[m] = (mean, t95(len(vals) - 1) * sd / math.sqrt(len(vals)), len(vals), "seeds")
+            else:
+                n = seeds[0].get("n", 0)
+                half = 1.96 * math.sqrt(mean * (1 - mean) / n) if n and 0 <= mean <= 1 else float("nan")
+                row[m] = (mean, half, 1, "items")
+        row["n"] = seeds[0].get("n")
+        rows.append(row)
+    return varying + ["variant"], rows
+
+
+def markdown(keys: list[str], rows: list[dict]) -> str:
+    metrics = [m for m in dict.fromkeys(k for r in rows for k, v in r.items() if isinstance(v, tuple))]
+    head = keys + ["n"] + metrics
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [str(r[k]) for k in keys] + [str(r.get("n"))]
+        for m in metrics:
+            if m in r:
+                mean, half, n, kind = r[m]
+                cells.append(f"{mean:.3f} ± {half:.3f}" + (f" ({n} seeds)" if kind == "seeds" else " (items)"))
+            else:
+                cells.append("")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(keys: list[str], rows: list[dict], path: Path) -> Path | None:
+    """Accuracy vs shots, one panel per task (or per remaining group), one line per variant x metric."""
+    if "shots" not in keys:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panel_keys = [k for k in keys if k not in ("shots", "variant")]
+    panels = sorted({tuple(str(r[k]) for k in panel_keys) for r in rows})
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        sub = [r for r in rows if tuple(str(r[k]) for k in panel_keys) == panel]
+        for variant in sorted({r["variant"] for r in sub}):
+            for metric in [m for m in METRIC_ORDER if any(m in r for r in sub)][:2]:
+                pts = sorted((r["shots"], *r[metric][:2]) for r in sub if r["variant"] == variant and metric in r)
+                xs, ys, err = zip(*pts)
+                ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=f"{variant} / {metric}")
+        ax.set_title(" / ".join(panel) or "all", fontsize=9)
+        ax.set_xscale("symlog", linthresh=1)
+        ax.set_xlabel("shots")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("accuracy")
+    axes[0][-1].legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def report(root: str | Path) -> tuple[str, Path | None]:
+    root = Path(root)
+    runs, unfinished = load_runs(root)
+    if not runs:
+        raise LlmlabError(f"{root}: no finished runs (no results.json found)")
+    keys, rows = aggregate(runs)
+    table = markdown(keys, rows)
+    note = f"\n{len(runs)} finished run(s)" + (f", {unfinished} unfinished (left out)" if unfinished else "") + ".\n"
+    atomic_write(root / "report.md", table + note)
+    return table + note, plot(keys, rows, root / "report.png")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="llmlab-report", description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", help="a run or multirun directory (searched recursively for results.json)")
+    args = parser.parse_args(argv)
+    try:
+        table, png = report(args.run_dir)
+    except LlmlabError as e:
+        print(f"llmlab-report: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(table)
+    print(f"table: {Path(args.run_dir) / 'report.md'}")
+    if png:
+        print(f"plot: {png}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,177 @@
+"""Batched scoring of prompts with a causal LM: candidate log-likelihoods and greedy continuations in one pass.
+
+For each batch the context is run once (left-padded, so its last token is always the last column); its last logits
+give the first token of every candidate and of the greedy continuation. Longer candidates are scored in a second,
+short forward on a copy of the context's KV cache, so a context is never recomputed per candidate. A token prefix
+shared by all contexts (a fixed few-shot block) is computed once and its KV cache reused by every batch. Only the
+logits that are needed are ever computed.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+
+MIN_SHARED_PREFIX = 8  # tokens; a shorter common prefix is not worth a separate forward
+
+
+@dataclass
+class Request:
+    context: str
+    candidates: Sequence[str] = ()  # continuations to score by log-likelihood
+    max_new_tokens: int = 0  # greedy continuation length; 0 = no generation
+
+
+@dataclass
+class Scored:
+    loglik: list[float] = field(default_factory=list)  # sum of log p(candidate tokens | context), per candidate
+    first_logprob: list[float] = field(default_factory=list)  # log p(first candidate token | context), per candidate
+    n_tokens: list[int] = field(default_factory=list)  # candidate lengths in tokens
+    generated: str = ""  # greedy continuation (decoded, up to the first end-of-sequence token)
+    context_tokens: int = 0
+
+
+class Scorer:
+    """Scores `Request`s with `model`; `batch_size` contexts per forward, longest first."""
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch_size: int = 8,
+                 reuse_prefix: bool = True):
+        self.model, self.tok, self.batch_size, self.reuse_prefix = model, tokenizer, batch_size, reuse_prefix
+        self.device = model.device
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        eos = model.generation_config.eos_token_id if model.generation_config is not None else None
+        eos = eos if eos is not None else tokenizer.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
+        self.stats = {"forward_tokens": 0, "prefix_tokens": 0}
+
+    def encode(self, req: Request) -> tuple[list[int], list[list[int]]]:
+        """Context ids and candidate ids: each candidate is what tokenizing context+candidate adds after the context."""
+        ctx = self.tok(req.context, add_special_tokens=True).input_ids
+        cands = []
+        for cand in req.candidates:
+            whole = self.tok(req.context + cand, add_special_tokens=True).input_ids
+            cont = whole[len(ctx):] if whole[:len(ctx)] == ctx else self.tok(cand, add_special_tokens=False).input_ids
+            if not cont:
+                raise ValueError(f"candidate {cand!r} adds no token to its context")
+            cands.append(cont)
+        return ctx, cands
+
+    @torch.inference_mode()
+    def score(self, requests: Sequence[Request], on_batch: Callable[[int], None] | None = None) -> list[Scored]:
+        encoded = [self.encode(r) for r in requests]
+        prefix, prefix_cache = self._shared_prefix([ctx for ctx, _ in encoded])
+        order = sorted(range(len(requests)), key=lambda i: -len(encoded[i][0]))
+        results: list[Scored | None] = [None] * len(requests)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            batch = [(encoded[i][0][len(prefix):], encoded[i][1], requests[i].max_new_tokens) for i in idx]
+            for i, res in zip(idx, self._score_batch(batch, len(prefix), prefix_cache)):
+                res.context_tokens = len(encoded[i][0])
+                results[i] = res
+            if on_batch:
+                on_batch(len(idx))
+        return results  # type: ignore[return-value]
+
+    def _shared_prefix(self, contexts: list[list[int]]) -> tuple[list[int], DynamicCache | None]:
+        """The token prefix common to all contexts (leaving each at least one own token) and its KV cache."""
+        if not self.reuse_prefix or len(contexts) < 2:
+            return [], None
+        lo, hi = min(contexts), max(contexts)
+        n = 0
+        while n < min(len(lo), len(hi)) and lo[n] == hi[n]:
+            n += 1
+        n = min(n, min(len(c) for c in contexts) - 1)
+        if n < MIN_SHARED_PREFIX:
+            return [], None
+        ids = torch.tensor([contexts[0][:n]], device=self.device)
+        out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
+        self.stats["prefix_tokens"] += n
+        self.stats["forward_tokens"] += n
+        return contexts[0][:n], out.cache
+
+    def _score_batch(self, batch, n_prefix: int, prefix_cache: DynamicCache | None) -> list[Scored]:
+        b = len(batch)
+        width = max(len(ctx) for ctx, _, _ in batch)
+        ids = torch.full((b, width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((b, n_prefix + width), dtype=torch.long)
+        mask[:, :n_prefix] = 1
+        for r, (ctx, _, _) in enumerate(batch):
+            ids[r, width - len(ctx):] = torch.tensor(ctx)
+            mask[r, n_prefix + width - len(ctx):] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, n_prefix:]
+        cache = None
+        if prefix_cache is not None:
+            cache = copy.deepcopy(prefix_cache)
+            cache.batch_repeat_interleave(b)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache,
+                         use_cache=True, logits_to_keep=1)
+        self.stats["forward_tokens"] += int(mask[:, n_prefix:].sum())
+        cache, last = out.cache, out.logits[:, -1].float().log_softmax(-1)
+        results = [Scored() for _ in batch]
+        self._score_candidates(batch, results, last, cache, mask, pos[:, -1])
+        if any(n > 0 for _, _, n in batch):
+            self._generate(batch, results, last, cache, mask, pos[:, -1])
+        return results
+
+    def _score_candidates(self, batch, results, last, cache, mask, last_pos) -> None:
+        rows = [(r, c) for r, (_, cands, _) in enumerate(batch) for c in cands]
+        if not rows:
+            return
+        firsts = [last[r, c[0]].item() for r, c in rows]
+        rest = [0.0] * len(rows)
+        longest = max(len(c) for _, c in rows)
+        if longest > 1:  # one short forward over all multi-token candidates, on a copy of the context cache
+            sel = [k for k, (_, c) in enumerate(rows) if len(c) > 1]
+            src = torch.tensor([rows[k][0] for k in sel], device=self.device)
+            feed = torch.full((len(sel), longest - 1), self.pad_id, dtype=torch.long)
+            for j, k in enumerate(sel):
+                feed[j, :len(rows[k][1]) - 1] = torch.tensor(rows[k][1][:-1])
+            feed = feed.to(self.device)
+            sub = copy.deepcopy(cache)
+            sub.batch_select_indices(src)
+            sub_mask = torch.cat([mask[src], torch.ones_like(feed)], dim=1)
+            sub_pos = last_pos[src, None] + 1 + torch.arange(longest - 1, device=self.device)
+            logp = self.model(input_ids=feed, attention_mask=sub_mask, position_ids=sub_pos, cache=sub,
+                              use_cache=True).logits.float().log_softmax(-1)
+            self.stats["forward_tokens"] += int(sum(len(rows[k][1]) - 1 for k in sel))
+            for j, k in enumerate(sel):
+                tgt = torch.tensor(rows[k][1][1:], device=self.device)
+                rest[k] = logp[j, :len(tgt)].gather(-1, tgt[:, None]).sum().item()
+        for k, (r, c) in enumerate(rows):
+            results[r].first_logprob.append(firsts[k])
+            results[r].loglik.append(firsts[k] + rest[k])
+            results[r].n_tokens.append(len(c))
+
+    def _generate(self, batch, results, last, cache, mask, last_pos) -> None:
+        """Greedy decoding continuing the context cache (which it extends in place)."""
+        steps = max(n for _, _, n in batch)
+        limit = torch.tensor([n for _, _, n in batch], device=self.device)
+        done = limit <= 0
+        out = []
+        logits = last
+        for t in range(steps):
+            nxt = logits.argmax(-1)
+            nxt = torch.where(done, torch.full_like(nxt, self.pad_id), nxt)
+            out.append(nxt)
+            done = done | torch.isin(nxt, torch.tensor(sorted(self.eos_ids), device=self.device)) | (limit <= t + 1)
+            if bool(done.all()) or t == steps - 1:
+                break
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            last_pos = last_pos + 1
+            res = self.model(input_ids=nxt[:, None], attention_mask=mask, position_ids=last_pos[:, None],
+                             cache=cache, use_cache=True)
+            self.stats["forward_tokens"] += len(batch)
+            cache, logits = res.cache, res.logits[:, -1]
+        gen = torch.stack(out, dim=1).tolist()
+        for r, (_, _, n) in enumerate(batch):
+            ids = []
+            for tok in gen[r][:n]:
+                if tok in self.eos_ids:
+                    break
+                ids.append(tok)
+            results[r].generated = self.tok.decode(ids, skip_special_tokens=True)

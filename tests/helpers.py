@@ -1,0 +1,33 @@
+"""Helpers shared by the tests: the CLI in a subprocess, config composition."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+TINY = ["model=tiny-random", "hardware=cpu", "logger=none"]
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`llmlab ARGS` in a real subprocess (the installed console script's module)."""
+    return subprocess.run([sys.executable, "-m", "llmlab.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})}, cwd=REPO)
+
+
+def compose(overrides: list[str]):
+    """Compose the root config with overrides (no run), as the CLI would."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from llmlab.config import register_schemas
+    from llmlab.paths import conf_dir
+
+    register_schemas()
+    import llmlab.registry  # noqa: F401  (registers the method schemas)
+
+    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
+        return hydra_compose("config", overrides=overrides, return_hydra_config=True)

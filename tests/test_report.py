@@ -1,0 +1,46 @@
+"""The report on a synthetic run directory: means, intervals, table and plot."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from llmlab.errors import LlmlabError
+from llmlab.report import report
+
+
+def write_run(path, shots, seed, acc):
+    path.mkdir(parents=True)
+    (path / "meta.json").write_text("{}")
+    (path / "results.json").write_text(json.dumps({
+        "runner": "icl", "model": "m", "task": "bool", "shots": shots, "seed": seed,
+        "metrics": {"pattern": {"n": 50, "strict": acc, "loglik": acc / 2}}, "timing": {"scoring_s": 1.0}}))
+
+
+def test_report_aggregates_seeds(tmp_path):
+    accs = {0: [0.5, 0.6, 0.7], 4: [0.8, 0.9, 1.0]}
+    for shots, vals in accs.items():
+        for seed, acc in enumerate(vals):
+            write_run(tmp_path / f"{shots}-{seed}", shots, seed, acc)
+    (tmp_path / "unfinished").mkdir()
+    (tmp_path / "unfinished" / "meta.json").write_text("{}")
+    table, png = report(tmp_path)
+    half = 4.303 * 0.1 / math.sqrt(3)  # t(0.975, df=2) * sd / sqrt(n)
+    assert f"0.600 ± {half:.3f} (3 seeds)" in table and f"0.900 ± {half:.3f} (3 seeds)" in table
+    assert "0.450" in table  # loglik mean at 4 shots
+    assert "1 unfinished" in table
+    assert png is not None and png.stat().st_size > 1000 and (tmp_path / "report.md").is_file()
+
+
+def test_single_seed_uses_item_interval(tmp_path):
+    write_run(tmp_path / "a", 0, 0, 0.5)
+    write_run(tmp_path / "b", 2, 0, 0.5)
+    table, _ = report(tmp_path)
+    assert f"0.500 ± {1.96 * math.sqrt(0.25 / 50):.3f} (items)" in table
+
+
+def test_empty_directory_is_an_error(tmp_path):
+    with pytest.raises(LlmlabError, match="no finished runs"):
+        report(tmp_path)
