@@ -20,6 +20,7 @@ from llmlab.tracking import atomic_write
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
        12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}  # two-sided 95% Student t quantiles by degrees of freedom
 METRIC_ORDER = ("strict", "loose", "loglik", "label_logit")
+PLOT_METRICS = ("strict", "loglik")
 SKIP = {"seed", "metrics", "timing", "runner"}
 
 
@@ -101,12 +102,13 @@ def plot(keys: list[str], rows: list[dict], path: Path) -> Path | None:
     for ax, panel in zip(axes[0], panels):
         sub = [r for r in rows if tuple(str(r[k]) for k in panel_keys) == panel]
         for variant in sorted({r["variant"] for r in sub}):
-            for metric in [m for m in METRIC_ORDER if any(m in r for r in sub)][:2]:
+            for metric in [m for m in PLOT_METRICS if any(m in r for r in sub)]:
                 pts = sorted((r["shots"], *r[metric][:2]) for r in sub if r["variant"] == variant and metric in r)
                 xs, ys, err = zip(*pts)
                 ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=f"{variant} / {metric}")
         ax.set_title(" / ".join(panel) or "all", fontsize=9)
         ax.set_xscale("symlog", linthresh=1)
+        ax.set_xticks(sorted({r["shots"] for r in sub}), [str(x) for x in sorted({r["shots"] for r in sub})])
         ax.set_xlabel("shots")
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -113,7 +114,7 @@ class Tracker:
         import wandb
 
         id_file = run_dir.file("wandb_id")
-        run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+        run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
         atomic_write(id_file, run_id)
         self.run = wandb.init(project=log.project, entity=log.entity, mode=log.mode, dir=str(run_dir.path), id=run_id,
                               resume="allow", name=name, group=log.group, tags=[*log.tags, *cfg.tags],

@@ -97,3 +97,12 @@ def test_icl_end_to_end_on_smollm2(outputs):
     preds = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
     assert all(p["generated"].strip() for p in preds)  # a real model answers something
     assert sum(p["loglik_correct"] for p in preds) >= len(preds) / 2  # 8-shot bool-shortcut is well above chance
+
+
+def test_wandb_logs_offline_into_the_run_directory(outputs, tmp_path):
+    wb = {f"WANDB_{k}_DIR": str(tmp_path / k.lower()) for k in ("CACHE", "CONFIG", "DATA")}
+    res = run_cli("model=tiny-random", "hardware=cpu", "logger=wandb", "method.limit=2", "method.shots=1",
+                  env={"WANDB_MODE": "offline", **wb})
+    assert res.returncode == 0, res.stderr[-2000:]
+    (run,) = run_dirs(outputs)
+    assert list((run / "wandb").glob("offline-run-*/run-*.wandb")) and (run / "wandb_id").read_text().strip()
