@@ -1,10 +1,10 @@
 """Batched scoring of prompts with a causal LM: candidate log-likelihoods and greedy continuations in one pass.
 
-For each batch the context is run once (left-padded, so its last token is always the last column); its last logits
-give the first token of every candidate and of the greedy continuation. Longer candidates are scored in a second,
-short forward on a copy of the context's KV cache, so a context is never recomputed per candidate. A token prefix
-shared by all contexts (a fixed few-shot block) is computed once and its KV cache reused by every batch. Only the
-logits that are needed are ever computed.
+For each batch the context is run once (right-padded, without a mask, so attention stays causal); the logits at
+each row's last context token give the first token of every candidate and of the greedy continuation. Longer
+candidates are scored in a second, short forward on a copy of the context's KV cache, so a context is never recomputed
+per candidate. A token prefix shared by all contexts (a fixed few-shot block) is computed once and its KV cache reused
+by every batch. Only the logits that are needed are ever computed.
 """
 
 from __future__ import annotations
@@ -94,28 +94,31 @@ class Scorer:
         return contexts[0][:n], out.cache
 
     def _score_batch(self, batch, n_prefix: int, prefix_cache: DynamicCache | None) -> list[Scored]:
+        # Right-padded contexts need no attention mask (pads only follow real tokens), so attention keeps its causal
+        # fast path; each row's last real position is gathered from the few positions whose logits are computed.
         b = len(batch)
-        width = max(len(ctx) for ctx, _, _ in batch)
-        ids = torch.full((b, width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((b, n_prefix + width), dtype=torch.long)
-        mask[:, :n_prefix] = 1
+        lens = torch.tensor([len(ctx) for ctx, _, _ in batch])
+        ids = torch.full((b, int(lens.max())), self.pad_id, dtype=torch.long)
         for r, (ctx, _, _) in enumerate(batch):
-            ids[r, width - len(ctx):] = torch.tensor(ctx)
-            mask[r, n_prefix + width - len(ctx):] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, n_prefix:]
+            ids[r, :len(ctx)] = torch.tensor(ctx)
+        keep = torch.unique(lens - 1)
         cache = None
         if prefix_cache is not None:
             cache = copy.deepcopy(prefix_cache)
             cache.batch_repeat_interleave(b)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache,
-                         use_cache=True, logits_to_keep=1)
-        self.stats["forward_tokens"] += int(mask[:, n_prefix:].sum())
-        cache, last = out.cache, out.logits[:, -1].float().log_softmax(-1)
+        out = self.model(input_ids=ids.to(self.device), cache=cache, use_cache=True,
+                         logits_to_keep=keep.to(self.device))
+        self.stats["forward_tokens"] += int(lens.sum())
+        rows = torch.searchsorted(keep, lens - 1).to(self.device)
+        last = out.logits[torch.arange(b, device=self.device), rows].float().log_softmax(-1)
+        # Later forwards append after each row's own last token: mask out the padding, continue the positions.
+        mask = torch.cat([torch.ones(b, n_prefix, dtype=torch.long),
+                          (torch.arange(ids.shape[1]) < lens[:, None]).long()], dim=1).to(self.device)
+        last_pos = (n_prefix + lens - 1).to(self.device)
         results = [Scored() for _ in batch]
-        self._score_candidates(batch, results, last, cache, mask, pos[:, -1])
+        self._score_candidates(batch, results, last, out.cache, mask, last_pos)
         if any(n > 0 for _, _, n in batch):
-            self._generate(batch, results, last, cache, mask, pos[:, -1])
+            self._generate(batch, results, last, out.cache, mask, last_pos)
         return results
 
     def _score_candidates(self, batch, results, last, cache, mask, last_pos) -> None:
