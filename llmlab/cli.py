@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -53,7 +55,8 @@ def _run(cfg: DictConfig) -> float | None:
     overrides = list(hc.overrides.task)
     run_dir = RunDir(cfg.output_dir, cfg, overrides)
     name = ",".join(overrides) or cfg.method.runner
-    tracker = Tracker(cfg, run_dir, name=name, is_main=hw.is_main)
+    group = Path(hc.sweep.dir).name if hc.mode == RunMode.MULTIRUN else None  # one W&B group per sweep
+    tracker = Tracker(cfg, run_dir, name=name, group=group, is_main=hw.is_main)
     status = "failed"
     try:
         result = runner(cfg, RunContext(hw, run_dir, tracker))

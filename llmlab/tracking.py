@@ -106,7 +106,7 @@ class Tracker:
     """W&B on rank 0 when `logger.backend=wandb` (offline unless asked); otherwise a no-op. The run id is kept in
     the run directory, so a resumed run continues the same W&B run."""
 
-    def __init__(self, cfg: DictConfig, run_dir: RunDir, name: str, is_main: bool = True):
+    def __init__(self, cfg: DictConfig, run_dir: RunDir, name: str, group: str | None = None, is_main: bool = True):
         self.run = None
         log = cfg.logger
         if log.backend != "wandb" or log.mode == "disabled" or not is_main:
@@ -117,7 +117,7 @@ class Tracker:
         run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
         atomic_write(id_file, run_id)
         self.run = wandb.init(project=log.project, entity=log.entity, mode=log.mode, dir=str(run_dir.path), id=run_id,
-                              resume="allow", name=name, group=log.group, tags=[*log.tags, *cfg.tags],
+                              resume="allow", name=name, group=log.group or group, tags=[*log.tags, *cfg.tags],
                               config=OmegaConf.to_container(cfg, resolve=True), settings=wandb.Settings(quiet=True))
 
     def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
