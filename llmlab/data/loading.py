@@ -28,7 +28,10 @@ def load_eval_data(cfg: DatasetConfig, seed: int) -> EvalData:
         spec = task_spec(cfg.task, cfg.faithful)
         splits = load_implicit(cfg.task, seed, faithful=cfg.faithful, n_test=cfg.n_test, n_train_ft=cfg.n_train_ft,
                                n_icl_pool=cfg.n_icl_pool, **dict(cfg.options))
-        tests = {v: splits[f"test_{v}"] for v in cfg.variants if _known_variant(v, cfg)}
+        unknown = set(cfg.variants) - {"pattern", "counter"}
+        if unknown:
+            raise LlmlabError(f"dataset '{cfg.name}': unknown variant(s) {sorted(unknown)}; choose pattern, counter")
+        tests = {v: splits[f"test_{v}"] for v in cfg.variants}
         return EvalData(spec.header, cfg.max_new_tokens or spec.max_new_tokens, tests, splits["icl_pool"],
                         splits["train_ft"])
     if cfg.source == "file":
@@ -45,8 +48,3 @@ def load_eval_data(cfg: DatasetConfig, seed: int) -> EvalData:
         return EvalData(cfg.header, cfg.max_new_tokens or 8, tests, pool)
     raise LlmlabError(f"unknown dataset.source '{cfg.source}'; choose implicit or file")
 
-
-def _known_variant(variant: str, cfg: DatasetConfig) -> bool:
-    if variant not in ("pattern", "counter"):
-        raise LlmlabError(f"dataset '{cfg.name}': unknown variant '{variant}'; choose pattern, counter")
-    return True

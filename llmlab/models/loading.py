@@ -57,7 +57,7 @@ def _load(cfg: ModelConfig, hw: Hardware, cache_dir: Path, attn: str, seed: int)
             raise LlmlabError(f"model '{cfg.name}' ({where}) cannot be loaded: {first}") from e
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return model.to(hw.device).eval(), tokenizer
+    return model.to(hw.device).train(False), tokenizer  # inference mode: no dropout
 
 
 def tiny_config(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> LlamaConfig:
