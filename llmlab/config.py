@@ -104,6 +104,37 @@ class ICLConfig(MethodConfig):
 
 
 @dataclass
+class LoraSpec:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+
+
+@dataclass
+class FinetuneConfig(MethodConfig):
+    """Causal-LM fine-tuning (`method=finetune`), full-parameter or LoRA, on the dataset's fine-tuning rows."""
+
+    runner: str = "finetune"
+    peft: str = "none"  # none | lora
+    tasks: list[str] = field(default_factory=list)  # implicit tasks mixed into one pool; empty: dataset.task alone
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    warmup_steps: int = 20  # linear warm-up, then constant
+    max_steps: int = 100  # optimiser steps
+    micro_batch_size: int = 1
+    grad_accum: int = 16  # effective batch = micro_batch_size * grad_accum
+    max_length: int = 512
+    clip: float = 1.0
+    loss_on: str = "all"  # all (the whole line, as released) | answer
+    save_every: int = 50  # steps between checkpoints (and at the end)
+    log_every: int = 1
+    resume: str = "auto"  # auto: continue from the newest complete checkpoint in the run directory | never
+    lora: LoraSpec = field(default_factory=LoraSpec)
+
+
+@dataclass
 class RootConfig:
     """The composed config: one option per group plus run-level settings."""
 

@@ -10,7 +10,7 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from llmlab.config import ICLConfig, MethodConfig
+from llmlab.config import FinetuneConfig, ICLConfig, MethodConfig
 from llmlab.errors import LlmlabError
 
 
@@ -42,3 +42,4 @@ def get_runner(name: str) -> Callable:
 
 
 register_runner("icl", "llmlab.runners.icl:run", ICLConfig)
+register_runner("finetune", "llmlab.runners.finetune:run", FinetuneConfig)

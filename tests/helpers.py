@@ -31,3 +31,20 @@ def compose(overrides: list[str]):
 
     with initialize_config_dir(str(conf_dir()), version_base="1.3"):
         return hydra_compose("config", overrides=overrides, return_hydra_config=True)
+
+
+def runner_setup(tmp_path, *overrides: str):
+    """A composed tiny-model config (small dataset sizes) and a RunContext in `tmp_path/run`, for in-process runs."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from llmlab.hardware import Hardware
+    from llmlab.runners.context import RunContext
+    from llmlab.tracking import RunDir, Tracker
+
+    cfg = compose([*TINY, "dataset.n_test=10", "dataset.n_icl_pool=50", "dataset.n_train_ft=20", *overrides])
+    cfg.output_dir = str(tmp_path / "run")
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    cfg.pop("hydra")
+    run_dir = RunDir(cfg.output_dir, cfg)
+    return cfg, RunContext(Hardware(torch.device("cpu"), torch.float32), run_dir, Tracker(cfg, run_dir, "test"))

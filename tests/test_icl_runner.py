@@ -5,29 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
-from omegaconf import OmegaConf
 
-from llmlab.hardware import Hardware
 from llmlab.runners import icl
-from llmlab.runners.context import RunContext
 from llmlab.scoring import Scorer
-from llmlab.tracking import RunDir, Tracker
-from tests.helpers import TINY, compose
-
-
-def setup(tmp_path, *overrides):
-    cfg = compose([*TINY, "dataset.n_test=10", "dataset.n_icl_pool=50", "dataset.n_train_ft=20", *overrides])
-    cfg.output_dir = str(tmp_path / "run")
-    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
-    cfg.pop("hydra")
-    run_dir = RunDir(cfg.output_dir, cfg)
-    ctx = RunContext(Hardware(torch.device("cpu"), torch.float32), run_dir, Tracker(cfg, run_dir, "test"))
-    return cfg, ctx
+from tests.helpers import runner_setup
 
 
 def test_prompts_have_k_fresh_demos_and_metrics_match_predictions(tmp_path):
-    cfg, ctx = setup(tmp_path, "method.shots=3", "dataset=implicit/relation")
+    cfg, ctx = runner_setup(tmp_path, "method.shots=3", "dataset=implicit/relation")
     res = icl.run(cfg, ctx)
     preds = [json.loads(x) for x in ctx.run_dir.file("predictions.jsonl").read_text().splitlines()]
     assert len(preds) == 20 and res["metrics"]["counter"]["n"] == 10
@@ -43,12 +28,12 @@ def test_prompts_have_k_fresh_demos_and_metrics_match_predictions(tmp_path):
 
 
 def test_zero_shot_prompt_is_header_plus_question(tmp_path):
-    cfg, _ = setup(tmp_path, "method.shots=0")
+    cfg, _ = runner_setup(tmp_path, "method.shots=0")
     assert icl.draw_demos(["a", "b"], 0, False, 0, "pattern", 0) == []
 
 
 def test_interrupted_run_resumes_where_it_stopped(tmp_path, monkeypatch):
-    cfg, ctx = setup(tmp_path, "method.shots=1", "dataset.n_test=40")
+    cfg, ctx = runner_setup(tmp_path, "method.shots=1", "dataset.n_test=40")
     monkeypatch.setattr(icl, "CHUNK", 16)
     calls = {"n": 0}
     real = Scorer.score
@@ -69,12 +54,12 @@ def test_interrupted_run_resumes_where_it_stopped(tmp_path, monkeypatch):
     monkeypatch.setattr(Scorer, "score", real)
     res = icl.run(cfg, ctx)
     assert res["timing"]["items"] == 80 - 32 and not partial.exists()
-    fresh_cfg, fresh_ctx = setup(tmp_path / "fresh", "method.shots=1", "dataset.n_test=40")
+    fresh_cfg, fresh_ctx = runner_setup(tmp_path / "fresh", "method.shots=1", "dataset.n_test=40")
     assert icl.run(fresh_cfg, fresh_ctx)["metrics"] == res["metrics"]
 
 
 def test_only_requested_scoring_is_done(tmp_path):
-    cfg, ctx = setup(tmp_path, "method.shots=1", "method.scoring=[loglik]", "method.limit=3")
+    cfg, ctx = runner_setup(tmp_path, "method.shots=1", "method.scoring=[loglik]", "method.limit=3")
     res = icl.run(cfg, ctx)
     assert set(res["metrics"]["pattern"]) == {"n", "loglik", "label_logit"}
 
@@ -85,7 +70,7 @@ def test_file_dataset_runs_like_the_generated_one(tmp_path):
     for name, split in (("rows", "test_counter"), ("demos", "icl_pool")):
         rows = build_split("bool", split, 6, seed=1).to_list()
         (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cfg, ctx = setup(tmp_path, "dataset=file", f"dataset.path={tmp_path / 'rows.jsonl'}",
+    cfg, ctx = runner_setup(tmp_path, "dataset=file", f"dataset.path={tmp_path / 'rows.jsonl'}",
                      f"dataset.pool_path={tmp_path / 'demos.jsonl'}", "dataset.header=Answer.", "method.shots=2")
     res = icl.run(cfg, ctx)
     assert res["metrics"]["counter"]["n"] == 6 and "pattern" not in res["metrics"]

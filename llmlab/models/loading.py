@@ -29,9 +29,13 @@ _LOADED: dict[tuple, tuple[PreTrainedModel, PreTrainedTokenizerBase]] = {}
 
 
 def load_model(cfg: ModelConfig, hw: Hardware, cache_dir: str | Path, attn_implementation: str = "sdpa",
-               seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Model (eval mode, on `hw.device` in `hw.dtype`) and tokenizer; kept in memory for the next job of a sweep."""
+               seed: int = 0, reuse: bool = True) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Model (eval mode, on `hw.device` in `hw.dtype`) and tokenizer, kept in memory for the next job of a sweep.
+    `reuse=False` loads a private copy (for runners that change the weights) and keeps nothing."""
     key = (repr(cfg), str(hw.device), hw.dtype, attn_implementation, seed if cfg.source == "random" else None)
+    if not reuse:
+        _LOADED.clear()
+        return _load(cfg, hw, Path(cache_dir).expanduser(), attn_implementation, seed)
     if key not in _LOADED:
         _LOADED.clear()  # one model at a time
         _LOADED[key] = _load(cfg, hw, Path(cache_dir).expanduser(), attn_implementation, seed)

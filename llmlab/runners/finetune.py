@@ -1,0 +1,217 @@
+"""Causal-LM fine-tuning, full-parameter or LoRA: an explicit loop with gradient accumulation and exact resume.
+
+The fine-tuning pool is the `train_ft` rows of the task(s), each a `ft_text` line, visited in a seeded order (a new
+permutation per epoch). Every `save_every` steps a checkpoint (trainable weights, optimizer, scheduler, RNG states,
+step) is written to `checkpoints/step-NNNNNN/` through a temporary directory and an atomic rename, so `resume=auto`
+only ever sees complete checkpoints and continues bit-for-bit on CPU. The final weights go to `model/` (full
+fine-tuning: a loadable HF directory; LoRA: the adapter).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from safetensors.torch import load_file, save_file
+from transformers import get_constant_schedule_with_warmup
+
+from llmlab.data.implicit import load_implicit
+from llmlab.data.implicit.common import make_rng
+from llmlab.errors import LlmlabError
+from llmlab.models.loading import load_model
+from llmlab.progress import progress_bar
+from llmlab.runners.context import RunContext
+from llmlab.tracking import write_json
+
+IGNORE = -100
+
+
+def run(cfg: DictConfig, ctx: RunContext) -> dict:
+    m = cfg.method
+    if m.peft not in ("none", "lora") or m.loss_on not in ("all", "answer") or m.resume not in ("auto", "never"):
+        raise LlmlabError("method.peft must be none|lora, method.loss_on all|answer, method.resume auto|never")
+    model, tok = load_model(cfg.model, ctx.hw, cfg.cache_dir, cfg.hardware.attn_implementation, cfg.seed, reuse=False)
+    if m.peft == "lora":
+        model = add_lora(model, m.lora)
+    examples = encode(training_rows(cfg), tok, m.max_length, m.loss_on)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=m.lr, weight_decay=m.weight_decay)
+    sched = get_constant_schedule_with_warmup(opt, m.warmup_steps)
+    ckpt_root = ctx.run_dir.file("checkpoints")
+    signature = training_signature(cfg)
+    step = resume(ckpt_root, model, opt, sched, signature) if m.resume == "auto" else 0
+
+    model.train()
+    t0, tokens, loss_value = time.perf_counter(), 0, float("nan")
+    with progress_bar(ctx.hw.is_main) as bar:
+        task = bar.add_task(f"finetune {m.peft} {cfg.model.name}", total=m.max_steps, completed=step)
+        while step < m.max_steps:
+            opt.zero_grad(set_to_none=True)
+            loss_sum = 0.0
+            for micro in range(m.grad_accum):
+                first = (step * m.grad_accum + micro) * m.micro_batch_size
+                picked = sample_order(len(examples), cfg.seed, first, m.micro_batch_size)
+                ids, mask, labels = (t.to(ctx.hw.device) for t in collate([examples[i] for i in picked],
+                                                                           tok.pad_token_id))
+                logits = model(input_ids=ids, attention_mask=mask).logits
+                loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
+                                                         ignore_index=IGNORE)
+                (loss / m.grad_accum).backward()
+                loss_sum += loss.item()
+                tokens += int((labels[:, 1:] != IGNORE).sum())
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, m.clip).item()
+            opt.step()
+            sched.step()
+            step += 1
+            loss_value = loss_sum / m.grad_accum
+            if step % m.log_every == 0:
+                metrics = {"train/loss": loss_value, "train/lr": sched.get_last_lr()[0], "train/grad_norm": grad_norm}
+                ctx.run_dir.log_metrics(metrics, step=step)
+                ctx.tracker.log(metrics, step=step)
+            if step % m.save_every == 0 or step == m.max_steps:
+                save_checkpoint(ckpt_root, step, model, opt, sched, signature)
+            bar.update(task, completed=step)
+    seconds = time.perf_counter() - t0
+    save_final(ctx.run_dir.file("model"), model, tok, m.peft)
+    results = {"runner": "finetune", "model": cfg.model.name, "peft": m.peft, "dataset": cfg.dataset.name,
+               "seed": cfg.seed, "steps": step, "final_loss": loss_value, "train_examples": len(examples),
+               "trainable_params": sum(p.numel() for p in params),
+               "timing": {"train_s": seconds, "label_tokens": tokens}}
+    write_json(ctx.run_dir.file("results.json"), results)
+    ctx.tracker.summary({"final_loss": loss_value})
+    return results
+
+
+def training_rows(cfg: DictConfig) -> list[dict]:
+    """The `train_ft` rows of every task in `method.tasks` (or of `dataset.task`), in task order."""
+    d = cfg.dataset
+    if d.source != "implicit":
+        raise LlmlabError("method=finetune needs an implicit dataset (dataset=implicit/<task>)")
+    tasks = list(cfg.method.tasks) or [d.task]
+    rows = []
+    for task in tasks:
+        options = dict(d.options) if task == d.task else {}
+        rows += load_implicit(task, cfg.seed, faithful=d.faithful, n_test=d.n_test, n_train_ft=d.n_train_ft,
+                              n_icl_pool=d.n_icl_pool, **options)["train_ft"].to_list()
+    return rows
+
+
+def encode(rows: list[dict], tok, max_length: int, loss_on: str) -> list[tuple[list[int], list[int]]]:
+    """Token ids and labels per line; `loss_on=answer` masks everything before the answer (the row's target)."""
+    out = []
+    for row in rows:
+        text = row["ft_text"]
+        ids = tok(text, add_special_tokens=True).input_ids[:max_length]
+        labels = list(ids)
+        if loss_on == "answer" and text.endswith(row["target"]):
+            n_prompt = len(tok(text[:len(text) - len(row["target"])], add_special_tokens=True).input_ids)
+            labels[:n_prompt] = [IGNORE] * min(n_prompt, len(labels))
+        out.append((ids, labels))
+    return out
+
+
+def sample_order(n: int, seed: int, first: int, count: int) -> list[int]:
+    """Examples at sample positions first..first+count-1 of an endless stream of seeded per-epoch permutations."""
+    picked = []
+    for pos in range(first, first + count):
+        epoch, i = divmod(pos, n)
+        perm = list(range(n))
+        make_rng(seed, "finetune-order", epoch).shuffle(perm)
+        picked.append(perm[i])
+    return picked
+
+
+def collate(batch: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, ...]:
+    """Right-padded ids, attention mask and labels (padding ignored by the loss)."""
+    width = max(len(ids) for ids, _ in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
+    for r, (i, lab) in enumerate(batch):
+        ids[r, :len(i)] = torch.tensor(i)
+        mask[r, :len(i)] = 1
+        labels[r, :len(lab)] = torch.tensor(lab)
+    return ids, mask, labels
+
+
+def add_lora(model, spec):
+    from peft import LoraConfig, get_peft_model
+
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [t for t in spec.target_modules if t not in names]
+    if missing:
+        raise LlmlabError(f"LoRA target module(s) {', '.join(missing)} not in the model; it has e.g. "
+                          f"{', '.join(sorted(n for n in names if n.endswith('proj'))[:8])}")
+    config = LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
+                        target_modules=list(spec.target_modules), task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def training_signature(cfg: DictConfig) -> dict:
+    """What must not change between a checkpoint and the run that resumes from it."""
+    m = cfg.method
+    return {"model": cfg.model.name, "dataset": cfg.dataset.name, "faithful": cfg.dataset.faithful, "seed": cfg.seed,
+            "peft": m.peft, "tasks": list(m.tasks), "lr": m.lr, "micro_batch_size": m.micro_batch_size,
+            "grad_accum": m.grad_accum, "max_length": m.max_length, "loss_on": m.loss_on,
+            "n_train_ft": cfg.dataset.n_train_ft, "lora": OmegaConf.to_container(m.lora) if m.peft == "lora" else None}
+
+
+def save_checkpoint(root: Path, step: int, model, opt, sched, signature: dict) -> None:
+    """Write everything needed to continue exactly, then publish it with one atomic rename."""
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:06d}"
+    tmp = root / f".tmp-step-{step:06d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    trainable = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    save_file(trainable, tmp / "trainable.safetensors")
+    np_state = np.random.get_state()
+    torch.save({"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
+                        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]]}}, tmp / "state.pt")
+    (tmp / "signature.json").write_text(json.dumps(signature, sort_keys=True))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+
+
+def resume(root: Path, model, opt, sched, signature: dict) -> int:
+    """Load the newest complete checkpoint under `root` (if any); its step, or 0."""
+    ckpts = sorted(root.glob("step-*")) if root.is_dir() else []
+    if not ckpts:
+        return 0
+    ckpt = ckpts[-1]
+    saved = json.loads((ckpt / "signature.json").read_text())
+    changed = sorted(k for k in set(saved) | set(signature) if saved.get(k) != signature.get(k))
+    if changed:
+        raise LlmlabError(f"cannot resume from {ckpt}: the config changed {', '.join(changed)} "
+                          "(use a new run directory or method.resume=never)")
+    weights = load_file(ckpt / "trainable.safetensors")
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in weights.items():
+            params[name].copy_(value)
+    state = torch.load(ckpt / "state.pt", weights_only=True)
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"]["torch"])
+    random.setstate(state["rng"]["python"])
+    name, keys, *rest = state["rng"]["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
+    return int(state["step"])
+
+
+def save_final(path: Path, model, tok, peft: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    if peft == "none":
+        tok.save_pretrained(tmp)
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)

@@ -1,0 +1,101 @@
+"""The fine-tuning runner on a tiny random model: learning, exact resume, LoRA, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from llmlab.errors import LlmlabError
+from llmlab.runners import finetune
+from tests.helpers import runner_setup
+
+FAST = ["method=finetune", "dataset=implicit/bool", "method.lr=3e-3", "method.warmup_steps=1", "method.grad_accum=2",
+        "method.micro_batch_size=2", "method.max_steps=6", "method.save_every=2"]
+
+
+def losses(run_dir):
+    rows = [json.loads(line) for line in run_dir.file("metrics.jsonl").read_text().splitlines()]
+    return [r["train/loss"] for r in rows]
+
+
+@pytest.mark.parametrize("peft", ["none", "lora"])
+def test_loss_decreases_and_a_model_is_saved(tmp_path, peft):
+    cfg, ctx = runner_setup(tmp_path, *FAST, f"method.peft={peft}", "method.max_steps=12", "method.save_every=6")
+    res = finetune.run(cfg, ctx)
+    curve = losses(ctx.run_dir)
+    assert len(curve) == 12 and sum(curve[-3:]) < sum(curve[:3])
+    assert sorted(p.name for p in ctx.run_dir.file("checkpoints").iterdir()) == ["step-000006", "step-000012"]
+    assert res["steps"] == 12 and res["final_loss"] == curve[-1]
+    saved = ctx.run_dir.file("model")
+    assert (saved / ("adapter_config.json" if peft == "lora" else "config.json")).is_file()
+    if peft == "lora":
+        assert all("lora_" in k for k in load_file(ctx.run_dir.file("checkpoints") / "step-000012"
+                                                   / "trainable.safetensors"))
+
+
+def test_resume_after_a_kill_is_bitwise_equal(tmp_path, monkeypatch):
+    cfg, ctx = runner_setup(tmp_path / "a", *FAST)
+    finetune.run(cfg, ctx)
+    reference = load_file(ctx.run_dir.file("checkpoints") / "step-000006" / "trainable.safetensors")
+
+    cfg2, ctx2 = runner_setup(tmp_path / "b", *FAST)
+    real = finetune.save_checkpoint
+
+    def killed_after_step_4(root, step, *args):
+        real(root, step, *args)
+        if step == 4:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(finetune, "save_checkpoint", killed_after_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        finetune.run(cfg2, ctx2)
+    monkeypatch.setattr(finetune, "save_checkpoint", real)
+    finetune.run(cfg2, ctx2)
+    resumed = load_file(ctx2.run_dir.file("checkpoints") / "step-000006" / "trainable.safetensors")
+    assert reference.keys() == resumed.keys()
+    assert all(torch.equal(reference[k], resumed[k]) for k in reference)
+
+
+def test_resume_refuses_a_changed_config(tmp_path):
+    cfg, ctx = runner_setup(tmp_path, *FAST, "method.max_steps=2")
+    finetune.run(cfg, ctx)
+    cfg.method.lr = 1e-4
+    cfg.method.max_steps = 4
+    with pytest.raises(LlmlabError, match="changed lr"):
+        finetune.run(cfg, ctx)
+
+
+def test_half_written_checkpoints_are_ignored(tmp_path):
+    cfg, ctx = runner_setup(tmp_path, *FAST, "method.max_steps=2")
+    finetune.run(cfg, ctx)
+    (ctx.run_dir.file("checkpoints") / ".tmp-step-000004").mkdir()  # a kill during writing leaves only this
+    cfg.method.max_steps = 3
+    assert finetune.run(cfg, ctx)["steps"] == 3
+
+
+def test_unknown_lora_target_is_a_clear_error(tmp_path):
+    cfg, ctx = runner_setup(tmp_path, *FAST, "method.peft=lora", "method.lora.target_modules=[qkv_proj]")
+    with pytest.raises(LlmlabError, match="qkv_proj"):
+        finetune.run(cfg, ctx)
+
+
+def test_answer_only_loss_masks_the_prompt():
+    from llmlab.models.tokenizer import byte_tokenizer
+
+    tok = byte_tokenizer()
+    row = {"ft_text": "Q? A: True", "target": " True"}
+    (ids, labels), = finetune.encode([row], tok, 64, "answer")
+    assert labels[:len("Q? A:")] == [finetune.IGNORE] * len("Q? A:") and labels[-5:] == ids[-5:]
+
+
+def test_a_full_fine_tune_is_evaluated_by_the_icl_runner(tmp_path):
+    from llmlab.runners import icl
+
+    cfg, ctx = runner_setup(tmp_path / "ft", *FAST, "method.max_steps=2")
+    finetune.run(cfg, ctx)
+    cfg2, ctx2 = runner_setup(tmp_path / "eval", "model=local", f"model.path={ctx.run_dir.file('model')}",
+                              "dataset=implicit/bool", "method.shots=0", "method.limit=3")
+    assert icl.run(cfg2, ctx2)["metrics"]["pattern"]["n"] == 3
