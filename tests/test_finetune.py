@@ -99,3 +99,17 @@ def test_a_full_fine_tune_is_evaluated_by_the_icl_runner(tmp_path):
     cfg2, ctx2 = runner_setup(tmp_path / "eval", "model=local", f"model.path={ctx.run_dir.file('model')}",
                               "dataset=implicit/bool", "method.shots=0", "method.limit=3")
     assert icl.run(cfg2, ctx2)["metrics"]["pattern"]["n"] == 3
+
+
+def test_a_lora_adapter_is_evaluated_on_its_base(tmp_path):
+    from llmlab.runners import icl
+
+    cfg, ctx = runner_setup(tmp_path / "ft", *FAST, "method.peft=lora", "method.max_steps=2")
+    finetune.run(cfg, ctx)
+    adapter = ctx.run_dir.file("model")
+    cfg2, ctx2 = runner_setup(tmp_path / "eval", f"model.adapter={adapter}", "dataset=implicit/bool",
+                              "method.shots=0", "method.limit=3")
+    assert icl.run(cfg2, ctx2)["metrics"]["pattern"]["n"] == 3
+    cfg3, ctx3 = runner_setup(tmp_path / "bad", f"model.adapter={tmp_path}", "method.limit=1")
+    with pytest.raises(LlmlabError, match="not a LoRA adapter"):
+        icl.run(cfg3, ctx3)

@@ -59,9 +59,20 @@ def _load(cfg: ModelConfig, hw: Hardware, cache_dir: Path, attn: str, seed: int)
         except OSError as e:  # not on disk, not in the HF cache, hub unreachable
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise LlmlabError(f"model '{cfg.name}' ({where}) cannot be loaded: {first}") from e
+    if cfg.adapter:
+        model = merge_adapter(model, Path(cfg.adapter).expanduser())
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model.to(hw.device).train(False), tokenizer  # inference mode: no dropout
+
+
+def merge_adapter(model: PreTrainedModel, path: Path) -> PreTrainedModel:
+    """Apply a saved LoRA adapter and fold it into the weights (plain model again, no inference overhead)."""
+    from peft import PeftModel
+
+    if not (path / "adapter_config.json").is_file():
+        raise LlmlabError(f"model.adapter '{path}' is not a LoRA adapter directory (no adapter_config.json)")
+    return PeftModel.from_pretrained(model, str(path)).merge_and_unload()
 
 
 def tiny_config(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> LlamaConfig:
