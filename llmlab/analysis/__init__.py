@@ -1,0 +1,1 @@
+"""Analyses over model internals (circuits, attention flow)."""
