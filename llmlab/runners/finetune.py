@@ -53,24 +53,14 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict:
     with progress_bar(ctx.hw.is_main) as bar:
         task = bar.add_task(f"finetune {m.peft} {cfg.model.name}", total=m.max_steps, completed=step)
         while step < m.max_steps:
-            opt.zero_grad(set_to_none=True)
-            loss_sum = 0.0
-            for micro in range(m.grad_accum):
-                first = (step * m.grad_accum + micro) * m.micro_batch_size
-                picked = sample_order(len(examples), cfg.seed, first, m.micro_batch_size)
-                ids, mask, labels = (t.to(ctx.hw.device) for t in collate([examples[i] for i in picked],
-                                                                           tok.pad_token_id))
-                logits = model(input_ids=ids, attention_mask=mask).logits
-                loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
-                                                         ignore_index=IGNORE)
-                (loss / m.grad_accum).backward()
-                loss_sum += loss.item()
-                tokens += int((labels[:, 1:] != IGNORE).sum())
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, m.clip).item()
-            opt.step()
-            sched.step()
+            micro = []
+            for j in range(m.grad_accum):
+                picked = sample_order(len(examples), cfg.seed, (step * m.grad_accum + j) * m.micro_batch_size,
+                                      m.micro_batch_size)
+                micro.append(collate([examples[i] for i in picked], tok.pad_token_id))
+            loss_value, grad_norm, n = optimizer_step(model, params, opt, sched, micro, m.clip, ctx.hw.device)
+            tokens += n
             step += 1
-            loss_value = loss_sum / m.grad_accum
             if step % m.log_every == 0:
                 metrics = {"train/loss": loss_value, "train/lr": sched.get_last_lr()[0], "train/grad_norm": grad_norm}
                 ctx.run_dir.log_metrics(metrics, step=step)
@@ -87,6 +77,28 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict:
     write_json(ctx.run_dir.file("results.json"), results)
     ctx.tracker.summary({"final_loss": loss_value})
     return results
+
+
+def optimizer_step(model, params, opt, sched, micro_batches, clip: float, device) -> tuple[float, float, int]:
+    """One optimiser step over `micro_batches` (ids, mask, labels) with gradient accumulation and clipping.
+    Returns the mean micro-batch loss, the gradient norm before clipping and the number of label tokens."""
+    opt.zero_grad(set_to_none=True)
+    loss_sum, tokens = 0.0, 0
+    for ids, mask, labels in micro_batches:
+        ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
+        # Shift the labels, not the logits (slicing batch x length x vocab logits would copy them), and keep no
+        # reference to the logits, so they are freed before the backward pass.
+        targets = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=IGNORE)
+        loss = torch.nn.functional.cross_entropy(
+            model(input_ids=ids, attention_mask=mask, use_cache=False).logits.flatten(0, 1).float(),
+            targets.flatten(), ignore_index=IGNORE)
+        (loss / len(micro_batches)).backward()
+        loss_sum += loss.item()
+        tokens += int((labels[:, 1:] != IGNORE).sum())
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, clip).item()
+    opt.step()
+    sched.step()
+    return loss_sum / len(micro_batches), grad_norm, tokens
 
 
 def training_rows(cfg: DictConfig) -> list[dict]:
