@@ -28,8 +28,15 @@ def test_prompts_have_k_fresh_demos_and_metrics_match_predictions(tmp_path):
 
 
 def test_zero_shot_prompt_is_header_plus_question(tmp_path):
-    cfg, _ = runner_setup(tmp_path, "method.shots=0")
-    assert icl.draw_demos(["a", "b"], 0, False, 0, "pattern", 0) == []
+    from llmlab.data.implicit import load_implicit, task_spec
+
+    cfg, ctx = runner_setup(tmp_path, "method.shots=0", "method.limit=3", "dataset=implicit/bool")
+    icl.run(cfg, ctx)
+    preds = [json.loads(x) for x in ctx.run_dir.file("predictions.jsonl").read_text().splitlines()]
+    rows = load_implicit("bool", 0, n_test=10, n_train_ft=20, n_icl_pool=50)["test_pattern"].to_list()[:3]
+    header = task_spec("bool").header
+    # the tiny model's tokenizer is byte-level: one token per UTF-8 byte of header + question
+    assert [p["context_tokens"] for p in preds[:3]] == [len((header + r["question"]).encode()) for r in rows]
 
 
 def test_interrupted_run_resumes_where_it_stopped(tmp_path, monkeypatch):
