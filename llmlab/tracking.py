@@ -118,7 +118,8 @@ class Tracker:
         atomic_write(id_file, run_id)
         self.run = wandb.init(project=log.project, entity=log.entity, mode=log.mode, dir=str(run_dir.path), id=run_id,
                               resume="allow", name=name, group=log.group or group, tags=[*log.tags, *cfg.tags],
-                              config=OmegaConf.to_container(cfg, resolve=True), settings=wandb.Settings(quiet=True))
+                              config=OmegaConf.to_container(cfg, resolve=True),
+                              settings=wandb.Settings(quiet=True, reinit="create_new"))  # sub-runs coexist
 
     def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
         if self.run is not None:

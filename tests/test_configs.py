@@ -22,7 +22,13 @@ EXPERIMENTS = options("experiment")
 # Overrides that make each experiment a seconds-long smoke run on the tiny model. A new experiment config must be
 # added here, or test_every_experiment_is_exercised fails.
 EXPERIMENT_SMOKE = {
+    "stablemask": ["model=lm-tiny", "seed=0", "model.lm.n_layer=1", "model.lm.d_model=32", "model.lm.n_head=2",
+                   "model.lm.ffn_hidden=64", "dataset.block_size=32", "method.micro_batch_size=2", "method.max_steps=2",
+                   "method.eval_blocks=2", "method.eval_lengths=[1]", "method.sink_blocks=1"],
     "icl_implicit": ["dataset=implicit/bool,implicit/parity", "method.shots=0,2", "seed=0", "method.limit=2"],
+    "icl_vs_ft": ["method.tasks=[bool]", "method.shots=[0,1]", "method.report_k=1", "method.seeds=[0]",
+                  "method.run_arms=[lora]", "method.arms.lora.max_steps=1", "method.arms.lora.grad_accum=1",
+                  "method.icl.limit=2", "dataset.n_train_ft=4", "dataset.n_icl_pool=10", "method.bootstrap=50"],
 }
 
 
@@ -46,7 +52,8 @@ def test_every_experiment_is_exercised():
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_runs_through_the_cli(experiment, outputs):
     sweep = outputs / experiment
-    res = run_cli(f"experiment={experiment}", *TINY, *EXPERIMENT_SMOKE[experiment], f"hydra.sweep.dir={sweep}")
+    res = run_cli(f"experiment={experiment}", *TINY, *EXPERIMENT_SMOKE[experiment], f"hydra.sweep.dir={sweep}",
+                  f"hydra.run.dir={sweep}")  # whichever the experiment uses (multirun sweep or one run)
     assert res.returncode == 0, res.stderr[-2000:]
     assert len(list(Path(sweep).rglob("results.json"))) >= 1
 

@@ -66,6 +66,18 @@ def _load(cfg: ModelConfig, hw: Hardware, cache_dir: Path, attn: str, seed: int)
     return model.to(hw.device).train(False), tokenizer  # inference mode: no dropout
 
 
+def finetuned_model(base: dict, path: str | Path) -> dict:
+    """The model config of a fine-tuning run's `model/` directory: the base plus the LoRA adapter, or the full
+    fine-tuned weights as a local model."""
+    path = Path(path)
+    if (path / "adapter_config.json").is_file():
+        return {**base, "name": f"{base['name']}+{path.parent.name}", "adapter": str(path)}
+    if (path / "config.json").is_file():
+        return {**base, "name": f"{base['name']}+{path.parent.name}", "source": "local", "path": str(path),
+                "adapter": None}
+    raise LlmlabError(f"'{path}' is not a fine-tuned model (neither adapter_config.json nor config.json in it)")
+
+
 def merge_adapter(model: PreTrainedModel, path: Path) -> PreTrainedModel:
     """Apply a saved LoRA adapter and fold it into the weights (plain model again, no inference overhead)."""
     from peft import PeftModel

@@ -1,8 +1,11 @@
-"""What the CLI hands a runner besides its config."""
+"""What the CLI hands a runner besides its config, and the lifecycle of one run."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+
+from omegaconf import DictConfig
 
 from llmlab.hardware import Hardware
 from llmlab.tracking import RunDir, Tracker
@@ -13,3 +16,18 @@ class RunContext:
     hw: Hardware
     run_dir: RunDir
     tracker: Tracker
+
+
+def execute(runner: Callable[[DictConfig, RunContext], dict], cfg: DictConfig, ctx: RunContext) -> dict:
+    """Run `runner`, then close the tracker and record the outcome (completed / interrupted / failed) in meta.json."""
+    status = "failed"
+    try:
+        result = runner(cfg, ctx)
+        status = "completed"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        ctx.tracker.finish(exit_code=0 if status == "completed" else 1)
+        ctx.run_dir.finish(status)
+    return result

@@ -9,6 +9,7 @@ fine-tuning: a loadable HF directory; LoRA: the adapter).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -37,7 +38,12 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict:
     m = cfg.method
     if m.peft not in ("none", "lora") or m.loss_on not in ("all", "answer") or m.resume not in ("auto", "never"):
         raise LlmlabError("method.peft must be none|lora, method.loss_on all|answer, method.resume auto|never")
-    model, tok = load_model(cfg.model, ctx.hw, cfg.cache_dir, cfg.hardware.attn_implementation, cfg.seed, reuse=False)
+    # Master weights and optimizer state in fp32; on a GPU the forward/backward run under bf16 autocast.
+    if ctx.hw.dtype == torch.float16:
+        raise LlmlabError("fp16 fine-tuning is not supported (no loss scaling); use hardware.dtype=bfloat16")
+    amp = ctx.hw.dtype if ctx.hw.device.type == "cuda" else None
+    model, tok = load_model(cfg.model, dataclasses.replace(ctx.hw, dtype=torch.float32), cfg.cache_dir,
+                            cfg.hardware.attn_implementation, cfg.seed, reuse=False)
     if m.peft == "lora":
         model = add_lora(model, m.lora)
     examples = encode(training_rows(cfg), tok, m.max_length, m.loss_on)
@@ -58,7 +64,7 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict:
                 picked = sample_order(len(examples), cfg.seed, (step * m.grad_accum + j) * m.micro_batch_size,
                                       m.micro_batch_size)
                 micro.append(collate([examples[i] for i in picked], tok.pad_token_id))
-            loss_value, grad_norm, n = optimizer_step(model, params, opt, sched, micro, m.clip, ctx.hw.device)
+            loss_value, grad_norm, n = optimizer_step(model, params, opt, sched, micro, m.clip, ctx.hw.device, amp)
             tokens += n
             step += 1
             if step % m.log_every == 0:
@@ -79,9 +85,11 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict:
     return results
 
 
-def optimizer_step(model, params, opt, sched, micro_batches, clip: float, device) -> tuple[float, float, int]:
-    """One optimiser step over `micro_batches` (ids, mask, labels) with gradient accumulation and clipping.
-    Returns the mean micro-batch loss, the gradient norm before clipping and the number of label tokens."""
+def optimizer_step(model, params, opt, sched, micro_batches, clip: float, device,
+                   amp: torch.dtype | None = None) -> tuple[float, float, int]:
+    """One optimiser step over `micro_batches` (ids, mask, labels) with gradient accumulation and clipping, the
+    forward/backward under autocast to `amp` if given. Returns the mean micro-batch loss, the gradient norm before
+    clipping and the number of label tokens."""
     opt.zero_grad(set_to_none=True)
     loss_sum, tokens = 0.0, 0
     for ids, mask, labels in micro_batches:
@@ -89,9 +97,10 @@ def optimizer_step(model, params, opt, sched, micro_batches, clip: float, device
         # Shift the labels, not the logits (slicing batch x length x vocab logits would copy them), and keep no
         # reference to the logits, so they are freed before the backward pass.
         targets = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=IGNORE)
-        loss = torch.nn.functional.cross_entropy(
-            model(input_ids=ids, attention_mask=mask, use_cache=False).logits.flatten(0, 1).float(),
-            targets.flatten(), ignore_index=IGNORE)
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE)
+        del logits
         (loss / len(micro_batches)).backward()
         loss_sum += loss.item()
         tokens += int((labels[:, 1:] != IGNORE).sum())

@@ -1,0 +1,234 @@
+"""Circuit shift (ICL-vs-fine-tuning spec, section 4): does in-context learning move the computation to other heads
+and MLPs more than fine-tuning does?
+
+Conditions: B0 (base model, 0-shot), BK (base model, k demonstrations fixed per item) and F0 (the fine-tuned model
+`method.finetuned`, 0-shot). On the same clean/corrupt pairs (`llmlab.analysis.pairs`) each condition gets one score
+per component (`llmlab.analysis.patching`, mean over pairs), its accuracy (share of clean prompts whose gold answer
+token beats the other one) and its circuit; BK and F0 are compared with B0 by 1 - Jaccard of the circuits, the
+total-variation distance of |score| and 1 - Spearman rho, for heads and MLPs separately. Writes `results.json`,
+`scores.npz` (per-pair and mean scores), `pairs.jsonl` and the heatmaps `circuit_shift.png`.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from llmlab.analysis import circuits
+from llmlab.analysis.pairs import TASKS, build_pairs, encode
+from llmlab.analysis.patching import SCORERS, model_shape
+from llmlab.data.loading import load_eval_data
+from llmlab.errors import LlmlabError
+from llmlab.models.loading import finetuned_model, load_model
+from llmlab.progress import progress_bar
+from llmlab.runners.context import RunContext
+from llmlab.tracking import write_json, write_jsonl
+
+METRICS = ("jaccard", "tv", "spearman")
+KINDS = ("heads", "mlps")
+
+
+def run(cfg: DictConfig, ctx: RunContext) -> dict:
+    m, seed = cfg.method, cfg.seed
+    check_config(cfg)
+    ft_model = None
+    if m.finetuned:  # a LoRA adapter on the base model, or a full model directory
+        ft_dir = str(Path(m.finetuned).expanduser())
+        ft_model = OmegaConf.create(finetuned_model(OmegaConf.to_container(cfg.model, resolve=True), ft_dir))
+    data = load_eval_data(cfg.dataset, seed)
+    if "pattern" not in data.tests:
+        raise LlmlabError("circuit_shift builds its pairs from the pattern items; add 'pattern' to dataset.variants")
+
+    t0 = time.perf_counter()
+    model, tok = load_model(cfg.model, ctx.hw, cfg.cache_dir, cfg.hardware.attn_implementation, seed)
+    rows = data.tests["pattern"].to_list()
+    pairs = build_pairs(cfg.dataset.task, rows, data.pool["demo"], data.header, tok, m.n_pairs, (0, m.shots), seed)
+    if len(pairs) < 2:
+        raise LlmlabError(
+            f"only {len(pairs)} usable clean/corrupt pair(s) among {len(rows)} pattern items of {cfg.dataset.task}; "
+            "raise dataset.n_test"
+        )
+    scores = {
+        "B0": score(cfg, ctx, "B0", model, tok, data.header, pairs, 0),
+        f"B{m.shots}": score(cfg, ctx, f"B{m.shots}", model, tok, data.header, pairs, m.shots),
+    }
+    shape = model_shape(model)
+    if ft_model is not None:
+        del model  # one model in memory at a time
+        ft, ft_tok = load_model(ft_model, ctx.hw, cfg.cache_dir, cfg.hardware.attn_implementation, seed)
+        if ft_tok.get_vocab() != tok.get_vocab():
+            raise LlmlabError(f"the fine-tuned model '{m.finetuned}' has another tokenizer than {cfg.model.name}")
+        scores["F0"] = score(cfg, ctx, "F0", ft, tok, data.header, pairs, 0)
+    elapsed = time.perf_counter() - t0
+
+    results = summarize(cfg, scores, shape, len(pairs))
+    results["timing"] = {"total_s": elapsed, "pairs": len(pairs)}
+    write_jsonl(ctx.run_dir.file("pairs.jsonl"), [{k: v for k, v in asdict(p).items() if k != "demos"} for p in pairs])
+    save_npz(ctx.run_dir.file("scores.npz"), {f"{c}_{key}": v for c, s in scores.items() for key, v in s.items()})
+    plot(ctx.run_dir.file("circuit_shift.png"), scores, results["conditions"])
+    write_json(ctx.run_dir.file("results.json"), results)
+    flat = flatten(results)
+    ctx.run_dir.log_metrics(flat)
+    ctx.tracker.log(flat)
+    ctx.tracker.summary(flat)
+    if ctx.tracker.run is not None:
+        import wandb
+
+        ctx.tracker.run.log({"circuit_shift": wandb.Image(str(ctx.run_dir.file("circuit_shift.png")))})
+    return results
+
+
+def check_config(cfg: DictConfig) -> None:
+    m = cfg.method
+    if cfg.dataset.source != "implicit" or cfg.dataset.task not in TASKS:
+        raise LlmlabError(
+            f"circuit_shift supports the implicit tasks {', '.join(TASKS)}; got dataset "
+            f"'{cfg.dataset.name}' (task {cfg.dataset.task})"
+        )
+    if m.method not in SCORERS:
+        raise LlmlabError(f"method.method must be one of {', '.join(SCORERS)}, got '{m.method}'")
+    if m.shots < 1 or m.n_pairs < 2 or not 0 < m.mass <= 1 or (m.top_frac is not None and not 0 < m.top_frac <= 1):
+        raise LlmlabError(
+            "circuit_shift needs method.shots >= 1, method.n_pairs >= 2, 0 < method.mass <= 1 and "
+            "method.top_frac null or in (0, 1]"
+        )
+    if m.finetuned and not Path(m.finetuned).expanduser().is_dir():
+        raise LlmlabError(f"method.finetuned '{m.finetuned}' is not a directory")
+
+
+def score(cfg, ctx, name: str, model, tok, header: str, pairs, shots: int) -> dict[str, np.ndarray]:
+    """Per-pair head and MLP scores and the clean and corrupt logit differences of one condition."""
+    m, out = cfg.method, {"heads": [], "mlps": [], "ld_clean": [], "ld_corrupt": []}
+    scorer = SCORERS[m.method]
+    with progress_bar(ctx.hw.is_main) as bar:
+        task = bar.add_task(f"{m.method} patching {name}", total=len(pairs))
+        for pair in pairs:
+            enc = encode(tok, header, pair, shots)
+            clean, corrupt = (torch.tensor([ids], device=ctx.hw.device) for ids in (enc.clean, enc.corrupt))
+            res = scorer(model, clean, corrupt, enc.answers, batch_size=m.batch_size)
+            for key in out:
+                out[key].append(getattr(res, key))
+            bar.advance(task)
+    return {key: np.array(v) for key, v in out.items()}
+
+
+def summarize(cfg: DictConfig, scores: dict[str, dict[str, np.ndarray]], shape, n_pairs: int) -> dict:
+    """Accuracy, circuits and layer mass per condition; shift of every other condition against B0; the check."""
+    m = cfg.method
+    means = {c: {"heads": s["heads"].mean(0).ravel(), "mlps": s["mlps"].mean(0)} for c, s in scores.items()}
+    conds = {}
+    for c, s in scores.items():
+        conds[c] = {
+            "accuracy": float((s["ld_clean"] > 0).mean()),
+            "mean_ld_clean": float(s["ld_clean"].mean()),
+            "mean_ld_corrupt": float(s["ld_corrupt"].mean()),
+            "circuit_size": {k: len(circuit(means[c][k], m)) for k in KINDS},
+            "layer_mass": {k: circuits.layer_mass(means[c][k], shape.n_layers).tolist() for k in KINDS},
+        }
+    shifts = {c: {k: shift(means[c][k], means["B0"][k], m) for k in KINDS} for c in scores if c != "B0"}
+    bk = f"B{m.shots}"
+    check = None
+    if "F0" in shifts:
+        wins = {f"{k}/{x}": shifts[bk][k][x] > shifts["F0"][k][x] for k in KINDS for x in METRICS}
+        acc = conds[bk]["accuracy"] > conds["F0"]["accuracy"]
+        check = {
+            "rule": f"shift({bk}) > shift(F0) on every metric and acc({bk}) > acc(F0)",
+            "shift_wins": wins,
+            "acc_wins": acc,
+            "paper_consistent": all(wins.values()) and acc,
+            "supporting": any(sum(wins[f"{k}/{x}"] for x in METRICS) >= 2 for k in KINDS),
+        }
+    return {
+        "runner": "circuit_shift",
+        "operationalization": f"llmlab ({m.method} patching)",
+        "model": cfg.model.name,
+        "finetuned": m.finetuned,
+        "dataset": cfg.dataset.name,
+        "task": cfg.dataset.task,
+        "faithful": cfg.dataset.faithful,
+        "seed": cfg.seed,
+        "shots": m.shots,
+        "n_pairs": n_pairs,
+        "circuit": {"top_frac": m.top_frac} if m.top_frac is not None else {"mass": m.mass},
+        "shape": {"layers": shape.n_layers, "heads": shape.n_heads},
+        "conditions": conds,
+        "shift": shifts,
+        "check": check,
+        "notes": [] if "F0" in scores else ["F0 skipped: method.finetuned is null"],
+    }
+
+
+def circuit(scores: np.ndarray, m) -> set[int]:
+    top_k = None if m.top_frac is None else max(1, round(m.top_frac * len(scores)))
+    return circuits.circuit(scores, m.mass, top_k)
+
+
+def shift(scores: np.ndarray, base: np.ndarray, m) -> dict[str, float]:
+    """The three shift metrics; with `top_frac` the Jaccard shift compares top-K circuits."""
+    out = circuits.shift(scores, base, m.mass)
+    if m.top_frac is not None:
+        out["jaccard"] = circuits.jaccard_shift(circuit(scores, m), circuit(base, m))
+    return out
+
+
+def flatten(results: dict) -> dict[str, float]:
+    flat = {
+        f"{c}/{key}": v
+        for c, r in results["conditions"].items()
+        for key, v in r.items()
+        if key in ("accuracy", "mean_ld_clean", "mean_ld_corrupt")
+    }
+    flat.update(
+        {f"shift/{c}/{k}/{x}": v for c, s in results["shift"].items() for k, ms in s.items() for x, v in ms.items()}
+    )
+    if results["check"]:
+        flat["check/paper_consistent"] = float(results["check"]["paper_consistent"])
+    return flat
+
+
+def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def plot(path: Path, scores: dict[str, dict[str, np.ndarray]], conds: dict) -> None:
+    """Per condition a layer x (heads + MLP) heatmap of the mean |score|."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(scores), figsize=(4 * len(scores), 4), squeeze=False)
+    for ax, (c, s) in zip(axes[0], scores.items()):
+        grid = np.abs(np.concatenate([s["heads"].mean(0), s["mlps"].mean(0)[:, None]], axis=1))
+        im = ax.imshow(grid, aspect="auto", cmap="viridis", origin="lower")
+        n_heads = grid.shape[1] - 1
+        ax.axvline(n_heads - 0.5, color="white", lw=2)
+        ax.set_xticks(range(n_heads + 1), [*map(str, range(n_heads)), "MLP"])
+        ax.set_yticks(range(grid.shape[0]))
+        ax.set(title=f"{c} (acc {conds[c]['accuracy']:.2f})", xlabel="head", ylabel="layer")
+        fig.colorbar(im, ax=ax, shrink=0.8)
+    fig.tight_layout()
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png", dpi=100)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(fig)

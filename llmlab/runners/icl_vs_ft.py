@@ -1,0 +1,160 @@
+"""The ICL-vs-fine-tuning experiment (Yin et al., Findings of EMNLP 2024) as one run.
+
+For every seed: the base model is evaluated with k demonstrations for every k in `method.shots` on every task
+(k=0 is base@0); every arm in `method.run_arms` is fine-tuned on its task mixture and its weights are evaluated
+0-shot on every task. Then the comparison: accuracies, Δ against base@0, gaps ICL − FT with paired bootstrap
+intervals, the sample budgets, and the spec's pre-registered verdict. Layout of the run directory:
+
+    seed-S/icl/<task>/k-K/          an ICL run (results.json, predictions.jsonl)
+    seed-S/ft/<arm>/                a fine-tuning run (checkpoints/, model/, results.json)
+    seed-S/ft/<arm>/eval/<task>/    the fine-tuned model, 0-shot
+    comparison.json, comparison.md, icl_vs_ft.png
+
+Each step is an ordinary icl / finetune run with its own run directory (and W&B run in this run's group). A step
+whose results.json exists is skipped, and the unfinished one resumes, so rerunning the command continues the work.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from llmlab.analysis import icl_vs_ft as analysis
+from llmlab.errors import LlmlabError
+from llmlab.hardware import seed_everything
+from llmlab.models.loading import finetuned_model
+from llmlab.runners import finetune, icl
+from llmlab.runners.context import RunContext, execute
+from llmlab.tracking import RunDir, Tracker, atomic_write, read_jsonl, write_json
+
+METRICS = {"strict": "strict", "loose": "loose", "loglik": "loglik_correct", "label_logit": "label_logit_correct"}
+
+
+def run(cfg: DictConfig, ctx: RunContext) -> dict:
+    m = cfg.method
+    check(m)
+    base = OmegaConf.to_container(cfg, resolve=True)
+    group = cfg.logger.group or ctx.run_dir.path.name
+
+    # 1. Every step, seed by seed: base ICL over k, then each arm trained and evaluated 0-shot.
+    results: dict[tuple, dict] = {}
+    for seed in m.seeds:
+        for task in m.tasks:
+            for k in m.shots:
+                results[seed, task, f"icl@{k}"] = step(base, ctx, group, f"seed-{seed}/icl/{task}/k-{k}", seed,
+                                                       method={**base["method"]["icl"], "shots": k},
+                                                       dataset=task_dataset(base["dataset"], task))
+        for arm in m.run_arms:
+            trained = step(base, ctx, group, f"seed-{seed}/ft/{arm}", seed, method=base["method"]["arms"][arm])
+            model = finetuned_model(base["model"], ctx.run_dir.path / f"seed-{seed}/ft/{arm}/model")
+            for task in m.tasks:
+                results[seed, task, f"ft:{arm}"] = step(base, ctx, group, f"seed-{seed}/ft/{arm}/eval/{task}", seed,
+                                                        model=model, method={**base["method"]["icl"], "shots": 0},
+                                                        dataset=task_dataset(base["dataset"], task))
+                results[seed, task, f"ft:{arm}"]["train"] = trained
+
+    # 2. The comparison, per (task, variant), from the per-item predictions.
+    cells = {}
+    for task in m.tasks:
+        for variant in cfg.dataset.variants:
+            correct = item_correctness(ctx, m, task, variant)
+            cells[task, variant] = analysis.compare_cell(correct, list(m.shots), m.report_k, list(m.run_arms),
+                                                         m.bootstrap)
+    budgets = {arm: sample_budget(base["method"]["arms"][arm]) for arm in m.run_arms}
+    efficiency = {arm: {"ft_lines": n, "icl_demos_per_query": m.report_k,
+                        "ratio": n / m.report_k if m.report_k else None} for arm, n in budgets.items()}
+    verdict = analysis.verdict(cells, m.report_k)
+    summary = {"runner": "icl_vs_ft", "model": cfg.model.name, "metric": m.metric, "seeds": list(m.seeds),
+               "shots": list(m.shots), "report_k": m.report_k, "arms": list(m.run_arms),
+               "n_test": cfg.dataset.n_test, "bootstrap": m.bootstrap, "verdict": verdict,
+               "sample_efficiency": efficiency,
+               "train": {arm: {str(s): {k: results[s, m.tasks[0], f"ft:{arm}"]["train"][k]
+                                        for k in ("final_loss", "steps", "timing")} for s in m.seeds}
+                         for arm in m.run_arms},
+               "cells": [{"task": t, "variant": v, **c} for (t, v), c in cells.items()]}
+
+    # 3. Tables, plot, W&B.
+    table = analysis.markdown(cells, list(m.shots), list(m.run_arms), m.report_k, cfg.model.name, m.metric)
+    notes = [f"Verdict (spec 6.3, pattern sets, {verdict.get('gap_key', '')}): **{verdict['outcome']}**"]
+    notes += [f"Sample budget: FT arm '{a}' saw {e['ft_lines']} lines vs {e['icl_demos_per_query']} demonstrations "
+              f"per ICL query ({e['ratio']:.0f}x)" for a, e in efficiency.items() if e["ratio"]]
+    write_json(ctx.run_dir.file("comparison.json"), summary)
+    atomic_write(ctx.run_dir.file("comparison.md"), table + "\n" + "\n\n".join(notes) + "\n")
+    analysis.plot(cells, list(m.shots), list(m.run_arms), ctx.run_dir.file("icl_vs_ft.png"), m.metric)
+    rows = [{"task": t, "variant": v, "condition": cond, **e} for (t, v), c in cells.items()
+            for cond, e in c["accuracy"].items()]
+    ctx.tracker.table("comparison", rows)
+    ctx.tracker.summary({"verdict": verdict["outcome"]})
+    write_json(ctx.run_dir.file("results.json"), summary)  # no per-variant "metrics": `llmlab report` reads steps
+    return {"metrics": flat_metrics(cells)}
+
+
+def check(m: DictConfig) -> None:
+    if 0 not in m.shots:
+        raise LlmlabError("method.shots must include 0 (base@0 is the reference of every delta)")
+    if m.report_k not in m.shots:
+        raise LlmlabError(f"method.report_k={m.report_k} is not among method.shots {list(m.shots)}")
+    if m.metric not in METRICS:
+        raise LlmlabError(f"method.metric must be one of {', '.join(METRICS)}, got '{m.metric}'")
+    unknown = [a for a in m.run_arms if a not in m.arms]
+    if unknown:
+        raise LlmlabError(f"method.run_arms: unknown arm(s) {', '.join(unknown)}; defined: {', '.join(m.arms)}")
+    needs = {"strict": "generate", "loose": "generate", "loglik": "loglik", "label_logit": "loglik"}[m.metric]
+    if needs not in m.icl.scoring:
+        raise LlmlabError(f"method.metric={m.metric} needs '{needs}' in method.icl.scoring")
+    if not m.seeds or not m.tasks:
+        raise LlmlabError("method.seeds and method.tasks must not be empty")
+
+
+def task_dataset(dataset: dict, task: str) -> dict:
+    """The experiment's dataset settings (sizes, faithful, variants) for one task; the options apply to their task."""
+    options = dataset["options"] if task == dataset.get("task") else {}
+    return {**dataset, "name": f"implicit/{task}", "source": "implicit", "task": task, "options": options}
+
+
+def step(base: dict, ctx: RunContext, group: str, rel: str, seed: int, **sections) -> dict:
+    """Run one icl / finetune step in `<run>/<rel>` with `sections` of the config replaced; skip it if finished."""
+    path = ctx.run_dir.path / rel
+    if (path / "results.json").exists():
+        return json.loads((path / "results.json").read_text())
+    sub = OmegaConf.create({**base, **sections, "seed": seed, "output_dir": str(path)})
+    runner = finetune.run if sub.method.runner == "finetune" else icl.run
+    seed_everything(seed)
+    run_dir = RunDir(path, sub, [rel])
+    tracker = Tracker(sub, run_dir, name=rel, group=group, is_main=ctx.hw.is_main)
+    return execute(runner, sub, RunContext(ctx.hw, run_dir, tracker))
+
+
+def item_correctness(ctx: RunContext, m: DictConfig, task: str, variant: str) -> dict[str, dict[int, np.ndarray]]:
+    """`condition -> seed -> 0/1 per item` in one item order per seed (checked to be the same across conditions)."""
+    key = METRICS[m.metric]
+    dirs = {f"icl@{k}": "icl/{task}/k-" + str(k) for k in m.shots}
+    dirs.update({f"ft:{a}": f"ft/{a}/eval/{{task}}" for a in m.run_arms})
+    out: dict[str, dict[int, np.ndarray]] = {c: {} for c in dirs}
+    for seed in m.seeds:
+        ids = None
+        for cond, rel in dirs.items():
+            preds = [p for p in read_jsonl(ctx.run_dir.path / f"seed-{seed}" / rel.format(task=task)
+                                           / "predictions.jsonl") if p["variant"] == variant]
+            preds.sort(key=lambda p: p["id"])
+            if ids is None:
+                ids = [p["id"] for p in preds]
+            elif [p["id"] for p in preds] != ids:
+                raise LlmlabError(f"seed {seed}, {task}/{variant}: '{cond}' was scored on different items")
+            out[cond][seed] = np.array([float(bool(p[key])) for p in preds])
+    return out
+
+
+def sample_budget(arm: dict) -> int:
+    """Training lines an arm sees: steps x micro batch x accumulation."""
+    return arm["max_steps"] * arm["micro_batch_size"] * arm["grad_accum"]
+
+
+def flat_metrics(cells: dict) -> dict:
+    """`variant -> {task/condition: mean}` for `llmlab report` and sweepers."""
+    out: dict[str, dict] = {}
+    for (task, variant), c in cells.items():
+        out.setdefault(variant, {}).update({f"{task}/{cond}": e["mean"] for cond, e in c["accuracy"].items()})
+    return out

@@ -1,0 +1,191 @@
+"""Pretraining from scratch on a text corpus: an explicit loop with gradient accumulation, a watchdog and exact resume.
+
+The corpus (`llmlab.data.corpus`) gives packed blocks; step s, micro-batch j reads the blocks at positions
+(s * grad_accum + j) * micro_batch_size onwards of a seeded per-epoch order, so a resumed run sees the same data.
+AdamW (fp32 master weights; bf16 autocast on a GPU), linear warm-up then cosine decay to lr * lr_final_ratio,
+clipping. The watchdog stops the run with a one-line error when the loss or the gradient norm is NaN/inf or the norm
+exceeds `max_grad_norm`, before the optimiser step, and refuses to checkpoint non-finite weights: checkpoints on disk
+are always complete and healthy (written by `finetune.save_checkpoint`, atomically). Logged: loss, lr, grad norm,
+tokens/s, achieved TFLOP/s (FLOPs = `model.flops_per_token`) and MFU when `method.peak_tflops` is set; validation
+loss, perplexity and bits per byte every `eval_every` steps. At the end: `model/` (safetensors + config.json), the
+extrapolation table and attention-sink statistics, and `results.json`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+
+from llmlab.analysis.lm_eval import extrapolation, loss_row, mean_loss, sink_metrics
+from llmlab.data.corpus import Corpus, eval_blocks, load_corpus, train_batch
+from llmlab.errors import LlmlabError
+from llmlab.models.scratch import build_scratch_model, save_scratch_model
+from llmlab.progress import progress_bar
+from llmlab.runners.context import RunContext
+from llmlab.runners.finetune import resume, save_checkpoint
+from llmlab.tracking import write_json
+
+
+def run(cfg: DictConfig, ctx: RunContext) -> dict:
+    m = cfg.method
+    if m.resume not in ("auto", "never"):
+        raise LlmlabError(f"method.resume must be auto|never, got '{m.resume}'")
+    if m.max_steps < 1 or m.micro_batch_size < 1 or m.grad_accum < 1:
+        raise LlmlabError("method.max_steps, method.micro_batch_size and method.grad_accum must be >= 1")
+    if ctx.hw.dtype == torch.float16:
+        raise LlmlabError("fp16 pretraining is not supported (no loss scaling); use hardware.dtype=bfloat16")
+    device = ctx.hw.device
+    amp = ctx.hw.dtype if device.type == "cuda" and ctx.hw.dtype != torch.float32 else None
+    corpus = load_corpus(cfg.dataset, cfg.cache_dir)
+    block = cfg.dataset.block_size
+    train_blocks, val_blocks = corpus.blocks("train", block), eval_blocks(corpus.blocks("val", block), m.eval_blocks)
+    torch.manual_seed(cfg.seed)
+    model = build_scratch_model(cfg.model, corpus.vocab_size, train_len=block).to(device)
+    opt = torch.optim.AdamW(param_groups(model, m.weight_decay), lr=m.lr, betas=tuple(m.betas), eps=m.eps)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(m.warmup_steps, m.max_steps, m.lr_final_ratio))
+    ckpt_root = ctx.run_dir.file("checkpoints")
+    signature = training_signature(cfg, corpus)
+    step = resume(ckpt_root, model, opt, sched, signature) if m.resume == "auto" else 0
+
+    n_params = sum(p.numel() for p in model.parameters())
+    flops_token = model.flops_per_token(block)
+    tokens_step = m.micro_batch_size * m.grad_accum * block
+    model.train()
+    first_step = step
+    loss_value, t_window, steps_window, train_s = float("nan"), time.perf_counter(), 0, 0.0
+    with progress_bar(ctx.hw.is_main) as bar:
+        task = bar.add_task(f"pretrain {cfg.model.name}", total=m.max_steps, completed=step)
+        while step < m.max_steps:
+            micro = [train_batch(train_blocks, cfg.seed, (step * m.grad_accum + j) * m.micro_batch_size,
+                                 m.micro_batch_size) for j in range(m.grad_accum)]
+            loss_value, grad_norm = train_step(model, opt, sched, micro, m.clip, device, amp, m.max_grad_norm, step + 1)
+            step += 1
+            steps_window += 1
+            if step % m.log_every == 0 or step == m.max_steps:
+                seconds = time.perf_counter() - t_window
+                train_s += seconds
+                tok_s = steps_window * tokens_step / seconds
+                metrics = {"train/loss": loss_value, "train/lr": sched.get_last_lr()[0], "train/grad_norm": grad_norm,
+                           "train/tokens": step * tokens_step, "perf/tokens_per_s": tok_s,
+                           "perf/tflops": tok_s * flops_token / 1e12}
+                if m.peak_tflops:
+                    metrics["perf/mfu"] = metrics["perf/tflops"] / m.peak_tflops
+                log(ctx, metrics, step)
+                t_window, steps_window = time.perf_counter(), 0
+            paused = time.perf_counter()  # evaluation and checkpoint time is not training time
+            if step % m.eval_every == 0 or step == m.max_steps:
+                val = loss_row(mean_loss(model, val_blocks, m.eval_batch_size, device, amp), corpus)
+                log(ctx, {f"val/{k}": v for k, v in val.items()}, step)
+            if step % m.save_every == 0 or step == m.max_steps:
+                if not all(torch.isfinite(p).all() for p in model.parameters()):
+                    raise LlmlabError(f"watchdog: non-finite weights after step {step}; not checkpointed "
+                                      "(lower method.lr or raise method.warmup_steps)")
+                save_checkpoint(ckpt_root, step, model, opt, sched, signature)
+            t_window += time.perf_counter() - paused
+            bar.update(task, completed=step)
+
+    val = loss_row(mean_loss(model, val_blocks, m.eval_batch_size, device, amp), corpus)
+    save_scratch_model(ctx.run_dir.file("model"), model, {"tokenizer": corpus.tokenizer, "dataset": cfg.dataset.name},
+                       corpus.tokenizer_file)
+    results = {"runner": "pretrain", "model": cfg.model.name, "dataset": cfg.dataset.name, "seed": cfg.seed,
+               **model.describe(), "steps": step,
+               "params": n_params, "tokenizer": corpus.tokenizer, "vocab_size": corpus.vocab_size,
+               "block_size": block, "train_tokens": step * tokens_step, "corpus_train_tokens": len(corpus.train),
+               "train": {"loss": loss_value}, "val": val,  # nested: `llmlab report` groups by top-level scalars
+               "timing": {"train_s": train_s, "flops_per_token": flops_token,
+                          "tokens_per_s": (step - first_step) * tokens_step / train_s if train_s else None}}
+    results.update(final_evaluations(model, corpus, block, m, device, amp))
+    results["metrics"] = {"val": report_metrics(val, results)}
+    write_json(ctx.run_dir.file("results.json"), results)
+    ctx.tracker.summary({"val_loss": val["loss"], "val_ppl": val["ppl"], "val_bpb": val["bpb"]})
+    return results
+
+
+def final_evaluations(model, corpus: Corpus, block: int, m, device, amp) -> dict:
+    """Perplexity at `eval_lengths` x block (also with `eval_window`) and the sink statistics."""
+    out = {}
+    if m.eval_lengths:
+        rows = extrapolation(model, corpus, block, list(m.eval_lengths), m.eval_blocks, m.eval_batch_size, device,
+                             amp=amp)
+        if m.eval_window:
+            rows += extrapolation(model, corpus, block, list(m.eval_lengths), m.eval_blocks, m.eval_batch_size,
+                                  device, window=m.eval_window, amp=amp)
+        out["extrapolation"] = rows
+    if m.sink_metrics and hasattr(model, "attention_maps"):
+        out["sink"] = sink_metrics(model, eval_blocks(corpus.blocks("val", block), m.sink_blocks), device)
+    return out
+
+
+def report_metrics(val: dict, results: dict) -> dict:
+    """The flat numbers `llmlab report` tabulates: validation loss/ppl/bpb, ppl per context multiple, sink mass."""
+    out = {"val_loss": val["loss"], "val_ppl": val["ppl"], "val_bpb": val["bpb"]}
+    for row in results.get("extrapolation", []):
+        if "ppl" in row:
+            out[f"ppl@{row['multiple']}x" + (f"_w{row['window']}" if row["window"] else "")] = row["ppl"]
+    if "sink" in results:
+        out["first_token_mass"] = results["sink"]["mean"]["first_token_mass"]
+    return out
+
+
+def train_step(model, opt, sched, micro_batches: list[torch.Tensor], clip: float, device, amp, max_grad_norm: float,
+               step: int) -> tuple[float, float]:
+    """One optimiser step over `micro_batches` (blocks of length + 1); returns the mean loss and the gradient norm
+    before clipping. Stops (LlmlabError) before updating anything when either is non-finite or the norm too large."""
+    opt.zero_grad(set_to_none=True)
+    loss_sum = 0.0
+    for blocks in micro_batches:
+        blocks = blocks.to(device)
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            logits = model(blocks[:, :-1])
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), blocks[:, 1:].flatten())
+        del logits
+        (loss / len(micro_batches)).backward()
+        loss_sum += loss.item()
+    loss_value = loss_sum / len(micro_batches)
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip).item()
+    if not math.isfinite(loss_value) or not math.isfinite(grad_norm) or grad_norm > max_grad_norm:
+        raise LlmlabError(f"watchdog: step {step} has loss {loss_value:.4g} and gradient norm {grad_norm:.4g} "
+                          f"(limit {max_grad_norm:g}); stopped without updating or checkpointing (lower method.lr)")
+    opt.step()
+    sched.step()
+    return loss_value, grad_norm
+
+
+def param_groups(model, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices (embeddings, projections), none on the norm gains."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def warmup_cosine(warmup: int, total: int, final_ratio: float):
+    """LR multiplier: linear warm-up to 1 over `warmup` steps, then cosine to `final_ratio` at `total`."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return final_ratio + (1 - final_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def training_signature(cfg: DictConfig, corpus: Corpus) -> dict:
+    """What must not change between a checkpoint and the run that resumes from it."""
+    m, d = cfg.method, cfg.dataset
+    return {"model": cfg.model.name, "lm": OmegaConf.to_container(cfg.model.lm, resolve=True), "dataset": d.name,
+            "source": d.source, "files": list(d.files), "hub_id": d.hub_id, "tokenizer": d.tokenizer,
+            "vocab_size": corpus.vocab_size, "block_size": d.block_size, "val_fraction": d.val_fraction,
+            "split_seed": d.split_seed, "max_chars": d.max_chars, "train_tokens": len(corpus.train), "seed": cfg.seed,
+            "lr": m.lr, "lr_final_ratio": m.lr_final_ratio, "warmup_steps": m.warmup_steps,
+            "max_steps": m.max_steps, "betas": list(m.betas), "eps": m.eps, "weight_decay": m.weight_decay,
+            "micro_batch_size": m.micro_batch_size, "grad_accum": m.grad_accum, "clip": m.clip}
+
+
+def log(ctx: RunContext, metrics: dict, step: int) -> None:
+    ctx.run_dir.log_metrics(metrics, step=step)
+    ctx.tracker.log(metrics, step=step)
