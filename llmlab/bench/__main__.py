@@ -17,7 +17,8 @@ for _key, _value in (("HF_HUB_OFFLINE", "1"), ("HF_DATASETS_OFFLINE", "1"), ("WA
     os.environ.setdefault(_key, _value)
 
 BENCHMARKS = {"icl_scoring": "llmlab.bench.icl_scoring", "finetune_step": "llmlab.bench.finetune_step",
-              "stablemask_cpu": "llmlab.bench.stablemask_cpu", "stablemask_gpu": "llmlab.bench.stablemask_gpu"}
+              "stablemask_cpu": "llmlab.bench.stablemask_cpu", "stablemask_gpu": "llmlab.bench.stablemask_gpu",
+              "wkv": "llmlab.bench.wkv"}
 
 
 def main(argv: list[str] | None = None) -> int:

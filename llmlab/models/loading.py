@@ -23,6 +23,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTr
 from llmlab.config import ModelConfig
 from llmlab.errors import LlmlabError
 from llmlab.hardware import Hardware
+from llmlab.models.recurrent import is_saved_scratch_model, load_recurrent
 from llmlab.models.tokenizer import byte_tokenizer
 
 _LOADED: dict[tuple, tuple[PreTrainedModel, PreTrainedTokenizerBase]] = {}
@@ -44,6 +45,8 @@ def load_model(cfg: ModelConfig, hw: Hardware, cache_dir: str | Path, attn_imple
 
 def _load(cfg: ModelConfig, hw: Hardware, cache_dir: Path, attn: str, seed: int):
     transformers.logging.disable_progress_bar()
+    if cfg.source == "local" and is_saved_scratch_model(cfg.path):  # a pretrain run's model/ (RWKV), see recurrent.py
+        return load_recurrent(cfg.path, hw.device, hw.dtype)
     if cfg.source == "random":
         tokenizer = byte_tokenizer()
         with torch.random.fork_rng():

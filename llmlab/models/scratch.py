@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from llmlab.config import LMArch, ModelConfig
+from llmlab.config import LMArch, ModelConfig, RWKVArch
 from llmlab.errors import LlmlabError
 
 
@@ -28,15 +28,23 @@ def build_scratch_model(model_cfg: ModelConfig, vocab_size: int, train_len: int 
     if model_cfg.source != "scratch":
         raise LlmlabError(f"model '{model_cfg.name}' (source {model_cfg.source}) is not trained from scratch; use "
                           "a model with model.source=scratch, e.g. model=lm-tiny")
+    family = getattr(model_cfg, "family", "lm")
+    if family == "rwkv":
+        from llmlab.models.rwkv import RWKV
+
+        rwkv = arch_from(model_cfg.rwkv, RWKVArch)
+        return RWKV(rwkv, vocab_size, train_len or rwkv.ctx_len)
+    if family != "lm":
+        raise LlmlabError(f"model.family must be lm|rwkv, got '{family}'")
     from llmlab.models.lm import LM
 
     arch = arch_from(model_cfg.lm)
     return LM(arch, vocab_size, train_len or arch.max_seq_len)
 
 
-def arch_from(node) -> LMArch:
+def arch_from(node, cls=LMArch):
     data = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(vars(node))
-    return LMArch(**data)
+    return cls(**data)
 
 
 def save_scratch_model(path: Path, model: nn.Module, extra: dict, tokenizer_file: Path | None = None) -> None:
@@ -45,8 +53,9 @@ def save_scratch_model(path: Path, model: nn.Module, extra: dict, tokenizer_file
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
-    config = {"family": "lm", "vocab_size": model.vocab_size, "train_len": model.train_len,
-              "lm": dataclasses.asdict(model.arch), **extra}
+    family = getattr(model, "family", "lm")  # the arch is stored under the family's name: "lm" or "rwkv"
+    config = {"family": family, "vocab_size": model.vocab_size, "train_len": model.train_len,
+              family: dataclasses.asdict(model.arch), **extra}
     (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     if tokenizer_file is not None:
         shutil.copyfile(tokenizer_file, tmp / "tokenizer.json")
@@ -60,6 +69,12 @@ def load_scratch_model(path: str | Path, **arch_overrides) -> tuple[nn.Module, d
     if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
         raise LlmlabError(f"'{path}' is not a saved scratch model (config.json + model.safetensors)")
     config = json.loads((path / "config.json").read_text())
+    if config.get("family") == "rwkv":
+        from llmlab.models.rwkv import RWKV
+
+        model = RWKV(RWKVArch(**{**config["rwkv"], **arch_overrides}), config["vocab_size"], config["train_len"])
+        model.load_state_dict(load_file(path / "model.safetensors"))
+        return model.eval(), config
     if config.get("family") != "lm":
         raise LlmlabError(f"'{path}': unknown model family '{config.get('family')}'")
     from llmlab.models.lm import LM

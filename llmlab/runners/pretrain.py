@@ -45,7 +45,9 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict:
     train_blocks, val_blocks = corpus.blocks("train", block), eval_blocks(corpus.blocks("val", block), m.eval_blocks)
     torch.manual_seed(cfg.seed)
     model = build_scratch_model(cfg.model, corpus.vocab_size, train_len=block).to(device)
-    opt = torch.optim.AdamW(param_groups(model, m.weight_decay), lr=m.lr, betas=tuple(m.betas), eps=m.eps)
+    groups = model.param_groups(m.weight_decay, m.lr) if hasattr(model, "param_groups") else \
+        param_groups(model, m.weight_decay)  # a model may set its own (RWKV: layerwise LR)
+    opt = torch.optim.AdamW(groups, lr=m.lr, betas=tuple(m.betas), eps=m.eps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(m.warmup_steps, m.max_steps, m.lr_final_ratio))
     ckpt_root = ctx.run_dir.file("checkpoints")
     signature = training_signature(cfg, corpus)
@@ -183,7 +185,9 @@ def training_signature(cfg: DictConfig, corpus: Corpus) -> dict:
             "split_seed": d.split_seed, "max_chars": d.max_chars, "train_tokens": len(corpus.train), "seed": cfg.seed,
             "lr": m.lr, "lr_final_ratio": m.lr_final_ratio, "warmup_steps": m.warmup_steps,
             "max_steps": m.max_steps, "betas": list(m.betas), "eps": m.eps, "weight_decay": m.weight_decay,
-            "micro_batch_size": m.micro_batch_size, "grad_accum": m.grad_accum, "clip": m.clip}
+            "micro_batch_size": m.micro_batch_size, "grad_accum": m.grad_accum, "clip": m.clip,
+            **({"rwkv": OmegaConf.to_container(cfg.model.rwkv, resolve=True)}
+               if getattr(cfg.model, "family", "lm") == "rwkv" else {})}
 
 
 def log(ctx: RunContext, metrics: dict, step: int) -> None:
