@@ -82,7 +82,10 @@ def markdown(keys: list[str], rows: list[dict]) -> str:
         for m in metrics:
             if m in r:
                 mean, half, n, kind = r[m]
-                cells.append(f"{mean:.3f} ± {half:.3f}" + (f" ({n} seeds)" if kind == "seeds" else " (items)"))
+                if math.isnan(half):  # one seed and not a proportion over items: no interval
+                    cells.append(f"{mean:.3f} (1 seed)")
+                else:
+                    cells.append(f"{mean:.3f} ± {half:.3f}" + (f" ({n} seeds)" if kind == "seeds" else " (items)"))
             else:
                 cells.append("")
         lines.append("| " + " | ".join(cells) + " |")
