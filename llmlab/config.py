@@ -301,3 +301,132 @@ class PositionProbeConfig(MethodConfig):
     batch_size: int = 32
     lr: float = 1e-3
     eval_batches: int = 4
+
+
+@dataclass
+class DraftConfig:
+    """The draft of speculative decoding (same tokenizer as the target): none, the target's first `layer` layers +
+    its final norm and head (`early_exit`), prompt n-gram lookup (`lookup`), or another model (`model`: a conf/model
+    option name)."""
+
+    kind: str = "none"  # none | early_exit | lookup (prompt n-gram lookup, no model) | model
+    layer: int = 8  # early_exit: layers kept
+    model: str | None = None  # model: e.g. llama3.1-8b for a llama3.1-70b target
+    n_draft: int = 4  # tokens proposed per verification step
+
+
+@dataclass
+class CoTConfig(MethodConfig):
+    """Few-shot chain-of-thought planning on Blocksworld (`method=cot`): greedy plan, validated by the simulator."""
+
+    runner: str = "cot"
+    shots: int = 4
+    max_new_tokens: int = 200
+    limit: int | None = None  # first N problems of the split
+    draft: DraftConfig = field(default_factory=DraftConfig)
+
+
+@dataclass
+class AmateurConfig:
+    """The amateur of the contrastive (JSD) reward, sharing the expert's tokenizer."""
+
+    kind: str = "early_exit"  # early_exit (expert's first `layer` layers + norm + head) | lowp | rtn | model
+    layer: int = 24
+    dtype: str = "bfloat16"  # lowp: the expert in this precision
+    bits: int = 3  # rtn: round-to-nearest weight quantisation of every Linear but the head
+    group: int = 32
+    model: str | None = None  # model: a conf/model option name (e.g. llama3.1-8b)
+
+
+@dataclass
+class RewardConfig:
+    """MCTS node reward: components, their normalisation and combination, and the goal term."""
+
+    components: list[str] = field(default_factory=lambda: ["ll", "se"])  # of random | ll | se | jsd
+    weights: dict[str, float] = field(default_factory=dict)  # per component; missing = 1.0
+    jsd_impl: str = "paper"  # paper (mean true JSD over action tokens) | code (sum of 1/2 [KL(M||Pe) + KL(M||Pa)])
+    ll_impl: str = "action"  # action (log p of the action tokens) | code (prompt + action, the released bug)
+    normalise: str = "none"  # none | zscore | multimode (regions from `boundaries`, Welford stats per region)
+    boundaries: dict[str, list[float]] = field(default_factory=dict)  # multimode: region edges per component
+    online_update: bool = True  # update the normalisation statistics with every new score (paper Alg. 3)
+    prior_problems: int = 4  # generated problems whose random rollouts give the prior statistics
+    prior_rollouts: int = 1
+    combine: str = "paper"  # paper (weighted sum of normalised components) | code ((sum + se) * alpha)
+    alpha: float = 0.5  # reward = alpha * intuition + (1 - alpha) * goal term
+    goal_bonus: float = 100.0  # goal term when all goal atoms hold
+    goal_partial: bool = True  # otherwise the goal term is the fraction of goal atoms that hold
+    goal_scale: float = 1.0  # the released "baseline" mode multiplies the goal term by 20
+
+
+@dataclass
+class MCTSConfig(MethodConfig):
+    """MCTS planning on Blocksworld (`method=mcts`; `mcts_rap`, `sc_mcts` are settings of it)."""
+
+    runner: str = "mcts"
+    shots: int = 4
+    n_iters: int = 10
+    depth_limit: int | None = None  # null: the split's optimal plan length (as the released scripts)
+    w_exp: float = 1.0  # UCT exploration constant C
+    uct_with_fast_reward: bool = True  # unvisited children: Q = fast reward (code) | visited first (false)
+    simulate: str = "max"  # max (greedy on fast reward) | random
+    output: str = "max_reward"  # max_reward | follow_max | max_visit
+    backprop: str = "sum_mean"  # sum_mean (RAP / released code) | refined (paper Eq. 3)
+    bp_lambda: float = 0.1
+    bp_value: str = "reward"  # refined: p_i = node reward | goal (fraction of goal atoms)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    amateur: AmateurConfig = field(default_factory=AmateurConfig)
+    node_text: str = "none"  # none | generate (LLM world-model [CHANGE] text per new node; the state stays rule-based)
+    node_max_new_tokens: int = 48
+    draft: DraftConfig = field(default_factory=DraftConfig)  # speculative decoding of the node text
+    batch_size: int = 16  # rows per scoring forward
+    limit: int | None = None
+    dump_trees: bool = True  # trees/<problem id>.json
+
+
+@dataclass
+class InfoFlowConfig(MethodConfig):
+    """Information flow between word- and text-level labels (`method=info_flow`, MRE spec 2.3): attention x
+    gradient saliency per layer on the eager path, with gold / shuffled / removed word-level controls."""
+
+    runner: str = "info_flow"
+    demos_per_class: int = 1
+    conditions: list[str] = field(default_factory=lambda: ["gold", "shuffled", "none"])
+    batch_size: int = 4  # sequences per forward/backward
+    limit: int | None = None  # test queries (default: all of dataset.n_test)
+    bootstrap: int = 1000  # resamples of the paired log-prob test vs gold
+
+
+@dataclass
+class VerbalizerConfig(MethodConfig):
+    """Verbalizer prompt learning (`method=verbalizer`, MRE spec 4.2): label-name baseline vs the knowledgeable
+    verbalizer built from word-level information, zero- and few-shot, scored by label-word log-likelihoods."""
+
+    runner: str = "verbalizer"
+    shots: list[int] = field(default_factory=lambda: [0, 4])  # demonstrations per class
+    top_k: int = 100  # label words per class
+    rank: str = "pmi"  # pmi: count * log(C * count_c / count) | tfidf: count * log(C / classes with it) | freq
+    words: str = "both"  # what is counted: spans | labels (WL label words) | both
+    min_count: int = 2  # a word must occur this often in one class
+    dedup_first_token: bool = False  # keep only words whose first token belongs to one class
+    label_name: bool = True  # the KV also holds the label name (whose log-prob then tends to dominate the class score)
+    score: str = "first_token"  # first_token: log p(first token of " w") | full: log p(" w")
+    batch_size: int = 8
+    limit: int | None = None  # test examples
+
+
+@dataclass
+class MreAblationConfig(MethodConfig):
+    """MRE fine-tuning ablation (`method=mre_ablation`, spec 3.3): one fine-tuning run per condition through the
+    finetune runner, then TL macro-F1 (candidate scoring) and WL micro-F1 (greedy generation, parsed)."""
+
+    runner: str = "mre_ablation"
+    conditions: list[str] = field(default_factory=lambda: [
+        "tl_only", "tl_plus_wli", "wl_only", "wl_plus_tli", "joint", "tl_plus_wli_shuffled", "wl_plus_tli_shuffled",
+        "tl_neutral", "wl_neutral"])
+    finetune: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(
+        tasks=[], lr=5e-5, warmup_steps=5, max_steps=50, micro_batch_size=8, grad_accum=1, max_length=160,
+        loss_on="answer", save_every=1000))
+    epochs: float | None = 2.0  # sets finetune.max_steps = ceil(epochs * n_train / batch); null keeps max_steps
+    batch_size: int = 8  # evaluation batch
+    max_new_tokens: int = 48  # WL generation budget
+    limit: int | None = None  # test examples

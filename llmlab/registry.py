@@ -12,13 +12,18 @@ from dataclasses import dataclass
 
 from llmlab.config import (
     CircuitShiftConfig,
+    CoTConfig,
     FinetuneConfig,
     ICLConfig,
     IclVsFtConfig,
+    InfoFlowConfig,
     LMEvalConfig,
+    MCTSConfig,
     MethodConfig,
+    MreAblationConfig,
     PositionProbeConfig,
     PretrainConfig,
+    VerbalizerConfig,
 )
 from llmlab.errors import LlmlabError
 
@@ -57,3 +62,8 @@ register_runner("circuit_shift", "llmlab.runners.circuit_shift:run", CircuitShif
 register_runner("pretrain", "llmlab.runners.pretrain:run", PretrainConfig)
 register_runner("lm_eval", "llmlab.runners.lm_eval:run", LMEvalConfig)
 register_runner("position_probe", "llmlab.runners.position_probe:run", PositionProbeConfig)
+register_runner("info_flow", "llmlab.runners.info_flow:run", InfoFlowConfig)
+register_runner("verbalizer", "llmlab.runners.verbalizer:run", VerbalizerConfig)
+register_runner("mre_ablation", "llmlab.runners.mre_ablation:run", MreAblationConfig)
+register_runner("cot", "llmlab.runners.cot:run", CoTConfig)
+register_runner("mcts", "llmlab.runners.mcts:run", MCTSConfig)

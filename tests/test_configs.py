@@ -32,6 +32,10 @@ EXPERIMENT_SMOKE = {
     "icl_vs_ft": ["method.tasks=[bool]", "method.shots=[0,1]", "method.report_k=1", "method.seeds=[0]",
                   "method.run_arms=[lora]", "method.arms.lora.max_steps=1", "method.arms.lora.grad_accum=1",
                   "method.icl.limit=2", "dataset.n_train_ft=4", "dataset.n_icl_pool=10", "method.bootstrap=50"],
+    "sc_mcts": ["method=sc_mcts", "dataset=blocksworld/generated", "dataset.options.n=1", "method.n_iters=2",
+                "method.amateur.layer=1", "method.reward.prior_problems=1", "seed=0"],
+    "mre": ["method=info_flow,verbalizer,mre_ablation", "dataset=mre/scpos_adj", "seed=0", "method.limit=2",
+            "dataset.n_test=4", "dataset.n_train_ft=8", "dataset.n_icl_pool=2"],
 }
 
 

@@ -18,7 +18,7 @@ for _key, _value in (("HF_HUB_OFFLINE", "1"), ("HF_DATASETS_OFFLINE", "1"), ("WA
 
 BENCHMARKS = {"icl_scoring": "llmlab.bench.icl_scoring", "finetune_step": "llmlab.bench.finetune_step",
               "stablemask_cpu": "llmlab.bench.stablemask_cpu", "stablemask_gpu": "llmlab.bench.stablemask_gpu",
-              "wkv": "llmlab.bench.wkv"}
+              "wkv": "llmlab.bench.wkv", "spec_decode": "llmlab.bench.spec_decode", "saliency": "llmlab.bench.saliency"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -113,6 +113,10 @@ def optimizer_step(model, params, opt, sched, micro_batches, clip: float, device
 def training_rows(cfg: DictConfig) -> list[dict]:
     """The `train_ft` rows of every task in `method.tasks` (or of `dataset.task`), in task order."""
     d = cfg.dataset
+    if d.source.startswith("mre_"):  # MRE ablation rows (issue #7), per dataset.options.condition
+        from llmlab.data.mre.ablation import training_rows as mre_rows
+
+        return mre_rows(d, cfg.seed)
     if d.source != "implicit":
         raise LlmlabError("method=finetune needs an implicit dataset (dataset=implicit/<task>)")
     tasks = list(cfg.method.tasks) or [d.task]

@@ -1,0 +1,109 @@
+"""Node expansion with and without speculative decoding: the LLM world model's `[CHANGE]` generation (greedy) on the
+same Blocksworld node prompts, plain vs speculative with `--draft lookup` (prompt n-gram lookup, no model; default)
+or `--draft early_exit` (the model's first `--draft-layer` layers + its final norm and head); `--n-draft` tokens
+per check.
+
+    python -m llmlab.bench --only spec_decode [--nodes 12] [--threads 1] [--draft lookup|early_exit] [--n-draft 4]
+
+Prompts: the first transitions (random legal actions, seeded) of generated problems, in the PlanBench world-update
+format when the shared prompt files are present (built-in template otherwise). Each node is decoded plain and
+speculative, alternating the order node by node after one warm-up node; outputs must be token-identical. Reports the
+per-node latency ratio (target >= 1.3x on CPU), nodes/s, tokens/s and the acceptance rate. Results go to
+`outputs/bench/spec_decode.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from llmlab.blocksworld.data import DEFAULT_ROOT, load_prompts, prompt_file_exists
+from llmlab.blocksworld.domain import apply, generate_problems, legal_actions
+from llmlab.blocksworld.text import action_text, state_text, update_template, world_update_prompt
+from llmlab.hardware import Hardware
+from llmlab.models.loading import load_model
+from llmlab.models.pairs import early_exit_model, named_model_config
+from llmlab.paths import REPO_ROOT
+from llmlab.spec_decode import PromptLookup, greedy, speculative, stopper
+from llmlab.tracking import write_json
+
+NAME = "spec_decode"
+TARGET = 1.3
+
+
+def node_prompts(n: int, seed: int = 0) -> list[str]:
+    """World-update prompts of `n` transitions from generated 4- to 6-step problems."""
+    root = DEFAULT_ROOT if DEFAULT_ROOT.is_dir() and prompt_file_exists(DEFAULT_ROOT, 2) else None
+    templates = load_prompts(root, "easy", 2).templates
+    rng, out = random.Random(seed), []
+    for problem, _ in generate_problems(n, 4, seed):
+        state = problem.init
+        for _ in range(rng.randint(0, 3)):
+            state = apply(state, rng.choice(legal_actions(state, problem.blocks)))
+        action = rng.choice(legal_actions(state, problem.blocks))
+        out.append(world_update_prompt(update_template(templates, action), state_text(state), action_text(action)))
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m llmlab.bench --only spec_decode")
+    p.add_argument("--model", default="smollm2-135m", help="a conf/model name")
+    p.add_argument("--nodes", type=int, default=12)
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--draft", default="lookup", choices=["lookup", "early_exit"])
+    p.add_argument("--draft-layer", type=int, default=8)
+    p.add_argument("--n-draft", type=int, default=4)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default=str(REPO_ROOT / "outputs" / "bench" / f"{NAME}.json"))
+    args, _ = p.parse_known_args(argv)
+    torch.set_num_threads(args.threads)
+    cache = os.environ.get("LLMLAB_CACHE", str(Path.home() / ".cache" / "llmlab"))
+    hw = Hardware(torch.device("cuda" if torch.cuda.is_available() else "cpu"), torch.float32)
+    model, tok = load_model(named_model_config(args.model), hw, cache)
+    draft = early_exit_model(model, args.draft_layer) if args.draft == "early_exit" else PromptLookup()
+    prompts = node_prompts(args.nodes + 1)
+    rows = []
+    for i, prompt in enumerate(prompts):
+        ids = tok(prompt, add_special_tokens=True).input_ids
+        stop = stopper(tok, args.max_new_tokens, ("\n[",))
+        runs = {}
+        for kind in (("plain", "spec") if i % 2 else ("spec", "plain")):  # alternate the order
+            if hw.device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            gen, st = greedy(model, ids, stop) if kind == "plain" else speculative(model, draft, ids, stop,
+                                                                                   args.n_draft)
+            if hw.device.type == "cuda":
+                torch.cuda.synchronize()
+            runs[kind] = (gen, st, time.perf_counter() - t0)
+        if i == 0:
+            continue  # warm-up
+        (g0, _, t0), (g1, s1, t1) = runs["plain"], runs["spec"]
+        rows.append({"prompt_tokens": len(ids), "new_tokens": len(g0), "identical": g0 == g1, "plain_s": t0,
+                     "spec_s": t1, "speedup": t0 / t1, "acceptance": s1.acceptance,
+                     "target_forwards": s1.target_forwards, "text": tok.decode(g0)})
+    plain_s, spec_s = sum(r["plain_s"] for r in rows), sum(r["spec_s"] for r in rows)
+    tokens = sum(r["new_tokens"] for r in rows)
+    accepted = [r["acceptance"] for r in rows if r["acceptance"] is not None]
+    result = {"benchmark": NAME, "model": args.model, "device": str(hw.device), "threads": args.threads,
+              "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
+              "draft": args.draft, "draft_layer": args.draft_layer if args.draft == "early_exit" else None,
+              "n_layers": model.config.num_hidden_layers, "n_draft": args.n_draft,
+              "nodes": len(rows), "all_identical": all(r["identical"] for r in rows),
+              "speedup_total": plain_s / spec_s, "speedup_median_node": statistics.median(r["speedup"] for r in rows),
+              "plain_nodes_per_s": len(rows) / plain_s, "spec_nodes_per_s": len(rows) / spec_s,
+              "plain_tokens_per_s": tokens / plain_s, "spec_tokens_per_s": tokens / spec_s,
+              "acceptance_mean": statistics.mean(accepted) if accepted else None, "target": TARGET,
+              "meets_target": plain_s / spec_s >= TARGET, "rows": rows}
+    write_json(args.out, result)
+    print(f"{NAME}: {len(rows)} nodes, identical={result['all_identical']}, speed-up {result['speedup_total']:.2f}x "
+          f"(median node {result['speedup_median_node']:.2f}x), nodes/s {result['plain_nodes_per_s']:.3f} -> "
+          f"{result['spec_nodes_per_s']:.3f}, acceptance {result['acceptance_mean']}, -> {args.out}")
+    return result

@@ -1,0 +1,1 @@
+"""Tree search over LLM-scored actions (MCTS) and its rewards."""
