@@ -27,7 +27,7 @@ def mean_loss(model, blocks: torch.Tensor, batch_size: int, device: torch.device
               amp: torch.dtype | None = None) -> float:
     """Mean next-token cross-entropy (nats) over every position of `blocks` (n, length + 1)."""
     was_training = model.training
-    model.eval()
+    model.train(False)
     total, count = 0.0, 0
     for i in range(0, len(blocks), batch_size):
         batch = blocks[i:i + batch_size].to(device)
@@ -75,7 +75,7 @@ def extrapolation(model, corpus: Corpus, train_len: int, multiples: list[int], m
 @torch.no_grad()
 def sink_metrics(model, blocks: torch.Tensor, device: torch.device, batch_size: int = 4) -> dict:
     """Attention-sink statistics of `model` on `blocks` (n, length + 1); see the module docstring."""
-    model.eval()
+    model.train(False)
     sums: list[dict[str, float]] = []
     curve, n_rows = None, 0
     for i in range(0, len(blocks), batch_size):

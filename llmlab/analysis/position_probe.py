@@ -50,7 +50,7 @@ def train_probe(arch: LMArch, task: str, n: int, k: int, steps: int, batch_size:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    model.eval()
+    model.train(False)
     correct = total = 0
     eval_gen = torch.Generator().manual_seed(seed + 10_000)
     with torch.no_grad():

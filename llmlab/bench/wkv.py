@@ -72,10 +72,11 @@ def decode(contexts: list[int], reps: int, n_layer: int = 4, d: int = 256, vocab
     from llmlab.models.rwkv import RWKV
 
     torch.manual_seed(0)
-    rwkv = RWKV(RWKVArch(n_layer=n_layer, d_model=d, init="normal"), vocab, max(contexts)).eval()
+    rwkv = RWKV(RWKVArch(n_layer=n_layer, d_model=d, init="normal"), vocab, max(contexts)).train(False)
     llama = LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=d, num_hidden_layers=n_layer,
                                          num_attention_heads=d // 64, num_key_value_heads=d // 64,
-                                         intermediate_size=4 * d, max_position_embeddings=max(contexts) + 64)).eval()
+                                         intermediate_size=4 * d, max_position_embeddings=max(contexts) + 64))
+    llama.train(False)
     with torch.inference_mode():
         rows = [decode_row(rwkv, llama, ctx, vocab, reps) for ctx in contexts]
     base = rows[0]

@@ -129,4 +129,4 @@ def load_recurrent(path: str | Path, device: torch.device, dtype: torch.dtype) -
     bpe = path / "tokenizer.json" if config.get("tokenizer") == "bpe" else None
     if bpe is not None and not bpe.is_file():
         raise LlmlabError(f"'{path}' was trained with a BPE tokenizer but holds no tokenizer.json")
-    return RecurrentLM(model.to(device=device, dtype=dtype).eval()), ScratchTokenizer(config["vocab_size"], bpe)
+    return RecurrentLM(model.to(device=device, dtype=dtype).train(False)), ScratchTokenizer(config["vocab_size"], bpe)

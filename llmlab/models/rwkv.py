@@ -337,4 +337,4 @@ def load_rwkv_checkpoint(path: str | Path, **arch_overrides) -> RWKV:
     n_layer = 1 + max(int(k.split(".")[1]) for k in weights if k.startswith("blocks."))
     arch = RWKVArch(**{"n_layer": n_layer, "d_model": d, "ffn_hidden": weights["blocks.0.ffn.key.weight"].shape[0],
                        **arch_overrides})
-    return load_weights(RWKV(arch, vocab, arch.ctx_len), weights).eval()
+    return load_weights(RWKV(arch, vocab, arch.ctx_len), weights).train(False)

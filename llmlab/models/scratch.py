@@ -74,11 +74,11 @@ def load_scratch_model(path: str | Path, **arch_overrides) -> tuple[nn.Module, d
 
         model = RWKV(RWKVArch(**{**config["rwkv"], **arch_overrides}), config["vocab_size"], config["train_len"])
         model.load_state_dict(load_file(path / "model.safetensors"))
-        return model.eval(), config
+        return model.train(False), config
     if config.get("family") != "lm":
         raise LlmlabError(f"'{path}': unknown model family '{config.get('family')}'")
     from llmlab.models.lm import LM
 
     model = LM(LMArch(**{**config["lm"], **arch_overrides}), config["vocab_size"], config["train_len"])
     model.load_state_dict(load_file(path / "model.safetensors"))
-    return model.eval(), config
+    return model.train(False), config

@@ -75,9 +75,7 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict:
     plot(ctx.run_dir.file("circuit_shift.png"), scores, results["conditions"])
     write_json(ctx.run_dir.file("results.json"), results)
     flat = flatten(results)
-    ctx.run_dir.log_metrics(flat)
-    ctx.tracker.log(flat)
-    ctx.tracker.summary(flat)
+    ctx.log_final(flat)
     if ctx.tracker.run is not None:
         import wandb
 

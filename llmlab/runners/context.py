@@ -17,6 +17,12 @@ class RunContext:
     run_dir: RunDir
     tracker: Tracker
 
+    def log_final(self, metrics: dict) -> None:
+        """A run's final metrics: to metrics.jsonl, the W&B history and the W&B summary."""
+        self.run_dir.log_metrics(metrics)
+        self.tracker.log(metrics)
+        self.tracker.summary(metrics)
+
 
 def execute(runner: Callable[[DictConfig, RunContext], dict], cfg: DictConfig, ctx: RunContext) -> dict:
     """Run `runner`, then close the tracker and record the outcome (completed / interrupted / failed) in meta.json."""

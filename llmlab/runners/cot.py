@@ -60,7 +60,5 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict:
     write_json(ctx.run_dir.file("results.json"), results)
     partial.unlink(missing_ok=True)
     flat = {f"{cfg.dataset.name}/{k}": v for k, v in metrics[cfg.dataset.name].items()}
-    ctx.run_dir.log_metrics(flat)
-    ctx.tracker.log(flat)
-    ctx.tracker.summary(flat)
+    ctx.log_final(flat)
     return results

@@ -86,9 +86,7 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict:
     write_json(ctx.run_dir.file("results.json"), results)
     partial.unlink(missing_ok=True)
     flat = {f"{v}/{k}": val for v, mv in metrics.items() for k, val in mv.items()}
-    ctx.run_dir.log_metrics(flat)
-    ctx.tracker.log(flat)
-    ctx.tracker.summary(flat)
+    ctx.log_final(flat)
     ctx.tracker.table("predictions", preds)
     return results
 

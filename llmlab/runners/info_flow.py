@@ -193,8 +193,7 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict:
     write_json(ctx.run_dir.file("results.json"), results)
     flat = {f"{c}/{k}": v for c, r in results["conditions"].items() for k, v in r.items()
             if isinstance(v, float) and math.isfinite(v)}
-    ctx.run_dir.log_metrics(flat)
-    ctx.tracker.summary(flat)
+    ctx.log_final(flat)
     return results
 
 

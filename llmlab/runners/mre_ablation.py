@@ -77,8 +77,7 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict:
     write_json(ctx.run_dir.file("results.json"), results)
     flat = {f"{c}/{k}": v for c, r in table.items() for k, v in r.items() if isinstance(v, float)}
     flat.update({f"delta/{k}": v for k, v in results["deltas"].items()})
-    ctx.run_dir.log_metrics(flat)
-    ctx.tracker.summary(flat)
+    ctx.log_final(flat)
     return results
 
 

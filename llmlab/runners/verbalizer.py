@@ -174,6 +174,5 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict:
     write_json(ctx.run_dir.file("results.json"), results)
     write_jsonl(ctx.run_dir.file("predictions.jsonl"), preds)
     flat = {f"{arm}/k{r['shots']}/macro_f1": r[arm]["macro_f1"] for r in table for arm in ("baseline", "kv")}
-    ctx.run_dir.log_metrics(flat)
-    ctx.tracker.summary(flat)
+    ctx.log_final(flat)
     return results
