@@ -22,6 +22,7 @@ from llmlab.models.stablemask import (  # noqa: E402
     alibi_slopes,
     causal_attention,
     sink_logits,
+    sink_logits_on,
     stablemask_reference,
     stablemask_sdpa,
 )
@@ -94,6 +95,16 @@ def test_pseudo_mass_falls_with_position():
 def test_infinite_horizon_is_length_independent():
     short, long = sink_logits(10, 10, alibi_slopes(2), math.inf), sink_logits(50, 50, alibi_slopes(2), math.inf)
     assert torch.equal(short, long[:, :10])
+
+
+def test_device_sink_logits_are_cached_copies():
+    """The per-call tensor the attention paths use: same values, one object per shape (no copy per call)."""
+    like32, like64 = torch.zeros(1, dtype=torch.bfloat16), torch.zeros(1, dtype=torch.float64)
+    gamma = alibi_slopes(4)
+    tau = sink_logits_on(like32, 9, 12, gamma, 12, n_heads=4)
+    assert tau.dtype == torch.float32 and sink_logits_on(like32, 9, 12, gamma.clone(), 12, n_heads=4) is tau
+    assert torch.equal(sink_logits_on(like64, 9, 12, gamma, 12, n_heads=4), sink_logits(9, 12, gamma, 12, n_heads=4))
+    assert sink_logits_on(like32, 9, 12, 0.3, 12, n_heads=4) is not tau
 
 
 # ---- dense reference vs SDPA sink path

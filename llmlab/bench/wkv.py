@@ -3,14 +3,16 @@
 
     python -m llmlab.bench.wkv [--seqs 256,1024] [--channels 256,768] [--contexts 128,1024,4096] [--reps 3]
                                [--threads N] [--gpu-seqs 1024,4096,8192] [--gpu-channels 768,2048]
+                               [--gpu-blocks 32,64,128]
 
 (a) WKV forward+backward, fp32, batch 1: median seconds of `wkv_chunked` (chunk 8) and `wkv_sequential` (autograd
 through the stable recurrence), and their ratio. (b) Greedy decoding, batch 1, fp32: RWKV-4 (L4, D256, RNN mode, state
 (n_layer, 5, 1, D)) vs a LLaMA-shaped transformer of the same L and D (HF `LlamaForCausalLM`, random weights,
 DynamicCache): the prompt is prefilled, then the median time of one more token is taken at each context length;
-"bytes held" is the RNN state vs the KV cache (its tensors' sizes, exact). (c) CUDA only: Triton kernel vs chunked,
-forward+backward, batch 4, fp32; achieved bandwidth of the kernels = bytes they read and write (k, v, y, the saved
-states, their gradients) / time. Without CUDA (c) prints one line and is skipped.
+"bytes held" is the RNN state vs the KV cache (its tensors' sizes, exact). (c) CUDA only: Triton kernel (at each
+channels-per-program value of `--gpu-blocks`) vs chunked, forward+backward, batch 4, fp32; achieved bandwidth of
+the kernel = bytes it reads and writes (k, v, y, the saved states, their gradients) / time, next to a
+device-to-device copy measured in the same run. Without CUDA (c) prints one line.
 Results go to `outputs/bench/wkv.json` (atomic write).
 """
 
@@ -106,19 +108,37 @@ def decode_row(rwkv, llama, ctx: int, vocab: int, reps: int) -> dict:
             "rwkv_state_bytes": state.numel() * state.element_size(), "gpt_kv_bytes": kv_bytes}
 
 
-def gpu_wkv(seqs: list[int], channels: list[int], reps: int) -> list[dict] | None:
+def copy_bandwidth_GBps(n_bytes: int = 2**30) -> float:
+    """Device-to-device copy, bytes read + written per second (the memory ceiling the kernel is compared with)."""
+    src = torch.empty(n_bytes // 4, device="cuda", dtype=torch.float32).normal_()
+    dst = torch.empty_like(src)
+    s = median_s(lambda: dst.copy_(src), 10, warmup=2, sync=torch.cuda.synchronize)
+    return 2 * n_bytes / s / 1e9
+
+
+def gpu_wkv(seqs: list[int], channels: list[int], reps: int, blocks: list[int]) -> dict | None:
+    """Triton (each channels-per-program value of `blocks`) vs chunked, fwd+bwd, batch 4, fp32 on CUDA."""
     if not torch.cuda.is_available():
         print("WKV on GPU: skipped (no CUDA device)")
         return None
-    from llmlab.kernels.wkv_triton import wkv_triton
+    from llmlab.kernels import wkv_triton as kernel
     from llmlab.models.wkv import wkv_chunked
 
-    rows, b = [], 4
+    peak = copy_bandwidth_GBps()
+    rows, b, default = [], 4, kernel.BLOCK_C_MAX
     for c in channels:
         for t in seqs:
             args, grad = operands(b, t, c, "cuda")
-            row = {"B": b, "T": t, "C": c}
-            row["triton_s"] = median_s(fwd_bwd(wkv_triton, args, grad), reps, sync=torch.cuda.synchronize)
+            row = {"B": b, "T": t, "C": c, "triton_s_by_block": {}}
+            try:
+                for block in blocks:
+                    kernel.BLOCK_C_MAX = block
+                    row["triton_s_by_block"][block] = median_s(fwd_bwd(kernel.wkv_triton, args, grad), reps,
+                                                               sync=torch.cuda.synchronize)
+            finally:
+                kernel.BLOCK_C_MAX = default
+            row["best_block"] = min(row["triton_s_by_block"], key=row["triton_s_by_block"].get)
+            row["triton_s"] = row["triton_s_by_block"].get(default, row["triton_s_by_block"][row["best_block"]])
             try:
                 row["chunked_s"] = median_s(fwd_bwd(lambda *a: wkv_chunked(*a, chunk=8), args, grad), reps,
                                             sync=torch.cuda.synchronize)
@@ -128,8 +148,11 @@ def gpu_wkv(seqs: list[int], channels: list[int], reps: int) -> list[dict] | Non
                 torch.cuda.empty_cache()
             # forward: read k, v; write y and 3 saved states. backward: read k, v, gy, 3 states; write gk, gv.
             row["triton_GBps"] = 4 * b * t * c * (2 + 1 + 3 + 3 + 3 + 2) / row["triton_s"] / 1e9
+            row["of_copy_bandwidth"] = row["triton_GBps"] / peak
             rows.append(row)
-    return rows
+            del args, grad
+            torch.cuda.empty_cache()
+    return {"copy_GBps": peak, "default_block": default, "rows": rows}
 
 
 def ints(text: str) -> list[int]:
@@ -145,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--gpu-seqs", default="1024,4096,8192")
     parser.add_argument("--gpu-channels", default="768,2048")
+    parser.add_argument("--gpu-blocks", default="32,64,128", help="Triton channels per program to compare")
     args, _ = parser.parse_known_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -167,16 +191,18 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['gpt_s_per_token'] * 1e3:.2f} ms | {r['gpt_vs_first']:.2f}x | "
               f"{r['rwkv_state_bytes'] / 1024:.0f} KiB | {r['gpt_kv_bytes'] / 1024:.0f} KiB |")
 
-    gpu = gpu_wkv(ints(args.gpu_seqs), ints(args.gpu_channels), args.reps)
+    gpu = gpu_wkv(ints(args.gpu_seqs), ints(args.gpu_channels), args.reps, ints(args.gpu_blocks))
     if gpu:
-        print("WKV fwd+bwd, CUDA fp32, batch 4: Triton kernel vs chunked")
-        print("| T | C | triton | chunked | chunked / triton | triton GB/s |")
-        print("|---|---|---|---|---|---|")
-        for r in gpu:
+        print(f"WKV fwd+bwd, CUDA fp32, batch 4: Triton kernel (block {gpu['default_block']}) vs chunked; "
+              f"copy bandwidth {gpu['copy_GBps']:.0f} GB/s")
+        print("| T | C | triton | chunked | chunked / triton | triton GB/s | of copy | triton by block |")
+        print("|---|---|---|---|---|---|---|---|")
+        for r in gpu["rows"]:
             chunked = f"{r['chunked_s'] * 1e3:.2f} ms" if r["chunked_s"] else "OOM"
             ratio = f"{r['chunked_over_triton']:.1f}x" if r.get("chunked_over_triton") else "-"
+            by_block = ", ".join(f"{k}: {v * 1e3:.2f} ms" for k, v in r["triton_s_by_block"].items())
             print(f"| {r['T']} | {r['C']} | {r['triton_s'] * 1e3:.2f} ms | {chunked} | {ratio} | "
-                  f"{r['triton_GBps']:.0f} |")
+                  f"{r['triton_GBps']:.0f} | {r['of_copy_bandwidth']:.1%} | {by_block} |")
     write_json(REPO_ROOT / "outputs" / "bench" / "wkv.json",
                {"threads": torch.get_num_threads(), "cpu_wkv": cpu, "decode": dec, "gpu_wkv": gpu})
     return 0

@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from llmlab.models.stablemask import check_qkv, sink_logits
+from llmlab.models.stablemask import check_qkv, sink_logits_on
 
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
@@ -563,8 +563,7 @@ def stablemask_attention(
     if not INTERPRET and q.device.type != "cuda":
         raise ValueError("stablemask_attention: needs CUDA tensors (or TRITON_INTERPRET=1 set before import, on CPU)")
     n_q, n_k = q.shape[2], k.shape[2]
-    tau = sink_logits(n_q, n_k, gamma, horizon, n_heads=q.shape[1])
-    tau2 = (tau * LOG2E).to(device=q.device, dtype=torch.float32).contiguous()
+    tau2 = sink_logits_on(q, n_q, n_k, gamma, horizon, n_heads=q.shape[1]) * LOG2E
     sm_scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     return _StableMaskAttention.apply(q, k, v, tau2, sm_scale)

@@ -31,6 +31,7 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on
 _LIB_INTERPRETED = type(tl.zeros).__name__ == "InterpretedFunction"
 INT32_LIMIT = 2**31
 EMPTY_PP = -1e38
+_EMPTY_PP = tl.constexpr(EMPTY_PP)  # kernels may only read constexpr globals
 
 
 @triton.jit
@@ -42,7 +43,7 @@ def _wkv_fwd_kernel(W, U, K, V, S0, Y, SAVED, S_OUT, T, C, BLOCK_C: tl.constexpr
     u = tl.load(U + cs, mask=mask, other=0.0)
     aa = tl.load(S0 + b * 3 * C + cs, mask=mask, other=0.0)
     bb = tl.load(S0 + b * 3 * C + C + cs, mask=mask, other=0.0)
-    pp = tl.load(S0 + b * 3 * C + 2 * C + cs, mask=mask, other=EMPTY_PP)
+    pp = tl.load(S0 + b * 3 * C + 2 * C + cs, mask=mask, other=_EMPTY_PP)
     for t in range(T):
         off = (b * T + t) * C + cs
         saved = (b * T + t) * 3 * C + cs
@@ -114,8 +115,13 @@ def _wkv_bwd_kernel(W, U, K, V, SAVED, GY, GK, GV, GW, GU, T, C, BLOCK_C: tl.con
     tl.store(GU + b * C + cs, gu, mask=mask)
 
 
-def _block_c(c: int) -> int:
-    return min(64 if not INTERPRET else 32, triton.next_power_of_2(c))
+BLOCK_C_MAX = 64  # channels per program on a GPU (one thread each); the benchmark sweeps it
+
+
+def _launch(c: int) -> tuple[int, int]:
+    """(channels per program, warps per program): one channel per thread, so a block of 32 is one warp."""
+    block = min(32 if INTERPRET else BLOCK_C_MAX, triton.next_power_of_2(c))
+    return block, max(1, block // 32)
 
 
 class _WKV(torch.autograd.Function):
@@ -128,9 +134,9 @@ class _WKV(torch.autograd.Function):
         y = torch.empty(b, t, c, device=k.device, dtype=torch.float32)
         saved = torch.empty(b, t, 3, c, device=k.device, dtype=torch.float32)
         s_out = torch.empty(b, 3, c, device=k.device, dtype=torch.float32)
-        block = _block_c(c)
+        block, warps = _launch(c)
         grid = (b, triton.cdiv(c, block))
-        _wkv_fwd_kernel[grid](w, u, kf, vf, state0, y, saved, s_out, t, c, BLOCK_C=block)
+        _wkv_fwd_kernel[grid](w, u, kf, vf, state0, y, saved, s_out, t, c, BLOCK_C=block, num_warps=warps)
         ctx.save_for_backward(w, u, kf, vf, saved)
         ctx.in_dtype = k.dtype
         ctx.mark_non_differentiable(s_out)
@@ -143,9 +149,9 @@ class _WKV(torch.autograd.Function):
         gk, gv = torch.empty_like(k), torch.empty_like(v)
         gw = torch.empty(b, c, device=k.device, dtype=torch.float32)
         gu = torch.empty_like(gw)
-        block = _block_c(c)
+        block, warps = _launch(c)
         _wkv_bwd_kernel[(b, triton.cdiv(c, block))](w, u, k, v, saved, gy.float().contiguous(), gk, gv, gw, gu, t, c,
-                                                    BLOCK_C=block)
+                                                    BLOCK_C=block, num_warps=warps)
         return gw.sum(0), gu.sum(0), gk.to(ctx.in_dtype), gv.to(ctx.in_dtype), None
 
 

@@ -26,7 +26,7 @@ from torch import nn
 
 from llmlab.config import LMArch
 from llmlab.errors import LlmlabError
-from llmlab.models.stablemask import alibi_slopes, sink_logits, stablemask_reference, stablemask_sdpa
+from llmlab.models.stablemask import alibi_slopes, sink_logits_on, stablemask_reference, stablemask_sdpa
 
 ATTENTIONS = ("softmax", "stablemask")
 POSITIONS = ("rope", "alibi", "none")
@@ -104,7 +104,7 @@ def attention_probs(q: torch.Tensor, k: torch.Tensor, *, gamma: torch.Tensor | N
     scores = scores + (bias if bias is not None else score_bias(n_q, n_k, None, None, q.device))
     if gamma is None:
         return torch.softmax(scores, -1), None
-    tau = sink_logits(n_q, n_k, gamma, horizon, n_heads=q.shape[1]).to(device=q.device, dtype=torch.float32)
+    tau = sink_logits_on(q, n_q, n_k, gamma, horizon, n_heads=q.shape[1])
     full = torch.softmax(torch.cat([scores, tau[None, :, :, None].expand(q.shape[0], -1, -1, 1)], -1), -1)
     return full[..., :n_k], full[..., n_k]
 
@@ -113,7 +113,7 @@ def sink_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gamma: torch.Te
               bias: torch.Tensor) -> torch.Tensor:
     """StableMask with an additive bias through SDPA: a zero key/value in front whose score is tau_i (from the mask)."""
     b, h, n_q, _ = q.shape
-    tau = sink_logits(n_q, k.shape[2], gamma, horizon, n_heads=h).to(device=q.device, dtype=torch.float32)
+    tau = sink_logits_on(q, n_q, k.shape[2], gamma, horizon, n_heads=h)
     mask = torch.cat([tau[:, :, None], bias.expand(h, -1, -1)], -1).to(q.dtype)
     k = torch.cat([k.new_zeros(b, h, 1, k.shape[-1]), k], 2)
     v = torch.cat([v.new_zeros(b, h, 1, v.shape[-1]), v], 2)

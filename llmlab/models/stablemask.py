@@ -19,6 +19,7 @@ absolute position n_k - n_q + r.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -96,6 +97,23 @@ def sink_logits(
     return tau
 
 
+def sink_logits_on(like: torch.Tensor, n_q: int, n_k: int, gamma: float | torch.Tensor,
+                   horizon: int | float | None = None, n_heads: int | None = None) -> torch.Tensor:
+    """`sink_logits` on the device of `like`, fp64 for fp64 inputs and fp32 otherwise, cached per shape: copying a
+    fresh CPU tensor to a GPU would make the host wait for the GPU at every attention call. Do not modify the
+    result in place."""
+    g = torch.as_tensor(gamma, dtype=torch.float64)
+    key = float(g) if g.dim() == 0 else tuple(g.detach().cpu().flatten().tolist())
+    dtype = torch.promote_types(like.dtype, torch.float32)
+    return _sink_logits_cached(like.device, dtype, n_q, n_k, key, horizon, n_heads)
+
+
+@functools.lru_cache(maxsize=64)
+def _sink_logits_cached(device, dtype, n_q, n_k, gamma_key, horizon, n_heads) -> torch.Tensor:
+    gamma = torch.tensor(gamma_key, dtype=torch.float64) if isinstance(gamma_key, tuple) else gamma_key
+    return sink_logits(n_q, n_k, gamma, horizon, n_heads=n_heads).to(device=device, dtype=dtype)
+
+
 def _scale(q: torch.Tensor, scale: float | None) -> float:
     return 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
 
@@ -160,8 +178,8 @@ def stablemask_sdpa(
     b, heads, n_q, d = q.shape
     n_k = k.shape[2]
     s = _scale(q, scale)
-    tau = sink_logits(n_q, n_k, gamma, horizon, n_heads=heads)
-    sink_q = (tau.clamp(min=_NO_SINK) / s).to(device=q.device, dtype=q.dtype)[None, :, :, None].expand(b, heads, n_q, 1)
+    tau = sink_logits_on(q, n_q, n_k, gamma, horizon, n_heads=heads)
+    sink_q = (tau.clamp(min=_NO_SINK) / s).to(q.dtype)[None, :, :, None].expand(b, heads, n_q, 1)
     pad = 8 - (d + 1) % 8 if (d + 1) % 8 else 0
     qx = torch.cat([q, sink_q, q.new_zeros(b, heads, n_q, pad)], -1)
     kx = torch.cat([k, k.new_zeros(b, heads, n_k, 1 + pad)], -1)
