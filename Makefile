@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PIP := $(BIN)/pip install -q -c constraints.txt
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: help install demo test test-all test-gpu bench lint format clean
+.PHONY: help install demo test test-all test-gpu bench bench-gpu lint format clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -39,6 +39,9 @@ test-gpu: install ## the GPU tests (needs a CUDA GPU)
 
 bench: install ## benchmarks against their baselines (lm-eval-harness, ...), printed side by side
 	$(BIN)/python -m llmlab.bench
+
+bench-gpu: install ## the GPU benchmarks only (Triton kernels vs SDPA flash / chunked WKV, training tokens/s and MFU)
+	$(BIN)/python -m llmlab.bench --only stablemask_gpu,wkv,train_gpu
 
 lint: install ## ruff
 	$(BIN)/ruff check .

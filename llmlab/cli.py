@@ -23,6 +23,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from llmlab.config import register_schemas
 from llmlab.errors import LlmlabError
+from llmlab.launch import failure_summary, finished_result, resume_overrides
 from llmlab.paths import conf_dir
 from llmlab.registry import get_runner
 
@@ -37,8 +38,18 @@ def _job(cfg: DictConfig) -> float | None:
         missing = OmegaConf.missing_keys(cfg)
         if missing:
             raise LlmlabError(f"missing required value(s): {', '.join(sorted(missing))} (set them as key=value)")
+        done = finished_result(cfg)  # resume=auto: a job whose run directory completed is not run again
+        if done is not None:
+            return primary_metric(done)
+        from llmlab.distributed import processes_to_launch
+
+        nproc = processes_to_launch(cfg.hardware)
+        if nproc > 1:  # issue #8: this job runs as `nproc` torchrun ranks sharing its run directory
+            return _relaunch(cfg, nproc)
         return _run(cfg)
     except LlmlabError as e:  # exit here: Hydra would otherwise log the failure on extra lines
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # recorded by llmlab.launch.JobCallback: the sweep goes on and lists its failures at the end
         print(f"llmlab: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
 
@@ -61,6 +72,31 @@ def _run(cfg: DictConfig) -> float | None:
     if hw.is_main:
         print(f"run directory: {run_dir.path}")
     return primary_metric(result)
+
+
+def _relaunch(cfg: DictConfig, nproc: int) -> float | None:
+    """Run this job as `nproc` ranks under torchrun: the same overrides, this job's run directory (a multirun job
+    relaunches itself into its own). Returns the primary metric of the results rank 0 wrote."""
+    import json
+    import subprocess
+
+    from llmlab.distributed import check_launch, hydra_value, torchrun_command
+
+    check_launch(cfg, nproc)
+    hc = HydraConfig.get()
+    overrides = list(hc.overrides.task)
+    if hc.mode == RunMode.MULTIRUN and cfg.logger.group is None:  # one W&B group per sweep, as in one process
+        overrides.append(f"logger.group={hydra_value(Path(hc.sweep.dir).name)}")
+    proc = subprocess.Popen(torchrun_command(nproc, overrides, hc.runtime.output_dir), cwd=hc.runtime.cwd)
+    try:
+        code = proc.wait()
+    except KeyboardInterrupt:  # the ranks got the signal too: let them record it
+        proc.wait()
+        raise
+    if code != 0:  # an error, not an exit: in a sweep the other jobs go on (llmlab.launch.JobCallback)
+        raise LlmlabError(f"torchrun exited with code {code} ({nproc} ranks); the ranks' errors are above")
+    results = Path(hc.runtime.output_dir) / "results.json"
+    return primary_metric(json.loads(results.read_text())) if results.is_file() else None
 
 
 def primary_metric(result: dict) -> float | None:
@@ -87,6 +123,14 @@ def one_line(exc: BaseException) -> str:
     return msg
 
 
+def raised_by_hydra(exc: BaseException) -> bool:
+    """Whether the innermost frame of `exc` is Hydra's (its argument checks), not a runner's."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and f"{os.sep}hydra{os.sep}" in tb.tb_frame.f_code.co_filename
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "report":
         from llmlab.report import main as report_main
@@ -94,12 +138,19 @@ def main() -> None:
         return report_main(sys.argv[2:])
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us, so each is printed as one line
     try:
-        _job()
+        sys.argv += resume_overrides(sys.argv[1:])  # resume=auto: the newest unfinished run directory of this command
+        with failure_summary():  # multirun: failed jobs are listed at the end, exit code 1
+            _job()
     except (LlmlabError, HydraException, OmegaConfBaseException) as e:
         print(f"llmlab: error: {one_line(e)}", file=sys.stderr)
         sys.exit(2)
+    except ValueError as e:  # Hydra's own command-line checks (e.g. --cfg with -m) raise plain ValueErrors
+        if not raised_by_hydra(e):
+            raise
+        print(f"llmlab: error: {one_line(e)}", file=sys.stderr)
+        sys.exit(2)
     except KeyboardInterrupt:
-        print("llmlab: interrupted; finished items are kept, run again with the same hydra.run.dir to resume",
+        print("llmlab: interrupted; finished items are kept, run the same command with resume=auto to resume",
               file=sys.stderr)
         sys.exit(130)
 

@@ -119,7 +119,9 @@ class HardwareConfig:
     dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16
     threads: int = 0  # torch intra-op threads on CPU; 0 keeps torch's default
     nproc: int = 1  # processes (GPUs) per node
+    strategy: str = "ddp"  # several processes: ddp (replicated model) | fsdp (sharded: models that do not fit one GPU)
     attn_implementation: str = "sdpa"  # sdpa | eager (eager is needed for attention weights)
+    slurm: SlurmResources = field(default_factory=lambda: SlurmResources())  # hydra/launcher=slurm, per job
 
 
 @dataclass
@@ -216,6 +218,7 @@ class RootConfig:
     cache_dir: str = MISSING  # converted models and other reusable artefacts
     output_dir: str = MISSING  # this run's directory
     tags: list[str] = field(default_factory=list)
+    resume: str = "never"  # auto: reuse the newest unfinished run directory of the same command (llmlab/launch.py)
 
 
 def register_schemas() -> None:
@@ -223,6 +226,13 @@ def register_schemas() -> None:
     from hydra.core.config_store import ConfigStore
 
     ConfigStore.instance().store(name="root_schema", node=RootConfig)
+    from omegaconf import OmegaConf
+
+    from llmlab.paths import safe_name
+
+    # `${safe_name:...}`: a config value used as a directory name (the run directory's runner part) cannot leave it
+    if not OmegaConf.has_resolver("safe_name"):
+        OmegaConf.register_new_resolver("safe_name", lambda name: safe_name(name, "run directory name part"))
 
 
 @dataclass
@@ -430,3 +440,15 @@ class MreAblationConfig(MethodConfig):
     batch_size: int = 8  # evaluation batch
     max_new_tokens: int = 48  # WL generation budget
     limit: int | None = None  # test examples
+
+
+@dataclass
+class SlurmResources:
+    """What `hydra/launcher=slurm` (conf/hydra/launcher/slurm.yaml) asks SLURM for, per job: one task per job; a
+    multi-process job relaunches itself under torchrun inside its allocation. null leaves a value to the cluster."""
+
+    partition: str | None = None
+    time_min: int = 240  # wall-clock limit; a job that reaches it is requeued and resumes from its checkpoint
+    mem_gb: int | None = None
+    gpus_per_node: int | None = None
+    cpus_per_task: int | None = None

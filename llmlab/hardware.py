@@ -1,14 +1,15 @@
-"""Resolve the `hardware` config into a device, a dtype, thread settings and this process's rank."""
+"""Resolve the `hardware` config into a device, a dtype, thread settings and this process's rank; under torchrun,
+join the process group (`llmlab.distributed`): one device per rank (cuda:LOCAL_RANK), nccl on CUDA, gloo on the CPU."""
 
 from __future__ import annotations
 
-import os
 import random
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from llmlab import distributed
 from llmlab.config import HardwareConfig
 from llmlab.errors import LlmlabError
 
@@ -22,6 +23,7 @@ class Hardware:
     dtype: torch.dtype
     rank: int = 0
     world_size: int = 1
+    strategy: str = "ddp"  # several processes: ddp (replicate the model) | fsdp (shard it)
 
     @property
     def is_main(self) -> bool:
@@ -29,13 +31,18 @@ class Hardware:
 
 
 def setup_hardware(cfg: HardwareConfig) -> Hardware:
-    """Pick the device and dtype (`auto`: CUDA + bf16 when present, else CPU + fp32) and set the CPU thread count."""
+    """Pick the device and dtype (`auto`: CUDA + bf16 when present, else CPU + fp32) and set the CPU thread count.
+    Under torchrun with several ranks: device cuda:LOCAL_RANK on a GPU, and this rank joins the process group."""
     name = cfg.device
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise LlmlabError(f"hardware.device={cfg.device} but no CUDA GPU is visible; use hardware=cpu")
+    rank, world, local_rank = distributed.env_ranks()
     device = torch.device(name)
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
     if cfg.dtype == "auto":
         bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
         dtype = torch.bfloat16 if bf16 else torch.float32
@@ -45,12 +52,17 @@ def setup_hardware(cfg: HardwareConfig) -> Hardware:
         raise LlmlabError(f"unknown hardware.dtype '{cfg.dtype}'; choose auto, {', '.join(DTYPES)}")
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    return Hardware(device=device, dtype=dtype, rank=rank, world_size=world)
+    strategy = getattr(cfg, "strategy", "ddp")
+    distributed.check_strategy(strategy)
+    if world > 1:
+        distributed.init(device)
+    return Hardware(device=device, dtype=dtype, rank=rank, world_size=world, strategy=strategy)
 
 
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (all devices). Data generators take the seed explicitly."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise LlmlabError(f"seed must be an integer in [0, 2^63), got {seed!r}")
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

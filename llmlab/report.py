@@ -35,10 +35,18 @@ def load_runs(root: Path) -> tuple[list[dict], int]:
     runs = []
     for path in sorted(root.rglob("results.json")):
         try:
-            run = json.loads(path.read_text())
+            run = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise LlmlabError(f"{path}: not valid JSON ({e.msg})") from None
+        except UnicodeDecodeError:
+            raise LlmlabError(f"{path}: not UTF-8 text") from None
+        if not isinstance(run, dict):
+            raise LlmlabError(f"{path}: expected a JSON object, got {type(run).__name__}")
         if isinstance(run.get("metrics"), dict):  # evaluation runs (not fine-tuning or experiment summaries)
+            bad = [v for v, mets in run["metrics"].items()
+                   if not isinstance(mets, dict) or not all(isinstance(x, (int, float)) for x in mets.values())]
+            if bad:
+                raise LlmlabError(f"{path}: metrics of '{bad[0]}' must be an object of numbers")
             runs.append(run)
     unfinished = sum(1 for meta in root.rglob("meta.json") if not (meta.parent / "results.json").exists())
     return runs, unfinished

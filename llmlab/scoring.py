@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
+from llmlab.errors import LlmlabError
+
 MIN_SHARED_PREFIX = 8  # tokens; a shorter common prefix is not worth a separate forward
 
 
@@ -40,6 +42,8 @@ class Scorer:
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch_size: int = 8,
                  reuse_prefix: bool = True):
+        if batch_size < 1:
+            raise LlmlabError(f"batch size must be >= 1, got {batch_size}")
         self.model, self.tok, self.batch_size, self.reuse_prefix = model, tokenizer, batch_size, reuse_prefix
         self.device = model.device
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

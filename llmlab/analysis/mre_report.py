@@ -12,14 +12,18 @@ from pathlib import Path
 import numpy as np
 
 from llmlab.errors import LlmlabError
+from llmlab.paths import safe_name
 from llmlab.tracking import atomic_write
 
 
 def load(root: Path) -> dict[str, list[dict]]:
     runs = defaultdict(list)
     for path in sorted(root.rglob("results.json")):
-        r = json.loads(path.read_text())
-        if r.get("runner") in ("info_flow", "verbalizer", "mre_ablation"):
+        try:
+            r = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+            raise LlmlabError(f"{path}: not valid JSON ({str(e).splitlines()[0]})") from None
+        if isinstance(r, dict) and r.get("runner") in ("info_flow", "verbalizer", "mre_ablation"):
             runs[r["runner"]].append(r)
     return runs
 
@@ -116,7 +120,7 @@ def plot(runs: list[dict], root: Path) -> list[str]:
             ax.grid(alpha=0.3)
         axes[0][0].set_ylabel("mean saliency (gold solid, shuffled dashed)")
         axes[0][-1].legend(fontsize=6)
-        path = root / f"info_flow_{model}.png"
+        path = root / safe_name(f"info_flow_{str(model).replace('/', '_')}.png", "model name")
         save_figure(fig, path)
         paths.append(str(path))
     return paths

@@ -18,7 +18,8 @@ for _key, _value in (("HF_HUB_OFFLINE", "1"), ("HF_DATASETS_OFFLINE", "1"), ("WA
 
 BENCHMARKS = {"icl_scoring": "llmlab.bench.icl_scoring", "finetune_step": "llmlab.bench.finetune_step",
               "stablemask_cpu": "llmlab.bench.stablemask_cpu", "stablemask_gpu": "llmlab.bench.stablemask_gpu",
-              "wkv": "llmlab.bench.wkv", "spec_decode": "llmlab.bench.spec_decode", "saliency": "llmlab.bench.saliency"}
+              "wkv": "llmlab.bench.wkv", "spec_decode": "llmlab.bench.spec_decode", "saliency": "llmlab.bench.saliency",
+              "ddp_scaling": "llmlab.bench.ddp_scaling", "train_gpu": "llmlab.bench.train_gpu"}
 
 
 def main(argv: list[str] | None = None) -> int:

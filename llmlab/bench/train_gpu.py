@@ -1,6 +1,7 @@
 """Training throughput on one GPU: tokens/s, TFLOP/s and MFU of the runners' own optimiser steps.
 
     python -m llmlab.bench.train_gpu [--cases lm71m_softmax,...] [--steps 10] [--warmup 3] [--tiny --device cpu]
+                                     [--out FILE]
 
 Each case builds a model of a paper's shape with random weights, draws random tokens (throughput does not depend on
 the data) and times `--steps` optimiser steps after `--warmup` untimed ones (the first compiles and autotunes the
@@ -15,8 +16,8 @@ master weights, AdamW, clipping) for the from-scratch models and `finetune.optim
 
 FLOPs per token follow PaLM's convention (6 per matmul parameter + 12 L D S attention, causal half not discounted;
 RWKV: 6 per matmul parameter + its recurrence); MFU is against a bf16 matmul peak measured in the same run
-(8192^3). Results go to `outputs/bench/train_gpu.json`. Without CUDA (and without `--device cpu`) it prints one
-line and exits 0; `--tiny --device cpu` runs every case at toy sizes as a smoke test of this script.
+(8192^3). Results go to `outputs/bench/train_gpu.json` (or `--out`). Without CUDA (and without `--device cpu`) it
+prints one line and exits 0; `--tiny --device cpu` runs every case at toy sizes as a smoke test of this script.
 """
 
 from __future__ import annotations
@@ -130,7 +131,7 @@ def step_fn(case: Case, model, params, device: torch.device, amp):
 
         def run():
             blocks = torch.randint(0, case.vocab, (case.batch, case.seq + 1), generator=gen)
-            return train_step(model, opt, sched, [blocks], 1.0, device, amp, 1e9, 1)[0]
+            return train_step(model, opt, sched, [(blocks, blocks[:, 1:].numel())], 1.0, device, amp, 1e9, 1)[0]
 
     return run
 
@@ -194,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--tiny", action="store_true", help="toy sizes (smoke test of this script)")
+    parser.add_argument("--out", default=str(REPO_ROOT / "outputs" / "bench" / "train_gpu.json"))
     args, _ = parser.parse_known_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("train_gpu: no CUDA GPU found; nothing to benchmark")
@@ -232,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         mem = f"{r['peak_mem_gib']:.1f}" if r["peak_mem_gib"] is not None else "-"
         print(f"| {r['case']} | {r['params'] / 1e6:.1f}M | {r['seq']}x{r['batch']} | {r['tokens_per_s']:,.0f} | "
               f"{r['tflops']:.1f} | {mfu} | {r['step_s'] * 1e3:.1f} | {mem} |")
-    write_json(REPO_ROOT / "outputs" / "bench" / "train_gpu.json",
+    write_json(args.out,
                {"device": device_name, "torch": torch.__version__, "matmul_peak_tflops": peak, "tiny": args.tiny,
                 "steps": args.steps, "warmup": args.warmup, "rows": rows})
     return 1 if any("error" in r for r in rows) else 0

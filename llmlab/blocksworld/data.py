@@ -11,6 +11,7 @@ Layout of the data folder (`dataset.path`; default: `shared/data/blocksworld` ne
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,7 +58,7 @@ def data_root(path: str | None) -> Path:
 
 
 def split_file(root: Path, mode: str, step: int) -> Path:
-    if mode not in MODES:
+    if not isinstance(mode, str) or mode not in MODES:
         raise LlmlabError(f"blocksworld mode '{mode}' is unknown; choose {', '.join(MODES)}")
     data = root / "llm-reasoners" / "data"
     path = data / "full_data" / f"step_{step}.json" if mode == "full" else \
@@ -69,7 +70,18 @@ def split_file(root: Path, mode: str, step: int) -> Path:
 
 def instance_path(root: Path, name: str) -> Path:
     """A split's instance path (relative to a PlanBench checkout) in this folder's `planbench/`."""
-    return root / "planbench" / name.removeprefix(PLANBENCH_PREFIX)
+    rel = Path(name.removeprefix(PLANBENCH_PREFIX))
+    if rel.is_absolute() or ".." in rel.parts or not name.isprintable():
+        raise LlmlabError(f"blocksworld instance path {name!r} is not a plain path inside the data folder's planbench/")
+    return root / "planbench" / rel
+
+
+def read_json(path: Path, what: str):
+    """A JSON data file; bad JSON or bytes that are not UTF-8 are a one-line error naming it."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise LlmlabError(f"{what} {path} is not valid JSON: {str(e).splitlines()[0]}") from None
 
 
 def problem_row(problem: Problem, plan: list, row_id: str, instance: str) -> dict:
@@ -88,13 +100,12 @@ def row_problem(row: dict) -> Problem:
 def load_split(root: Path, mode: str, step: int, check: bool = True) -> Dataset:
     """One split file: a row per problem (parsed PDDL, gold plan, texts). `check` validates every gold plan."""
     path = split_file(root, mode, step)
-    try:
-        items = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise LlmlabError(f"blocksworld split file {path} is not valid JSON: {e}") from None
+    items = read_json(path, "blocksworld split file")
+    if not isinstance(items, list):
+        raise LlmlabError(f"blocksworld split file {path}: expected a JSON list, got {type(items).__name__}")
     rows = []
     for i, item in enumerate(items):
-        if not (isinstance(item, list) and len(item) == 3):
+        if not (isinstance(item, list) and len(item) == 3 and all(isinstance(x, str) for x in item[:2])):
             raise LlmlabError(f"{path.name} item {i}: expected [instance_path, gold_plan, n_steps], got {item!r:.80}")
         instance, gold, n_steps = item
         problem = read_pddl(instance_path(root, instance))
@@ -114,7 +125,10 @@ def load_prompts(root: Path | None, mode: str, step: int) -> Prompts:
         if root is not None:
             raise LlmlabError(f"blocksworld prompt file {path} does not exist")
         return Prompts(BUILTIN_INTRO, [], BUILTIN_SELF_EVAL, {})
-    data = json.loads(path.read_text())
+    data = read_json(path, "blocksworld prompt file")
+    keys = ("intro", "example_pool", "self-eval")
+    if not isinstance(data, dict) or not all(k in data for k in keys):
+        raise LlmlabError(f"blocksworld prompt file {path}: expected a JSON object with keys {', '.join(keys)}")
     return Prompts(data["intro"], data["example_pool"], data["self-eval"],
                    {k: v for k, v in data.items() if k.startswith("world_update_")})
 
@@ -134,14 +148,20 @@ def demo_from(problem: Problem, plan: list) -> dict:
 def load_blocksworld(cfg: DatasetConfig, seed: int) -> tuple[Dataset, Prompts]:
     """The test problems and prompts of a `dataset=blocksworld/...` config."""
     opts = dict(cfg.options)
-    mode, step = opts.get("mode", "easy"), int(opts.get("step", 2))
+    mode, step = opts.get("mode", "easy"), int_option(opts, "step", 2)
     if cfg.source == "blocksworld":
         root = data_root(cfg.path)
         return load_split(root, mode, step, check=bool(opts.get("check", True))), load_prompts(root, mode, step)
     if cfg.source == "blocksworld_generated":
-        n, pool_n = int(opts.get("n", 20)), int(opts.get("pool", 10))
-        n_blocks = tuple(opts.get("blocks", (3, 4, 5)))
-        made = generate_problems(n + pool_n, step, int(opts.get("gen_seed", seed)), n_blocks)
+        n, pool_n = int_option(opts, "n", 20), int_option(opts, "pool", 10)
+        blocks = opts.get("blocks", (3, 4, 5))
+        if isinstance(blocks, str) or not isinstance(blocks, Sequence) or not blocks or \
+                not all(isinstance(b, int) and 2 <= b <= 12 for b in blocks):
+            raise LlmlabError(f"dataset.options.blocks must be a list of block counts in [2, 12], got {blocks!r}")
+        if not 1 <= step <= 4 * max(blocks):  # every block unstacked, put down, picked up and stacked at most once
+            raise LlmlabError(f"dataset.options.step={step}: no problem with {max(blocks)} blocks has an optimal plan "
+                              f"of that length (1 to {4 * max(blocks)})")
+        made = generate_problems(n + pool_n, step, int_option(opts, "gen_seed", seed), tuple(blocks))
         rows = [problem_row(p, plan, f"gen-s{step}-{i}", p.name) for i, (p, plan) in enumerate(made[:n])]
         if opts.get("prompts", "builtin") == "files":  # the PlanBench intro / self-eval / world-update texts
             root = data_root(cfg.path)
@@ -151,6 +171,14 @@ def load_blocksworld(cfg: DatasetConfig, seed: int) -> tuple[Dataset, Prompts]:
         prompts.pool = [demo_from(p, plan) for p, plan in made[n:]]  # demonstrations of the same length
         return Dataset.from_list(rows), prompts
     raise LlmlabError(f"dataset '{cfg.name}': source '{cfg.source}' is not a blocksworld source")
+
+
+def int_option(opts: dict, key: str, default: int) -> int:
+    """`dataset.options.<key>` as a non-negative int; anything else is a one-line error."""
+    value = opts.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise LlmlabError(f"dataset.options.{key} must be a non-negative integer, got {value!r}")
+    return value
 
 
 def prompt_file_exists(root: Path, step: int) -> bool:

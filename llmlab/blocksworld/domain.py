@@ -163,7 +163,11 @@ def read_pddl(path: str | Path) -> Problem:
     path = Path(path)
     if not path.is_file():
         raise LlmlabError(f"blocksworld instance {path} does not exist")
-    return parse_pddl(path.read_text(), path.name)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise LlmlabError(f"blocksworld instance {path} is not UTF-8 text") from None
+    return parse_pddl(text, path.name)
 
 
 def parse_pddl_plan(text: str, blocks: tuple[str, ...], name: str = "plan") -> list[Action]:
@@ -175,10 +179,10 @@ def parse_pddl_plan(text: str, blocks: tuple[str, ...], name: str = "plan") -> l
             continue
         op, args = parts[0].lower(), tuple(p.lower() for p in parts[1:])
         if ARITY.get(op) != len(args):
-            raise LlmlabError(f"{name}: unknown action '{line.strip()}' (choose pick-up, put-down, stack, unstack)")
+            raise LlmlabError(f"{name}: unknown action {line.strip()!r} (choose pick-up, put-down, stack, unstack)")
         unknown = [a for a in args if a not in blocks]
         if unknown:
-            raise LlmlabError(f"{name}: '{line.strip()}' names unknown block(s) {unknown} (blocks: {list(blocks)})")
+            raise LlmlabError(f"{name}: {line.strip()!r} names unknown block(s) {unknown} (blocks: {list(blocks)})")
         plan.append((op, *args))
     return plan
 

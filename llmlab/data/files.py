@@ -30,6 +30,11 @@ def _problem(row: object) -> str | None:
         return "candidates[label] differs from target"
     if row["answer_kind"] not in ANSWER_KINDS:
         return f"answer_kind must be one of {', '.join(ANSWER_KINDS)}, got {row['answer_kind']!r}"
+    if row["answer_kind"] != "bool":  # strict matching compares numbers
+        try:
+            float(row["answer"])
+        except ValueError:
+            return f"answer {row['answer']!r:.40} is not a number (answer_kind {row['answer_kind']})"
     return None
 
 

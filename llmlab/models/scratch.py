@@ -68,17 +68,26 @@ def load_scratch_model(path: str | Path, **arch_overrides) -> tuple[nn.Module, d
     path = Path(path).expanduser()
     if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
         raise LlmlabError(f"'{path}' is not a saved scratch model (config.json + model.safetensors)")
-    config = json.loads((path / "config.json").read_text())
-    if config.get("family") == "rwkv":
-        from llmlab.models.rwkv import RWKV
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except ValueError as e:  # bad JSON or not UTF-8
+        raise LlmlabError(f"'{path}/config.json' is not valid JSON ({str(e).splitlines()[0]})") from None
+    family = config.get("family") if isinstance(config, dict) else None
+    if family not in ("lm", "rwkv"):
+        raise LlmlabError(f"'{path}': unknown model family {family!r}")
+    try:
+        if family == "rwkv":
+            from llmlab.models.rwkv import RWKV
 
-        model = RWKV(RWKVArch(**{**config["rwkv"], **arch_overrides}), config["vocab_size"], config["train_len"])
+            model = RWKV(RWKVArch(**{**config["rwkv"], **arch_overrides}), config["vocab_size"], config["train_len"])
+        else:
+            from llmlab.models.lm import LM
+
+            model = LM(LMArch(**{**config["lm"], **arch_overrides}), config["vocab_size"], config["train_len"])
         model.load_state_dict(load_file(path / "model.safetensors"))
-        return model.train(False), config
-    if config.get("family") != "lm":
-        raise LlmlabError(f"'{path}': unknown model family '{config.get('family')}'")
-    from llmlab.models.lm import LM
-
-    model = LM(LMArch(**{**config["lm"], **arch_overrides}), config["vocab_size"], config["train_len"])
-    model.load_state_dict(load_file(path / "model.safetensors"))
+    except LlmlabError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a missing or mistyped config field, corrupt or mismatched weights
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise LlmlabError(f"'{path}' cannot be loaded as a saved {family} model: {type(e).__name__}: {first}") from e
     return model.train(False), config

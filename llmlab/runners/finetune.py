@@ -5,6 +5,11 @@ permutation per epoch). Every `save_every` steps a checkpoint (trainable weights
 step) is written to `checkpoints/step-NNNNNN/` through a temporary directory and an atomic rename, so `resume=auto`
 only ever sees complete checkpoints and continues bit-for-bit on CPU. The final weights go to `model/` (full
 fine-tuning: a loadable HF directory; LoRA: the adapter).
+
+Several processes (`hardware.nproc`, DDP or FSDP; `llmlab.distributed`): micro_batch_size x grad_accum stays the global
+batch, each rank trains on its share of it and a micro-batch's loss is normalised by its global label-token count, so
+the trajectory is the single-process one. Rank 0 alone writes checkpoints (full tensors, single-process layout) and
+the final model; every rank loads a checkpoint when resuming.
 """
 
 from __future__ import annotations
@@ -21,12 +26,9 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
-from transformers import get_constant_schedule_with_warmup
 
-from llmlab.data.implicit import load_implicit
-from llmlab.data.implicit.common import make_rng
+from llmlab import distributed
 from llmlab.errors import LlmlabError
-from llmlab.models.loading import load_model
 from llmlab.progress import progress_bar
 from llmlab.runners.context import RunContext
 from llmlab.tracking import write_json
@@ -41,12 +43,18 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict:
     # Master weights and optimizer state in fp32; on a GPU the forward/backward run under bf16 autocast.
     if ctx.hw.dtype == torch.float16:
         raise LlmlabError("fp16 fine-tuning is not supported (no loss scaling); use hardware.dtype=bfloat16")
+    from transformers import get_constant_schedule_with_warmup  # here: pretrain imports this module, not transformers
+
+    from llmlab.models.loading import load_model
+
+    split = distributed.micro_split(m.micro_batch_size, m.grad_accum, ctx.hw.rank, ctx.hw.world_size)
     amp = ctx.hw.dtype if ctx.hw.device.type == "cuda" else None
     model, tok = load_model(cfg.model, dataclasses.replace(ctx.hw, dtype=torch.float32), cfg.cache_dir,
                             cfg.hardware.attn_implementation, cfg.seed, reuse=False)
     if m.peft == "lora":
         model = add_lora(model, m.lora)
     examples = encode(training_rows(cfg), tok, m.max_length, m.loss_on)
+    trained = distributed.wrap(model, ctx.hw)  # DDP around `model`, or `model` sharded in place (FSDP)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=m.lr, weight_decay=m.weight_decay)
     sched = get_constant_schedule_with_warmup(opt, m.warmup_steps)
@@ -59,12 +67,9 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict:
     with progress_bar(ctx.hw.is_main) as bar:
         task = bar.add_task(f"finetune {m.peft} {cfg.model.name}", total=m.max_steps, completed=step)
         while step < m.max_steps:
-            micro = []
-            for j in range(m.grad_accum):
-                picked = sample_order(len(examples), cfg.seed, (step * m.grad_accum + j) * m.micro_batch_size,
-                                      m.micro_batch_size)
-                micro.append(collate([examples[i] for i in picked], tok.pad_token_id))
-            loss_value, grad_norm, n = optimizer_step(model, params, opt, sched, micro, m.clip, ctx.hw.device, amp)
+            micro, counts = step_batches(examples, cfg.seed, step, m, split, tok.pad_token_id)
+            loss_value, grad_norm, n = optimizer_step(trained, params, opt, sched, micro, m.clip, ctx.hw.device, amp,
+                                                      counts=counts, accum=m.grad_accum, world=ctx.hw.world_size)
             tokens += n
             step += 1
             if step % m.log_every == 0:
@@ -75,39 +80,67 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict:
                 save_checkpoint(ckpt_root, step, model, opt, sched, signature)
             bar.update(task, completed=step)
     seconds = time.perf_counter() - t0
-    save_final(ctx.run_dir.file("model"), model, tok, m.peft)
+    tokens = int(distributed.all_reduce_sum(tokens))
+    state = distributed.full_state(model) if distributed.is_fsdp(model) else None  # every rank takes part
+    if not ctx.hw.is_main:
+        return {}
+    save_final(ctx.run_dir.file("model"), model, tok, m.peft, state)
     results = {"runner": "finetune", "model": cfg.model.name, "peft": m.peft, "dataset": cfg.dataset.name,
                "seed": cfg.seed, "steps": step, "final_loss": loss_value, "train_examples": len(examples),
                "trainable_params": sum(p.numel() for p in params),
-               "timing": {"train_s": seconds, "label_tokens": tokens}}
+               "timing": {"train_s": seconds, "label_tokens": tokens, "world_size": ctx.hw.world_size}}
     write_json(ctx.run_dir.file("results.json"), results)
     ctx.tracker.summary({"final_loss": loss_value})
     return results
 
 
-def optimizer_step(model, params, opt, sched, micro_batches, clip: float, device,
-                   amp: torch.dtype | None = None) -> tuple[float, float, int]:
+def optimizer_step(model, params, opt, sched, micro_batches, clip: float, device, amp: torch.dtype | None = None,
+                   counts: list[int] | None = None, accum: int | None = None,
+                   world: int = 1) -> tuple[float, float, int]:
     """One optimiser step over `micro_batches` (ids, mask, labels) with gradient accumulation and clipping, the
-    forward/backward under autocast to `amp` if given. Returns the mean micro-batch loss, the gradient norm before
-    clipping and the number of label tokens."""
+    forward/backward under autocast to `amp` if given. Several ranks: `micro_batches` is this rank's share, `counts`
+    the label tokens of each whole global micro-batch, `accum` the global micro-batches per step, `world` the ranks
+    (defaults: one process). Returns the mean micro-batch loss (over all ranks), the gradient norm before clipping and
+    the number of label tokens this rank trained on."""
     opt.zero_grad(set_to_none=True)
+    counts = counts or [label_tokens(labels) for _, _, labels in micro_batches]
+    accum = accum or len(micro_batches)
     loss_sum, tokens = 0.0, 0
-    for ids, mask, labels in micro_batches:
+    for i, ((ids, mask, labels), count) in enumerate(zip(micro_batches, counts)):
         ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
         # Shift the labels, not the logits (slicing batch x length x vocab logits would copy them), and keep no
         # reference to the logits, so they are freed before the backward pass.
         targets = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=IGNORE)
-        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE)
-        del logits
-        (loss / len(micro_batches)).backward()
+        with distributed.grad_sync(model, i == len(micro_batches) - 1):  # synchronise on the last micro-step only
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+            loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(),
+                                                     ignore_index=IGNORE, reduction="sum") / count
+            del logits
+            (loss * world / accum).backward()  # DDP / FSDP average the ranks' gradients: x world makes it a sum
         loss_sum += loss.item()
-        tokens += int((labels[:, 1:] != IGNORE).sum())
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, clip).item()
+        tokens += label_tokens(labels)
+    loss_value = distributed.all_reduce_sum(loss_sum / accum)
+    grad_norm = distributed.clip_grad_norm(params, clip)
     opt.step()
     sched.step()
-    return loss_sum / len(micro_batches), grad_norm, tokens
+    return loss_value, grad_norm, tokens
+
+
+def label_tokens(labels) -> int:
+    """Tokens the loss is computed on (the first position predicts nothing)."""
+    return int((torch.as_tensor(labels)[..., 1:] != IGNORE).sum())
+
+
+def step_batches(examples: list, seed: int, step: int, m, split: list[tuple[int, list[int]]], pad_id: int):
+    """This rank's micro-batches of optimiser step `step` (the rows `split` gives it of each global micro-batch) and
+    the label-token count of each whole global micro-batch."""
+    micro, counts = [], []
+    for j, rows in split:
+        picked = sample_order(len(examples), seed, (step * m.grad_accum + j) * m.micro_batch_size, m.micro_batch_size)
+        micro.append(collate([examples[picked[r]] for r in rows], pad_id))
+        counts.append(sum(label_tokens(examples[i][1]) for i in picked))
+    return micro, counts
 
 
 def training_rows(cfg: DictConfig) -> list[dict]:
@@ -117,6 +150,8 @@ def training_rows(cfg: DictConfig) -> list[dict]:
         from llmlab.data.mre.ablation import training_rows as mre_rows
 
         return mre_rows(d, cfg.seed)
+    from llmlab.data.implicit import load_implicit
+
     if d.source != "implicit":
         raise LlmlabError("method=finetune needs an implicit dataset (dataset=implicit/<task>)")
     tasks = list(cfg.method.tasks) or [d.task]
@@ -144,6 +179,8 @@ def encode(rows: list[dict], tok, max_length: int, loss_on: str) -> list[tuple[l
 
 def sample_order(n: int, seed: int, first: int, count: int) -> list[int]:
     """Examples at sample positions first..first+count-1 of an endless stream of seeded per-epoch permutations."""
+    from llmlab.data.implicit.common import make_rng
+
     picked = []
     for pos in range(first, first + count):
         epoch, i = divmod(pos, n)
@@ -189,16 +226,20 @@ def training_signature(cfg: DictConfig) -> dict:
 
 
 def save_checkpoint(root: Path, step: int, model, opt, sched, signature: dict) -> None:
-    """Write everything needed to continue exactly, then publish it with one atomic rename."""
+    """Write everything needed to continue exactly, then publish it with one atomic rename. Several ranks: all call
+    this (FSDP gathers the shards), rank 0 writes."""
+    trainable = distributed.trainable_state(model)
+    optimizer = distributed.optimizer_state(model, opt)
+    if distributed.rank() != 0:
+        return
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
     tmp = root / f".tmp-step-{step:06d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    trainable = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
     save_file(trainable, tmp / "trainable.safetensors")
     np_state = np.random.get_state()
-    torch.save({"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+    torch.save({"step": step, "optimizer": optimizer, "scheduler": sched.state_dict(),
                 "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
                         "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]]}}, tmp / "state.pt")
     (tmp / "signature.json").write_text(json.dumps(signature, sort_keys=True))
@@ -207,7 +248,7 @@ def save_checkpoint(root: Path, step: int, model, opt, sched, signature: dict) -
 
 
 def resume(root: Path, model, opt, sched, signature: dict) -> int:
-    """Load the newest complete checkpoint under `root` (if any); its step, or 0."""
+    """Load the newest complete checkpoint under `root` (if any; every rank loads it); its step, or 0."""
     ckpts = sorted(root.glob("step-*")) if root.is_dir() else []
     if not ckpts:
         return 0
@@ -217,13 +258,9 @@ def resume(root: Path, model, opt, sched, signature: dict) -> int:
     if changed:
         raise LlmlabError(f"cannot resume from {ckpt}: the config changed {', '.join(changed)} "
                           "(use a new run directory or method.resume=never)")
-    weights = load_file(ckpt / "trainable.safetensors")
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, value in weights.items():
-            params[name].copy_(value)
+    distributed.load_trainable(model, load_file(ckpt / "trainable.safetensors"))
     state = torch.load(ckpt / "state.pt", weights_only=True)
-    opt.load_state_dict(state["optimizer"])
+    distributed.load_optimizer_state(model, opt, state["optimizer"])
     sched.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"]["torch"])
     random.setstate(state["rng"]["python"])
@@ -232,10 +269,12 @@ def resume(root: Path, model, opt, sched, signature: dict) -> int:
     return int(state["step"])
 
 
-def save_final(path: Path, model, tok, peft: str) -> None:
+def save_final(path: Path, model, tok, peft: str, state: dict | None = None) -> None:
+    """The final weights (a full model or the LoRA adapter), published atomically; `state`: the gathered full state
+    dict of an FSDP-sharded model."""
     tmp = path.with_name(f".{path.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
+    model.save_pretrained(tmp, **({"state_dict": state} if state is not None else {}))
     if peft == "none":
         tok.save_pretrained(tmp)
     shutil.rmtree(path, ignore_errors=True)

@@ -22,9 +22,11 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from llmlab.analysis import icl_vs_ft as analysis
+from llmlab.data.implicit import task_spec
 from llmlab.errors import LlmlabError
 from llmlab.hardware import seed_everything
 from llmlab.models.loading import finetuned_model
+from llmlab.paths import safe_name
 from llmlab.runners import finetune, icl
 from llmlab.runners.context import RunContext, execute
 from llmlab.tracking import RunDir, Tracker, atomic_write, read_jsonl, write_json
@@ -106,6 +108,10 @@ def check(m: DictConfig) -> None:
         raise LlmlabError(f"method.metric={m.metric} needs '{needs}' in method.icl.scoring")
     if not m.seeds or not m.tasks:
         raise LlmlabError("method.seeds and method.tasks must not be empty")
+    for task in m.tasks:  # step directories are named after tasks and arms: check before any is made
+        task_spec(safe_name(task, "method.tasks entry"))
+    for arm in m.run_arms:
+        safe_name(arm, "method.run_arms entry")
 
 
 def task_dataset(dataset: dict, task: str) -> dict:

@@ -9,6 +9,11 @@ are always complete and healthy (written by `finetune.save_checkpoint`, atomical
 tokens/s, achieved TFLOP/s (FLOPs = `model.flops_per_token`) and MFU when `method.peak_tflops` is set; validation
 loss, perplexity and bits per byte every `eval_every` steps. At the end: `model/` (safetensors + config.json), the
 extrapolation table and attention-sink statistics, and `results.json`.
+
+Several processes (`hardware.nproc`, DDP or FSDP; `llmlab.distributed`): micro_batch_size x grad_accum stays the global
+batch and each rank trains on its share of every step, so N processes follow the single-process trajectory; the logged
+loss is the mean over ranks, tokens/s counts all ranks. Every rank validates (the same blocks); rank 0 alone writes
+checkpoints and runs the final evaluations (FSDP: on the gathered weights).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
+from llmlab import distributed
 from llmlab.analysis.lm_eval import extrapolation, loss_row, mean_loss, sink_metrics
 from llmlab.data.corpus import Corpus, eval_blocks, load_corpus, train_batch
 from llmlab.errors import LlmlabError
@@ -38,6 +44,7 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict:
         raise LlmlabError("method.max_steps, method.micro_batch_size and method.grad_accum must be >= 1")
     if ctx.hw.dtype == torch.float16:
         raise LlmlabError("fp16 pretraining is not supported (no loss scaling); use hardware.dtype=bfloat16")
+    split = distributed.micro_split(m.micro_batch_size, m.grad_accum, ctx.hw.rank, ctx.hw.world_size)
     device = ctx.hw.device
     amp = ctx.hw.dtype if device.type == "cuda" and ctx.hw.dtype != torch.float32 else None
     corpus = load_corpus(cfg.dataset, cfg.cache_dir)
@@ -45,6 +52,7 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict:
     train_blocks, val_blocks = corpus.blocks("train", block), eval_blocks(corpus.blocks("val", block), m.eval_blocks)
     torch.manual_seed(cfg.seed)
     model = build_scratch_model(cfg.model, corpus.vocab_size, train_len=block).to(device)
+    trained = distributed.wrap(model, ctx.hw)  # DDP around `model`, or `model` sharded in place (FSDP)
     groups = model.param_groups(m.weight_decay, m.lr) if hasattr(model, "param_groups") else \
         param_groups(model, m.weight_decay)  # a model may set its own (RWKV: layerwise LR)
     opt = torch.optim.AdamW(groups, lr=m.lr, betas=tuple(m.betas), eps=m.eps)
@@ -62,9 +70,10 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict:
     with progress_bar(ctx.hw.is_main) as bar:
         task = bar.add_task(f"pretrain {cfg.model.name}", total=m.max_steps, completed=step)
         while step < m.max_steps:
-            micro = [train_batch(train_blocks, cfg.seed, (step * m.grad_accum + j) * m.micro_batch_size,
-                                 m.micro_batch_size) for j in range(m.grad_accum)]
-            loss_value, grad_norm = train_step(model, opt, sched, micro, m.clip, device, amp, m.max_grad_norm, step + 1)
+            micro = [(train_batch(train_blocks, cfg.seed, (step * m.grad_accum + j) * m.micro_batch_size,
+                                  m.micro_batch_size)[rows], m.micro_batch_size * block) for j, rows in split]
+            loss_value, grad_norm = train_step(trained, opt, sched, micro, m.clip, device, amp, m.max_grad_norm,
+                                               step + 1, m.grad_accum, ctx.hw.world_size)
             step += 1
             steps_window += 1
             if step % m.log_every == 0 or step == m.max_steps:
@@ -83,13 +92,16 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict:
                 val = loss_row(mean_loss(model, val_blocks, m.eval_batch_size, device, amp), corpus)
                 log(ctx, {f"val/{k}": v for k, v in val.items()}, step)
             if step % m.save_every == 0 or step == m.max_steps:
-                if not all(torch.isfinite(p).all() for p in model.parameters()):
+                if not distributed.all_finite(model.parameters()):
                     raise LlmlabError(f"watchdog: non-finite weights after step {step}; not checkpointed "
                                       "(lower method.lr or raise method.warmup_steps)")
                 save_checkpoint(ckpt_root, step, model, opt, sched, signature)
             t_window += time.perf_counter() - paused
             bar.update(task, completed=step)
 
+    model = main_copy(model, lambda: build_scratch_model(cfg.model, corpus.vocab_size, train_len=block).to(device))
+    if model is None:  # ranks > 0: training is done, rank 0 evaluates and writes
+        return {}
     val = loss_row(mean_loss(model, val_blocks, m.eval_batch_size, device, amp), corpus)
     save_scratch_model(ctx.run_dir.file("model"), model, {"tokenizer": corpus.tokenizer, "dataset": cfg.dataset.name},
                        corpus.tokenizer_file)
@@ -98,13 +110,27 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict:
                "params": n_params, "tokenizer": corpus.tokenizer, "vocab_size": corpus.vocab_size,
                "block_size": block, "train_tokens": step * tokens_step, "corpus_train_tokens": len(corpus.train),
                "train": {"loss": loss_value}, "val": val,  # nested: `llmlab report` groups by top-level scalars
-               "timing": {"train_s": train_s, "flops_per_token": flops_token,
+               "timing": {"train_s": train_s, "flops_per_token": flops_token, "world_size": ctx.hw.world_size,
                           "tokens_per_s": (step - first_step) * tokens_step / train_s if train_s else None}}
     results.update(final_evaluations(model, corpus, block, m, device, amp))
     results["metrics"] = {"val": report_metrics(val, results)}
     write_json(ctx.run_dir.file("results.json"), results)
     ctx.tracker.summary({"val_loss": val["loss"], "val_ppl": val["ppl"], "val_bpb": val["bpb"]})
     return results
+
+
+def main_copy(model, build):
+    """The trained model on rank 0 (None on the others): `model` itself, or under FSDP a fresh `build()` holding the
+    gathered weights (every rank takes part in the gathering)."""
+    if not distributed.is_fsdp(model):
+        return model if distributed.rank() == 0 else None
+    state = distributed.full_state(model)
+    if distributed.rank() != 0:
+        return None
+    plain = build()
+    plain.load_state_dict(state)
+    plain.train()
+    return plain
 
 
 def final_evaluations(model, corpus: Corpus, block: int, m, device, amp) -> dict:
@@ -133,22 +159,26 @@ def report_metrics(val: dict, results: dict) -> dict:
     return out
 
 
-def train_step(model, opt, sched, micro_batches: list[torch.Tensor], clip: float, device, amp, max_grad_norm: float,
-               step: int) -> tuple[float, float]:
-    """One optimiser step over `micro_batches` (blocks of length + 1); returns the mean loss and the gradient norm
-    before clipping. Stops (LlmlabError) before updating anything when either is non-finite or the norm too large."""
+def train_step(model, opt, sched, micro_batches: list[tuple[torch.Tensor, int]], clip: float, device, amp,
+               max_grad_norm: float, step: int, accum: int | None = None, world: int = 1) -> tuple[float, float]:
+    """One optimiser step over `micro_batches`: (blocks of length + 1, target tokens of the whole global micro-batch)
+    pairs, this rank's share of `accum` global micro-batches (default: all of them, one process) over `world` ranks.
+    Returns the mean loss (over all ranks) and the gradient norm before clipping. Stops (LlmlabError) before updating
+    anything when either is non-finite or the norm too large (the same decision on every rank)."""
     opt.zero_grad(set_to_none=True)
+    accum = accum or len(micro_batches)
     loss_sum = 0.0
-    for blocks in micro_batches:
+    for i, (blocks, tokens) in enumerate(micro_batches):
         blocks = blocks.to(device)
-        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            logits = model(blocks[:, :-1])
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), blocks[:, 1:].flatten())
-        del logits
-        (loss / len(micro_batches)).backward()
+        with distributed.grad_sync(model, i == len(micro_batches) - 1):  # synchronise on the last micro-step only
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                logits = model(blocks[:, :-1])
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), blocks[:, 1:].flatten(), reduction="sum") / tokens
+            del logits
+            (loss * world / accum).backward()  # DDP / FSDP average the ranks' gradients: x world makes it a sum
         loss_sum += loss.item()
-    loss_value = loss_sum / len(micro_batches)
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip).item()
+    loss_value = distributed.all_reduce_sum(loss_sum / accum)
+    grad_norm = distributed.clip_grad_norm(model.parameters(), clip)
     if not math.isfinite(loss_value) or not math.isfinite(grad_norm) or grad_norm > max_grad_norm:
         raise LlmlabError(f"watchdog: step {step} has loss {loss_value:.4g} and gradient norm {grad_norm:.4g} "
                           f"(limit {max_grad_norm:g}); stopped without updating or checkpointing (lower method.lr)")

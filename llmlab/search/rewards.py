@@ -52,6 +52,8 @@ class ActionScorer:
                  max_prefixes: int = 8):
         if jsd_impl not in ("paper", "code"):
             raise LlmlabError(f"reward.jsd_impl must be paper or code, got '{jsd_impl}'")
+        if batch_size < 1:
+            raise LlmlabError(f"method.batch_size must be >= 1, got {batch_size}")
         self.model, self.tok, self.amateur, self.jsd_impl = model, tok, amateur, jsd_impl
         self.batch_size, self.max_prefixes = batch_size, max_prefixes
         self.encoder = Scorer(model, tok)  # its tokenization of context + continuation

@@ -67,8 +67,13 @@ def _synthetic(cfg: DatasetConfig, seed: int) -> MreData:
     unknown = set(opts) - set(DEFAULTS)
     if unknown:
         raise LlmlabError(f"dataset '{cfg.name}': unknown option(s) {sorted(unknown)}; known: {sorted(DEFAULTS)}")
-    if not 0.0 <= float(opts.get("coupling", DEFAULTS["coupling"])) <= 1.0:
-        raise LlmlabError(f"dataset '{cfg.name}': options.coupling must be in [0, 1]")
+    for key, value in opts.items():  # the generator trusts their types
+        flag = isinstance(DEFAULTS[key], bool)
+        ok = isinstance(value, bool) if flag else isinstance(value, (int, float)) and not isinstance(value, bool) \
+            and 0.0 <= value <= 1.0
+        if not ok:
+            kind = "true or false" if flag else "a number in [0, 1]"
+            raise LlmlabError(f"dataset '{cfg.name}': options.{key} must be {kind}, got {value!r}")
     splits = {s: generate(subset, s, n, seed, **opts)
               for s, n in (("train", cfg.n_train_ft), ("dev", cfg.n_icl_pool), ("test", cfg.n_test))}
     if not splits["train"] or not splits["test"]:
@@ -102,7 +107,11 @@ def read_records(path: str | Path, skip: bool = False) -> tuple[list[dict], list
 
 def _raw_objects(path: Path):
     """(line number, parsed object) for JSON arrays, JSON lines and CSV files."""
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        line = e.object[:e.start].count(b"\n") + 1
+        raise LlmlabError(f"{path}:{line}: not valid UTF-8") from None
     if path.suffix.lower() == ".csv":
         reader = csv.DictReader(text.splitlines())
         if not reader.fieldnames or not {"input", "output"} <= set(reader.fieldnames):

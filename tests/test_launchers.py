@@ -1,0 +1,175 @@
+"""Launchers (issue #8): the SLURM submission script that submitit would hand to sbatch, a local submitit job end to
+end (and its requeue after a preemption signal), and one GPU per worker process under the joblib launcher."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import REPO, TINY, compose, run_cli
+
+FAST_LM = ["method=pretrain", "model=lm-tiny", "dataset=corpus/pydoc", "model.lm.n_layer=1", "model.lm.d_model=32",
+           "model.lm.n_head=2", "model.lm.ffn_hidden=64", "dataset.block_size=32", "method.micro_batch_size=4",
+           "method.grad_accum=2", "method.warmup_steps=2", "method.eval_every=1000", "method.log_every=1",
+           "method.eval_blocks=4", "method.eval_lengths=[1]", "method.sink_blocks=1", "hardware=cpu"]
+
+
+def sbatch_script(monkeypatch, tmp_path, *overrides: str, jobs: int = 2) -> tuple[str, Path]:
+    """Run hydra/launcher=slurm's launch() with sbatch replaced by an echo: the script submitit wrote, its folder."""
+    import hydra.utils
+    import submitit.slurm.slurm as slurm
+
+    import llmlab.launch  # noqa: F401  (its resolver and callback)
+
+    monkeypatch.setattr(slurm.SlurmExecutor, "affinity", staticmethod(lambda: 2))  # "srun is on the PATH"
+    monkeypatch.setattr(slurm.SlurmExecutor, "_make_submission_command",
+                        lambda self, path: [sys.executable, "-c", "print('Submitted batch job 4242')"])
+    monkeypatch.setattr(slurm.SlurmJob, "results", lambda self: ["done"])
+    cfg = compose(["hydra/launcher=slurm", *overrides, f"hydra.sweep.dir={tmp_path / 'sweep'}"])
+    launcher = hydra.utils.instantiate(cfg.hydra.launcher)
+    launcher.setup(hydra_context=None, task_function=None, config=cfg)
+    assert launcher.launch([[f"seed={i}"] for i in range(jobs)], initial_job_idx=0) == ["done"] * jobs
+    folder = tmp_path / "sweep" / ".submitit" / "4242"
+    return (folder / "4242_submission.sh").read_text(), folder
+
+
+def test_the_slurm_script_takes_its_resources_from_the_hardware_group(monkeypatch, tmp_path):
+    text, folder = sbatch_script(monkeypatch, tmp_path, "hardware=gpu", "hardware.slurm.partition=a100",
+                                 "hardware.slurm.time_min=90", "hardware.slurm.mem_gb=48",
+                                 "hardware.slurm.gpus_per_node=2", "hardware.slurm.cpus_per_task=12")
+    lines = set(text.splitlines())
+    assert {"#SBATCH --partition=a100", "#SBATCH --time=90", "#SBATCH --mem=48GB", "#SBATCH --gpus-per-node=2",
+            "#SBATCH --cpus-per-task=12", "#SBATCH --ntasks-per-node=1", "#SBATCH --array=0-1%2",
+            "#SBATCH --requeue", "#SBATCH --signal=USR2@120", "#SBATCH --job-name=llmlab"} <= lines, text
+    assert "-m submitit.core._submit" in text
+
+    # A requeue (preemption, time limit) submits the same call again: same overrides, job number and sweep dir.
+    from submitit.core.utils import DelayedSubmission
+
+    first = DelayedSubmission.load(folder.parent / "4242_1" / "4242_1_submitted.pkl")
+    again = first.function.checkpoint(*first.args, **first.kwargs)
+    assert again.args[:3] == first.args[:3] == (["seed=1"], "hydra.sweep.dir", 1)
+    assert again.function.config.hydra.sweep.dir == str(tmp_path / "sweep")
+
+
+def test_the_hardware_options_give_their_own_slurm_defaults(monkeypatch, tmp_path):
+    gpu, _ = sbatch_script(monkeypatch, tmp_path / "gpu", "hardware=gpu", jobs=1)
+    assert {"#SBATCH --gpus-per-node=1", "#SBATCH --time=240", "#SBATCH --mem=64GB"} <= set(gpu.splitlines())
+    assert "--partition" not in gpu  # null: the cluster's default partition
+    cpu, _ = sbatch_script(monkeypatch, tmp_path / "cpu", "hardware=cpu", jobs=1)
+    assert "--gpus-per-node" not in cpu and "#SBATCH --cpus-per-task=4" in cpu.splitlines()
+
+
+def test_visible_gpus_follow_cuda_visible_devices(monkeypatch):
+    from llmlab.launch import visible_gpus
+
+    for value, gpus in [("3,5", ["3", "5"]), ("", []), ("2,-1,4", ["2"]), ("GPU-ab12, GPU-cd34", ["GPU-ab12",
+                                                                                                "GPU-cd34"])]:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", value)
+        assert visible_gpus() == gpus
+
+
+def test_each_worker_claims_a_free_gpu_and_keeps_it(tmp_path):
+    from llmlab.launch import claim_gpu
+
+    locks = tmp_path / "locks"
+    gpu_a, lock_a = claim_gpu(["3", "5"], locks, job_num=0)
+    gpu_b, lock_b = claim_gpu(["3", "5"], locks, job_num=2)  # 2 % 2 = 0 is held: the next free one
+    assert (gpu_a, gpu_b) == ("3", "5") and lock_a and lock_b
+    gpu_c, lock_c = claim_gpu(["3", "5"], locks, job_num=3)  # all held: share by job number
+    assert (gpu_c, lock_c) == ("5", None)
+    lock_a.close()  # a worker that exits frees its GPU
+
+    # Another process sees the same locks (flock is per open file, held until its holder exits).
+    code = "from pathlib import Path; from llmlab.launch import claim_gpu; print(claim_gpu(['3', '5'], Path(%r), 1)[0])"
+    out = subprocess.run([sys.executable, "-c", code % str(locks)], capture_output=True, text=True, cwd=REPO)
+    assert out.stdout.strip() == "3", out.stderr  # 5 is still held by lock_b
+    lock_b.close()
+
+
+def test_pin_gpu_sets_cuda_visible_devices_once_per_process(monkeypatch, tmp_path):
+    from omegaconf import OmegaConf
+
+    import llmlab.launch as launch
+
+    monkeypatch.setattr(launch, "_GPU", None)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    cfg = OmegaConf.create({"hydra": {"job": {"num": 1}, "sweep": {"dir": str(tmp_path)}}})
+    assert launch.pin_gpu(cfg) == "5" and os.environ["CUDA_VISIBLE_DEVICES"] == "5"
+    cfg.hydra.job.num = 2  # the next job of the same worker keeps its GPU
+    assert launch.pin_gpu(cfg) == "5"
+    launch._GPU[1].close()
+    monkeypatch.setattr(launch, "_GPU", None)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert launch.pin_gpu(cfg) is None  # no GPU: nothing to pin
+
+
+@pytest.mark.slow  # loky workers each import torch: 50-70 s on 2 cores
+def test_joblib_runs_jobs_in_parallel_workers_with_one_gpu_each(outputs):
+    res = run_cli("-m", "hydra/launcher=joblib", *TINY, "method.limit=1", "method.shots=0,1,2",
+                  env={"CUDA_VISIBLE_DEVICES": "3,5"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "n_jobs=2" in res.stdout + res.stderr  # one worker per visible GPU
+    metas = [json.loads(p.read_text()) for p in outputs.rglob("meta.json")]
+    assert len(metas) == 3 and all(m["status"] == "completed" for m in metas)
+    gpu_of = {}
+    for m in metas:
+        assert m["cuda_visible_devices"] in ("3", "5")
+        assert gpu_of.setdefault(m["pid"], m["cuda_visible_devices"]) == m["cuda_visible_devices"]
+    assert len(set(gpu_of.values())) == len(gpu_of)  # distinct workers, distinct GPUs
+    assert "validated against ConfigStore" not in res.stderr
+
+
+def logged_steps(run: Path) -> list[int]:
+    from llmlab.tracking import read_jsonl
+
+    path = run / "metrics.jsonl"
+    return [r["step"] for r in read_jsonl(path) if "train/loss" in r] if path.is_file() else []
+
+
+def test_submitit_local_runs_a_tiny_job_end_to_end(outputs):
+    sweep = outputs / "sweep"
+    res = run_cli("-m", "hydra/launcher=submitit_local", f"hydra.sweep.dir={sweep}", *TINY, "method.limit=1",
+                  "method.shots=1")
+    assert res.returncode == 0, res.stderr[-3000:]
+    meta = json.loads((sweep / "0" / "meta.json").read_text())
+    assert meta["status"] == "completed" and meta["pid"] != json.loads((sweep / "sweep.json").read_text())["pid"]
+    assert (sweep / "0" / "results.json").is_file() and list(sweep.glob(".submitit/*/*_result.pkl"))
+    assert json.loads((sweep / ".jobs" / "0.json").read_text())["status"] == "completed"
+
+
+@pytest.mark.slow
+def test_submitit_local_job_is_requeued_after_preemption_and_resumes(outputs):
+    """hydra/launcher=submitit_local end to end; SIGUSR2 (SLURM's preemption/timeout signal) makes submitit requeue
+    the job, which continues in the same run directory from its last checkpoint and the same W&B run."""
+    sweep = outputs / "sweep"
+    wb = {f"WANDB_{k}_DIR": str(outputs.parent / k.lower()) for k in ("CACHE", "CONFIG", "DATA")}
+    env = {**os.environ, "LLMLAB_CACHE": str(outputs.parent / "cache"), "WANDB_MODE": "offline", **wb}
+    proc = subprocess.Popen([sys.executable, "-m", "llmlab.cli", "-m", "hydra/launcher=submitit_local",
+                             f"hydra.sweep.dir={sweep}", *FAST_LM, "method.max_steps=300", "method.save_every=20",
+                             "logger=wandb"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    run = sweep / "0"
+    deadline = time.time() + 240
+    while max(logged_steps(run), default=0) < 25 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)  # past the checkpoint of step 20
+    os.kill(json.loads((run / "meta.json").read_text())["pid"], signal.SIGUSR2)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    meta = json.loads((run / "meta.json").read_text())
+    assert meta["status"] == "completed" and meta["attempt"] == 2
+    steps = logged_steps(run)
+    restart = next(i for i in range(1, len(steps)) if steps[i] <= steps[i - 1])
+    assert steps[restart] > 1 and (steps[restart] - 1) % 20 == 0  # resumed right after a checkpoint
+    assert sorted(set(steps)) == list(range(1, 301))
+    run_id = (run / "wandb_id").read_text().strip()
+    offline = sorted((run / "wandb").glob("offline-run-*"))
+    assert len(offline) == 2 and all(p.name.endswith(run_id) for p in offline)
+    assert "preempted" in "".join(p.read_text() for p in sweep.glob(".submitit/*/*_log.err"))
