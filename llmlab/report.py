@@ -21,7 +21,7 @@ T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8:
        12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}  # two-sided 95% Student t quantiles by degrees of freedom
 METRIC_ORDER = ("strict", "loose", "loglik", "label_logit")
 PLOT_METRICS = ("strict", "loglik")
-SKIP = {"seed", "metrics", "timing", "runner"}
+SKIP = {"seed", "metrics", "timing", "runner", "time"}
 
 
 def t95(df: int) -> float:
@@ -54,7 +54,8 @@ def load_runs(root: Path) -> tuple[list[dict], int]:
 
 def aggregate(runs: list[dict]) -> tuple[list[str], list[dict]]:
     """Rows keyed by the varying fields + variant, with per-metric (mean, half-width, n_seeds, kind)."""
-    fields = [k for k in runs[0] if k not in SKIP and not isinstance(runs[0][k], (dict, list))]
+    fields = list(dict.fromkeys(k for r in runs for k, v in r.items()  # every run's scalar fields, first seen first
+                                if k not in SKIP and not isinstance(v, (dict, list))))
     varying = [k for k in fields if len({json.dumps(r.get(k)) for r in runs}) > 1] or fields[:2]
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in runs:
@@ -102,7 +103,8 @@ def markdown(keys: list[str], rows: list[dict]) -> str:
 
 def plot(keys: list[str], rows: list[dict], path: Path) -> Path | None:
     """Accuracy vs shots, one panel per task (or per remaining group), one line per variant x metric."""
-    if "shots" not in keys:
+    rows = [r for r in rows if isinstance(r.get("shots"), (int, float))]  # runs without a shot count: table only
+    if "shots" not in keys or not rows:
         return None
     import matplotlib
 

@@ -287,3 +287,21 @@ def test_mcts_runner_bad_settings_are_one_line_errors(tmp_path, override, needle
     cfg, ctx = runner_setup(tmp_path, *MCTS_TINY, override)
     with pytest.raises(LlmlabError, match=needle):
         mcts.run(cfg, ctx)
+
+
+def test_tree_picture_from_a_dump(tmp_path):
+    from llmlab.analysis.mcts_tree import layout, main
+
+    node = {"expanded": True, "visits": 1, "q": 0.5}
+    nodes = [{**node, "id": 0, "parent": None, "depth": 0, "action": None},
+             {**node, "id": 1, "parent": 0, "depth": 1, "action": "('pick-up', 'a')"},
+             {**node, "id": 2, "parent": 0, "depth": 1, "action": "('unstack', 'b', 'a')", "expanded": False,
+              "visits": 0},
+             {**node, "id": 3, "parent": 1, "depth": 2, "action": "('stack', 'a', 'b')"}]
+    pos = layout(nodes)
+    assert pos[0][0] == (pos[1][0] + pos[2][0]) / 2 and pos[3] == (pos[1][0], 2)
+    src = tmp_path / "t.json"
+    src.write_text(json.dumps({"answer": [0, 1, 3], "iterations": [[0, 1, 3]], "nodes": nodes}))
+    assert main([str(src), str(tmp_path / "t.png")]) == 0 and (tmp_path / "t.png").stat().st_size > 1000
+    src.write_text("{")
+    assert main([str(src), str(tmp_path / "u.png")]) == 2 and not (tmp_path / "u.png").exists()
