@@ -44,3 +44,23 @@ def test_single_seed_uses_item_interval(tmp_path):
 def test_empty_directory_is_an_error(tmp_path):
     with pytest.raises(LlmlabError, match="no finished runs"):
         report(tmp_path)
+
+
+def test_pretrain_plots_from_run_directories(tmp_path):
+    from llmlab.analysis.pretrain_plots import load, main
+
+    for i, (attention, seed) in enumerate([("softmax", 0), ("softmax", 1), ("stablemask", 0)]):
+        run = tmp_path / "sweep" / str(i)
+        run.mkdir(parents=True)
+        result = {"runner": "pretrain", "model": "lm-tiny", "attention": attention, "position": "rope", "seed": seed,
+                  "extrapolation": [{"multiple": m, "window": None, "ppl": 6.0 + m + seed} for m in (1, 2, 4)],
+                  "sink": {"mean": {"first_token_mass": 0.01 * (i + 1)}}}
+        (run / "results.json").write_text(json.dumps(result))
+        (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "train/loss": 3.0 - s / 100}) + "\n"
+                                                   for s in (10, 20)) + json.dumps({"step": 20, "val/loss": 2.5}))
+    runs = load([tmp_path / "sweep"], None)
+    assert {k: len(v) for k, v in runs.items()} == {"lm-tiny softmax rope": 2, "lm-tiny stablemask rope": 1}
+    assert main([str(tmp_path / "sweep"), "--out", str(tmp_path / "png")]) == 0
+    assert sorted(p.name for p in (tmp_path / "png").iterdir()) == ["attention_sink.png", "extrapolation.png",
+                                                                     "loss_curves.png"]
+    assert main([str(tmp_path / "sweep"), "--out", str(tmp_path / "x"), "--arms", "nothing"]) == 2
