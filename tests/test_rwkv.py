@@ -300,3 +300,12 @@ def test_icl_runner_scores_a_saved_rwkv_model(trained, tmp_path):
             assert ll == pytest.approx(direct, abs=1e-4)
     greedy = rwkv.generate(torch.tensor([list(b"The answer is")]), 3)[0].tolist()
     assert scored[0].generated == bytes(greedy).decode("utf-8", errors="replace")
+
+
+def test_decode_plot_from_bench_rows(tmp_path):
+    from llmlab.bench.wkv import plot_decode
+
+    rows = [{"context": c, "rwkv_s_per_token": 0.03, "gpt_s_per_token": 0.04 * c / 128, "rwkv_state_bytes": 20480,
+             "gpt_kv_bytes": 8192 * c} for c in (128, 1024)]
+    plot_decode({"shape": {"n_layer": 2, "d_model": 64}, "rows": rows}, tmp_path / "d.png")
+    assert (tmp_path / "d.png").stat().st_size > 1000

@@ -13,7 +13,7 @@ DynamicCache): the prompt is prefilled, then the median time of one more token i
 channels-per-program value of `--gpu-blocks`) vs chunked, forward+backward, batch 4, fp32; achieved bandwidth of
 the kernel = bytes it reads and writes (k, v, y, the saved states, their gradients) / time, next to a
 device-to-device copy measured in the same run. Without CUDA (c) prints one line.
-Results go to `outputs/bench/wkv.json` (atomic write).
+Results go to `outputs/bench/wkv.json` (atomic write), the decoding plot to `outputs/bench/wkv_decode.png`.
 """
 
 from __future__ import annotations
@@ -106,6 +106,33 @@ def decode_row(rwkv, llama, ctx: int, vocab: int, reps: int) -> dict:
 
     return {"context": ctx, "rwkv_s_per_token": rwkv_s, "gpt_s_per_token": median_s(gpt_step, reps),
             "rwkv_state_bytes": state.numel() * state.element_size(), "gpt_kv_bytes": kv_bytes}
+
+
+def plot_decode(dec: dict, path) -> None:
+    """Seconds per token and bytes held vs context: RWKV's state against the transformer's KV cache."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from llmlab.report import save_figure
+
+    ctx = [r["context"] for r in dec["rows"]]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    left.plot(ctx, [r["rwkv_s_per_token"] * 1e3 for r in dec["rows"]], marker="o", label="RWKV-4, RNN mode")
+    left.plot(ctx, [r["gpt_s_per_token"] * 1e3 for r in dec["rows"]], marker="o", label="transformer + KV cache")
+    left.set_ylabel("ms per generated token")
+    right.plot(ctx, [r["rwkv_state_bytes"] / 2**20 for r in dec["rows"]], marker="o", label="RWKV state")
+    right.plot(ctx, [r["gpt_kv_bytes"] / 2**20 for r in dec["rows"]], marker="o", label="KV cache")
+    right.set_ylabel("MiB held per sequence")
+    s = dec["shape"]
+    for ax in (left, right):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("context (tokens)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"greedy decoding, batch 1, L{s['n_layer']} D{s['d_model']}", fontsize=10)
+    save_figure(fig, path)
 
 
 def copy_bandwidth_GBps(n_bytes: int = 2**30) -> float:
@@ -203,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
             by_block = ", ".join(f"{k}: {v * 1e3:.2f} ms" for k, v in r["triton_s_by_block"].items())
             print(f"| {r['T']} | {r['C']} | {r['triton_s'] * 1e3:.2f} ms | {chunked} | {ratio} | "
                   f"{r['triton_GBps']:.0f} | {r['of_copy_bandwidth']:.1%} | {by_block} |")
+    plot_decode(dec, REPO_ROOT / "outputs" / "bench" / "wkv_decode.png")
     write_json(REPO_ROOT / "outputs" / "bench" / "wkv.json",
                {"threads": torch.get_num_threads(), "cpu_wkv": cpu, "decode": dec, "gpu_wkv": gpu})
     return 0
