@@ -305,3 +305,17 @@ def test_tree_picture_from_a_dump(tmp_path):
     assert main([str(src), str(tmp_path / "t.png")]) == 0 and (tmp_path / "t.png").stat().st_size > 1000
     src.write_text("{")
     assert main([str(src), str(tmp_path / "u.png")]) == 2 and not (tmp_path / "u.png").exists()
+
+
+def test_paired_runs_mcnemar(tmp_path):
+    from llmlab.analysis.paired_runs import compare, main, mcnemar_exact
+
+    assert mcnemar_exact(0, 5) == 0.0625 and mcnemar_exact(3, 3) == 1.0 and mcnemar_exact(0, 0) == 1.0
+    assert abs(mcnemar_exact(1, 9) - 2 * 11 / 1024) < 1e-12
+    for name, flags in (("a", [1, 1, 0, 1]), ("b", [0, 1, 0, 0])):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "predictions.jsonl").write_text(
+            "".join(json.dumps({"id": f"p{i}", "correct": bool(f)}) + "\n" for i, f in enumerate(flags)))
+    r = compare(tmp_path / "a", tmp_path / "b")
+    assert (r["n"], r["acc_a"], r["acc_b"], r["only_a"], r["only_b"]) == (4, 0.75, 0.25, 2, 0)
+    assert main([str(tmp_path / "a"), str(tmp_path / "missing")]) == 2
