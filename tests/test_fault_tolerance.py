@@ -231,6 +231,7 @@ def test_wandb_failing_altogether_never_stops_the_run(tmp_path, monkeypatch, cap
     assert (tmp_path / "wandb_id").read_text()  # the id a resumed run reuses
 
 
+@pytest.mark.slow  # the simulated W&B failures above run by default
 def test_wandb_online_without_an_api_key_runs_offline_through_the_cli(outputs, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}  # WANDB_MODE unset, no API key
     env.update(HOME=str(tmp_path / "home"), NETRC=str(tmp_path / "no-netrc"),

@@ -134,6 +134,7 @@ def logged_steps(run: Path) -> list[int]:
     return [r["step"] for r in read_jsonl(path) if "train/loss" in r] if path.is_file() else []
 
 
+@pytest.mark.slow  # the sbatch-script test above covers the launcher config in the default run
 def test_submitit_local_runs_a_tiny_job_end_to_end(outputs):
     sweep = outputs / "sweep"
     res = run_cli("-m", "hydra/launcher=submitit_local", f"hydra.sweep.dir={sweep}", *TINY, "method.limit=1",
