@@ -7,7 +7,7 @@ from pathlib import Path
 
 from llmlab.data.implicit.common import make_rng
 from llmlab.errors import LlmlabError
-from llmlab.tracking import read_jsonl
+from llmlab.tracking import read_jsonl, write_json, write_jsonl
 
 
 def draw_shots(pool: list[dict], shots: int, seed: int, problem_id: str) -> list[dict]:
@@ -38,3 +38,12 @@ def summarize(records: list[dict]) -> dict:
         if vals:
             out[f"mean_{key}"] = sum(vals) / len(vals)
     return out
+
+
+def finish(ctx, dataset: str, records: list[dict], results: dict, partial: Path) -> dict:
+    """End of a Blocksworld run: predictions and results written, the partial file removed, the metrics logged."""
+    write_jsonl(ctx.run_dir.file("predictions.jsonl"), records)
+    write_json(ctx.run_dir.file("results.json"), results)
+    partial.unlink(missing_ok=True)
+    ctx.log_final({f"{dataset}/{k}": v for k, v in results["metrics"][dataset].items()})
+    return results

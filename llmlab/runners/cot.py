@@ -10,14 +10,13 @@ from omegaconf import DictConfig
 
 from llmlab.blocksworld.data import load_blocksworld, row_problem
 from llmlab.blocksworld.domain import validate
-from llmlab.blocksworld.runs import append, draw_shots, load_done, summarize
+from llmlab.blocksworld.runs import append, draw_shots, finish, load_done, summarize
 from llmlab.blocksworld.text import action_text, fewshot_prefix, parse_plan, query_text
 from llmlab.models.loading import load_model
 from llmlab.models.pairs import build_draft
 from llmlab.progress import progress_bar
 from llmlab.runners.context import RunContext
 from llmlab.spec_decode import greedy, speculative, stopper
-from llmlab.tracking import write_json, write_jsonl
 
 STOP = ("[PLAN END]", "\n[")
 
@@ -56,9 +55,4 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict:
     metrics = {cfg.dataset.name: summarize(records)}
     results = {"runner": "cot", "model": cfg.model.name, "dataset": cfg.dataset.name, "shots": m.shots, "seed": seed,
                "draft": m.draft.kind, "metrics": metrics, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    write_jsonl(ctx.run_dir.file("predictions.jsonl"), records)
-    write_json(ctx.run_dir.file("results.json"), results)
-    partial.unlink(missing_ok=True)
-    flat = {f"{cfg.dataset.name}/{k}": v for k, v in metrics[cfg.dataset.name].items()}
-    ctx.log_final(flat)
-    return results
+    return finish(ctx, cfg.dataset.name, records, results, partial)

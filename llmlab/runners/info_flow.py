@@ -104,15 +104,7 @@ def tokenize(tok, prompt: str, segs: list[tuple]) -> tuple[list[int], dict[tuple
 
 
 def draw_demos(data: MreData, seed: int, index: int, per_class: int) -> list[dict]:
-    rng = make_rng(seed, "mre-info-flow-demos", index)
-    demos = []
-    for label in data.labels:
-        pool = [r for r in data.train if r["tl"] == label]
-        if len(pool) < per_class:
-            raise LlmlabError(f"dataset '{data.name}': only {len(pool)} training rows of label {label!r}")
-        demos += rng.sample(pool, per_class)
-    rng.shuffle(demos)
-    return demos
+    return data.demos(make_rng(seed, "mre-info-flow-demos", index), per_class)
 
 
 def summarize_flows(per_example: list[dict[str, list]]) -> dict:

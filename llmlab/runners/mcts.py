@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from llmlab.blocksworld.data import load_blocksworld, row_problem
 from llmlab.blocksworld.domain import generate_problems, validate
-from llmlab.blocksworld.runs import append, draw_shots, load_done, summarize
+from llmlab.blocksworld.runs import append, draw_shots, finish, load_done, summarize
 from llmlab.blocksworld.search import BWSearch, RuleWorld, random_rollout_samples
 from llmlab.blocksworld.text import action_text, parse_action, update_template, world_update_prompt
 from llmlab.errors import LlmlabError
@@ -27,7 +27,7 @@ from llmlab.runners.context import RunContext
 from llmlab.search.mcts import MCTS, MCTSSettings, dump_tree
 from llmlab.search.rewards import ActionScorer, RewardModel
 from llmlab.spec_decode import greedy, speculative, stopper
-from llmlab.tracking import write_json, write_jsonl
+from llmlab.tracking import write_json
 
 
 def run(cfg: DictConfig, ctx: RunContext) -> dict:
@@ -74,12 +74,7 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict:
                "w_exp": m.w_exp, "n_iters": m.n_iters, "amateur": m.amateur.kind if amateur else None,
                "node_text": m.node_text, "draft": m.draft.kind, "metrics": metrics,
                "scorer": dict(scorer.stats) if scorer else None}
-    write_jsonl(ctx.run_dir.file("predictions.jsonl"), records)
-    write_json(ctx.run_dir.file("results.json"), results)
-    partial.unlink(missing_ok=True)
-    flat = {f"{cfg.dataset.name}/{k}": v for k, v in metrics[cfg.dataset.name].items()}
-    ctx.log_final(flat)
-    return results
+    return finish(ctx, cfg.dataset.name, records, results, partial)
 
 
 def check(m) -> None:

@@ -94,14 +94,7 @@ def log_mean_exp(xs: list[float]) -> float:
 def draw_demos(data: MreData, seed: int, shots: int) -> str:
     if shots == 0:
         return ""
-    rng = make_rng(seed, "mre-verbalizer-demos", shots)
-    demos = []
-    for c in data.labels:
-        pool = [r for r in data.train if r["tl"] == c]
-        if len(pool) < shots:
-            raise LlmlabError(f"dataset '{data.name}': {shots} shots per class but only {len(pool)} rows of {c!r}")
-        demos += rng.sample(pool, shots)
-    rng.shuffle(demos)
+    demos = data.demos(make_rng(seed, "mre-verbalizer-demos", shots), shots)
     return "".join(TEMPLATES[data.kind].format(text=d["text"]) + f" {d['tl']}\n\n" for d in demos)
 
 

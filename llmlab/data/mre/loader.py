@@ -43,6 +43,18 @@ class MreData:
     def kind(self) -> str:
         return "topic" if self.subset in TOPIC_SUBSETS else "sentiment"
 
+    def demos(self, rng, per_class: int) -> list[dict]:
+        """`per_class` training rows of every text-level label, drawn with `rng`, then shuffled together."""
+        demos = []
+        for label in self.labels:
+            pool = [r for r in self.train if r["tl"] == label]
+            if len(pool) < per_class:
+                raise LlmlabError(f"dataset '{self.name}': {per_class} demonstrations per class but only {len(pool)} "
+                                  f"training rows of label {label!r}")
+            demos += rng.sample(pool, per_class)
+        rng.shuffle(demos)
+        return demos
+
 
 def load_mre(cfg: DatasetConfig, seed: int) -> MreData:
     if cfg.source == "mre_synth":
