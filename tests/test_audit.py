@@ -471,7 +471,7 @@ def test_cot_plan_that_matches_nothing_is_a_failed_problem(tmp_path, monkeypatch
         seen["model"], seen["tok"] = real_load(*args, **kwargs)
         return seen["model"], seen["tok"]
 
-    def fake_greedy(model, ids, stop):  # the model "writes" garbage
+    def fake_greedy(model, ids, stop, prefix=None):  # the model "writes" garbage
         return seen["tok"](next(texts), add_special_tokens=False).input_ids, DecodeStats(new_tokens=3)
 
     monkeypatch.setattr(cot, "load_model", load_model)

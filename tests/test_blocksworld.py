@@ -164,7 +164,7 @@ def test_cot_runner_end_to_end_and_resume(tmp_path, monkeypatch):
     calls = []
     real_greedy = cot.greedy
 
-    def flaky(model, ids, stop):
+    def flaky(model, ids, stop, prefix=None):
         calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt  # killed while solving the second problem

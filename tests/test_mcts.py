@@ -234,6 +234,60 @@ def test_speculative_decoding_equals_plain_greedy(tiny, n_draft):
             assert 0.0 <= stats.acceptance <= 1.0 and stats.target_forwards <= len(plain)
 
 
+def test_prompt_lookup_and_prefix_cache_keep_greedy_output(tiny):
+    """Lookup drafts (prompt + earlier outputs) and prefix caching on both sides: still exactly plain greedy."""
+    from llmlab.models.prefix_cache import PrefixCache
+    from llmlab.spec_decode import PromptLookup, greedy, speculative, stopper
+
+    model, tok = tiny
+    head = "[STATE 0] I have that, the red block is clear, the blue block is on the table.\n"
+    prompts = [head + f"[ACTION] {a}.\n[CHANGE]" for a in ("Pick up the red block", "Pick up the blue block",
+                                                              "Put down the red block")]
+    draft, cached, fresh = PromptLookup(ngram=4, history=8), PrefixCache(), PrefixCache()
+    for prompt in prompts:
+        ids = tok(prompt).input_ids
+        stop = stopper(tok, 24)
+        plain, _ = greedy(model, ids, stop)
+        assert greedy(model, ids, stop, cached)[0] == plain
+        fast, stats = speculative(model, draft, ids, stop, 8, fresh)
+        assert fast == plain and stats.target_forwards <= len(plain)
+    assert cached.hits == fresh.hits == 2 and cached.reused_tokens >= 2 * len(tok(head).input_ids) - 4
+    assert list(draft.outputs)[0] == fast  # the newest output is searched first
+
+
+def test_prompt_lookup_proposes_from_prompt_then_history():
+    from llmlab.spec_decode import PromptLookup
+
+    draft = PromptLookup(ngram=3, history=2)
+    assert draft.propose([1, 2, 3, 9, 1, 2], 2) == [3, 9]  # the prompt's own earlier "1 2" -> "3 9"
+    assert draft.propose([5, 6], 4) == []
+    draft.remember([7, 5, 6, 8, 4])
+    assert draft.propose([5, 6], 4) == [8, 4]  # found in an earlier output
+    draft.remember([5, 6, 1])
+    assert draft.propose([5, 6], 4) == [1]  # the newest output wins
+    draft.remember([0])
+    assert len(draft.outputs) == 2
+
+
+def test_prefix_cache_continuation_equals_full_forward(tiny):
+    from llmlab.models.prefix_cache import PrefixCache
+
+    model, tok = tiny
+    a, b = tok("the red block is on the table").input_ids, tok("the red block is clear").input_ids
+    store = PrefixCache(size=1)
+    with torch.inference_mode():
+        store.put(a, model(input_ids=torch.tensor([a]), use_cache=True).cache)
+        n, cache = store.lookup(b)
+        shared = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
+        assert n == shared and cache.get_seq_length() == n
+        tail = model(input_ids=torch.tensor([b[n:]]), cache=cache, use_cache=True).logits[0]
+        full = model(input_ids=torch.tensor([b])).logits[0, n:]
+    torch.testing.assert_close(tail, full, rtol=1e-4, atol=1e-5)
+    assert store.lookup(a[:1]) == (0, None)  # keep_last=1: nothing left to reuse for a one-token prompt
+    store.put(b, cache)
+    assert [key for key, _ in store.entries] == [tuple(b)]  # size 1: the newest entry evicts a
+
+
 # ---------------------------------------------------------------- runner
 
 MCTS_TINY = ("method=sc_mcts", "dataset=blocksworld/generated", "dataset.options.n=2", "method.n_iters=2",

@@ -1,14 +1,17 @@
 """Node expansion with and without speculative decoding: the LLM world model's `[CHANGE]` generation (greedy) on the
-same Blocksworld node prompts, plain vs speculative with `--draft lookup` (prompt n-gram lookup, no model; default)
-or `--draft early_exit` (the model's first `--draft-layer` layers + its final norm and head); `--n-draft` tokens
-per check.
+same Blocksworld node prompts, plain vs speculative with `--draft lookup` (n-gram lookup in the prompt and in
+earlier outputs, no model; default) or `--draft early_exit` (the model's first `--draft-layer` layers + its final
+norm and head); `--n-draft` tokens per check. Both sides reuse the KV cache of the prompt prefix they share with
+earlier nodes (as the MCTS runner does; `--no-prefix-cache` turns it off for both). HF `generate` (greedy, same stop
+string, no prefix cache: it has none across calls) is timed on the same prompts as the library baseline.
 
-    python -m llmlab.bench --only spec_decode [--nodes 12] [--threads 1] [--draft lookup|early_exit] [--n-draft 4]
+    python -m llmlab.bench --only spec_decode [--nodes 12] [--threads 1] [--draft lookup|early_exit] [--n-draft 8]
 
 Prompts: the first transitions (random legal actions, seeded) of generated problems, in the PlanBench world-update
 format when the shared prompt files are present (built-in template otherwise). Each node is decoded plain and
 speculative, alternating the order node by node after one warm-up node; outputs must be token-identical. Reports the
-per-node latency ratio (target >= 1.3x on CPU), nodes/s, tokens/s and the acceptance rate. Results go to
+per-node latency ratio (target >= 1.3x on CPU), nodes/s, tokens/s, the acceptance rate and tokens/s against HF
+`generate`. Results go to
 `outputs/bench/spec_decode.json`.
 """
 
@@ -30,6 +33,7 @@ from llmlab.blocksworld.text import action_text, state_text, update_template, wo
 from llmlab.hardware import Hardware
 from llmlab.models.loading import load_model
 from llmlab.models.pairs import early_exit_model, named_model_config
+from llmlab.models.prefix_cache import PrefixCache
 from llmlab.paths import REPO_ROOT
 from llmlab.spec_decode import PromptLookup, greedy, speculative, stopper
 from llmlab.tracking import write_json
@@ -59,7 +63,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--draft", default="lookup", choices=["lookup", "early_exit"])
     p.add_argument("--draft-layer", type=int, default=8)
-    p.add_argument("--n-draft", type=int, default=4)
+    p.add_argument("--n-draft", type=int, default=8)
+    p.add_argument("--no-prefix-cache", action="store_true", help="both sides prefill every prompt in full")
+    p.add_argument("--no-hf", action="store_true", help="skip the HF generate baseline")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=str(REPO_ROOT / "outputs" / "bench" / f"{NAME}.json"))
     args, _ = p.parse_known_args(argv)
@@ -69,17 +75,21 @@ def main(argv: list[str] | None = None) -> dict:
     model, tok = load_model(named_model_config(args.model), hw, cache)
     draft = early_exit_model(model, args.draft_layer) if args.draft == "early_exit" else PromptLookup()
     prompts = node_prompts(args.nodes + 1)
+    prefix = {kind: None if args.no_prefix_cache else PrefixCache() for kind in ("plain", "spec")}
+    decode = {"plain": lambda ids, stop: greedy(model, ids, stop, prefix["plain"]),
+              "spec": lambda ids, stop: speculative(model, draft, ids, stop, args.n_draft, prefix["spec"])}
+    if not args.no_hf:
+        decode["hf"] = lambda ids, stop: hf_generate(model, tok, ids, args.max_new_tokens)
     rows = []
     for i, prompt in enumerate(prompts):
         ids = tok(prompt, add_special_tokens=True).input_ids
         stop = stopper(tok, args.max_new_tokens, ("\n[",))
         runs = {}
-        for kind in (("plain", "spec") if i % 2 else ("spec", "plain")):  # alternate the order
+        for kind in (list(decode) if i % 2 else list(decode)[::-1]):  # alternate the order
             if hw.device.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            gen, st = greedy(model, ids, stop) if kind == "plain" else speculative(model, draft, ids, stop,
-                                                                                   args.n_draft)
+            gen, st = decode[kind](ids, stop)
             if hw.device.type == "cuda":
                 torch.cuda.synchronize()
             runs[kind] = (gen, st, time.perf_counter() - t0)
@@ -88,7 +98,8 @@ def main(argv: list[str] | None = None) -> dict:
         (g0, _, t0), (g1, s1, t1) = runs["plain"], runs["spec"]
         rows.append({"prompt_tokens": len(ids), "new_tokens": len(g0), "identical": g0 == g1, "plain_s": t0,
                      "spec_s": t1, "speedup": t0 / t1, "acceptance": s1.acceptance,
-                     "target_forwards": s1.target_forwards, "text": tok.decode(g0)})
+                     "target_forwards": s1.target_forwards, "text": tok.decode(g0),
+                     **({"hf_s": runs["hf"][2], "hf_tokens": len(runs["hf"][0])} if "hf" in runs else {})})
     plain_s, spec_s = sum(r["plain_s"] for r in rows), sum(r["spec_s"] for r in rows)
     tokens = sum(r["new_tokens"] for r in rows)
     accepted = [r["acceptance"] for r in rows if r["acceptance"] is not None]
@@ -101,9 +112,24 @@ def main(argv: list[str] | None = None) -> dict:
               "plain_nodes_per_s": len(rows) / plain_s, "spec_nodes_per_s": len(rows) / spec_s,
               "plain_tokens_per_s": tokens / plain_s, "spec_tokens_per_s": tokens / spec_s,
               "acceptance_mean": statistics.mean(accepted) if accepted else None, "target": TARGET,
-              "meets_target": plain_s / spec_s >= TARGET, "rows": rows}
+              "meets_target": plain_s / spec_s >= TARGET, "prefix_cache": not args.no_prefix_cache, "rows": rows}
+    if not args.no_hf:
+        hf_tps = sum(r["hf_tokens"] for r in rows) / sum(r["hf_s"] for r in rows)
+        result.update(hf_tokens_per_s=hf_tps, plain_vs_hf=result["plain_tokens_per_s"] / hf_tps,
+                      spec_vs_hf=result["spec_tokens_per_s"] / hf_tps)
     write_json(args.out, result)
     print(f"{NAME}: {len(rows)} nodes, identical={result['all_identical']}, speed-up {result['speedup_total']:.2f}x "
           f"(median node {result['speedup_median_node']:.2f}x), nodes/s {result['plain_nodes_per_s']:.3f} -> "
-          f"{result['spec_nodes_per_s']:.3f}, acceptance {result['acceptance_mean']}, -> {args.out}")
+          f"{result['spec_nodes_per_s']:.3f}, acceptance {result['acceptance_mean']}"
+          + (f", tokens/s vs HF generate: plain {result['plain_vs_hf']:.2f}x, spec {result['spec_vs_hf']:.2f}x"
+             if not args.no_hf else "") + f" -> {args.out}")
     return result
+
+
+def hf_generate(model, tok, ids: list[int], max_new_tokens: int):
+    """HF `generate`, greedy, stopping at the same string; returns (new token ids, None)."""
+    x = torch.tensor([ids], device=model.device)
+    out = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=max_new_tokens, do_sample=False,
+                         stop_strings=["\n["], tokenizer=tok,
+                         pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+    return out[0, len(ids):].tolist(), None

@@ -14,6 +14,7 @@ from llmlab.blocksworld.runs import append, draw_shots, finish, load_done, summa
 from llmlab.blocksworld.text import action_text, fewshot_prefix, parse_plan, query_text
 from llmlab.models.loading import load_model
 from llmlab.models.pairs import build_draft
+from llmlab.models.prefix_cache import PrefixCache
 from llmlab.progress import progress_bar
 from llmlab.runners.context import RunContext
 from llmlab.spec_decode import greedy, speculative, stopper
@@ -27,6 +28,7 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict:
     rows = data.to_list()[:m.limit]
     model, tok = load_model(cfg.model, ctx.hw, cfg.cache_dir, cfg.hardware.attn_implementation, seed)
     draft = build_draft(m.draft, model, tok, ctx.hw, cfg.cache_dir, cfg.hardware.attn_implementation)
+    prefix = PrefixCache()  # prompts share the instructions (and demonstrations the shot draw repeats)
 
     partial = ctx.run_dir.file("problems.partial.jsonl")
     done = load_done(partial)
@@ -39,7 +41,8 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict:
             prompt = fewshot_prefix(prompts.intro, demos) + query_text(row["init_text"], row["goal_text"])
             ids = tok(prompt, add_special_tokens=True).input_ids
             stop = stopper(tok, m.max_new_tokens, STOP)
-            gen, stats = speculative(model, draft, ids, stop, m.draft.n_draft) if draft else greedy(model, ids, stop)
+            gen, stats = (speculative(model, draft, ids, stop, m.draft.n_draft, prefix) if draft
+                          else greedy(model, ids, stop, prefix))
             text = tok.decode(gen, skip_special_tokens=True)
             plan = parse_plan(text)
             verdict = validate(row_problem(row), plan)

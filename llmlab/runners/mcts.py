@@ -22,6 +22,7 @@ from llmlab.blocksworld.text import action_text, parse_action, update_template, 
 from llmlab.errors import LlmlabError
 from llmlab.models.loading import load_model
 from llmlab.models.pairs import build_amateur, build_draft
+from llmlab.models.prefix_cache import PrefixCache
 from llmlab.progress import progress_bar
 from llmlab.runners.context import RunContext
 from llmlab.search.mcts import MCTS, MCTSSettings, dump_tree
@@ -122,16 +123,18 @@ def solve(row: dict, m, seed: int, prompts, rewards: RewardModel, scorer, narrat
 
 
 def narrator(model, tok, draft, templates: dict, m):
-    """Per transition: greedy generation of the world model's [CHANGE] text (speculative with a draft)."""
+    """Per transition: greedy generation of the world model's [CHANGE] text (speculative with a draft); the prompts
+    of one action type share their few-shot block, whose KV cache is reused."""
+    prefix = PrefixCache()
 
     def narrate(state: str, action: str) -> dict:
         prompt = world_update_prompt(update_template(templates, parse_action(action)), state, action)
         ids = tok(prompt, add_special_tokens=True).input_ids
         stop = stopper(tok, m.node_max_new_tokens, ("\n[",))
         if draft is not None:
-            gen, stats = speculative(model, draft, ids, stop, m.draft.n_draft)
+            gen, stats = speculative(model, draft, ids, stop, m.draft.n_draft, prefix)
         else:
-            gen, stats = greedy(model, ids, stop)
+            gen, stats = greedy(model, ids, stop, prefix)
         return {"change": tok.decode(gen, skip_special_tokens=True), "gen_s": stats.seconds,
                 "gen_tokens": stats.new_tokens, "accept": stats.acceptance}
 

@@ -9,7 +9,6 @@ summed log-likelihoods; the JSD needs both models' full next-token distributions
 
 from __future__ import annotations
 
-import copy
 import math
 import random
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ import torch
 from transformers import PreTrainedModel
 
 from llmlab.errors import LlmlabError
+from llmlab.models.prefix_cache import PrefixCache
 from llmlab.scoring import Request, Scorer
 
 LN2 = math.log(2.0)
@@ -55,9 +55,9 @@ class ActionScorer:
         if batch_size < 1:
             raise LlmlabError(f"method.batch_size must be >= 1, got {batch_size}")
         self.model, self.tok, self.amateur, self.jsd_impl = model, tok, amateur, jsd_impl
-        self.batch_size, self.max_prefixes = batch_size, max_prefixes
+        self.batch_size = batch_size
         self.encoder = Scorer(model, tok)  # its tokenization of context + continuation
-        self.prefixes: dict[int, list[tuple[tuple[int, ...], object]]] = {0: [], 1: []}  # model index -> LRU
+        self.prefixes = {0: PrefixCache(max_prefixes), 1: PrefixCache(max_prefixes)}  # model index -> prefix KV
         self.stats = {"forward_tokens": 0, "calls": 0}
 
     # ------------------------------------------------------------ prefix KV store
@@ -67,25 +67,17 @@ class ActionScorer:
         """Keep the KV cache of `text` (less its last two tokens, which may merge with what follows)."""
         ids = self.tok(text, add_special_tokens=True).input_ids[:-2]
         for which, model in self._models():
-            self._store(which, tuple(ids), self._extend(which, model, ids))
+            self.prefixes[which].put(ids, self._extend(which, model, ids))
 
     def _models(self):
         yield 0, self.model
         if self.amateur is not None and self.amateur[0] == "model":
             yield 1, self.amateur[1]
 
-    def _store(self, which: int, key: tuple[int, ...], cache) -> None:
-        store = [(k, c) for k, c in self.prefixes[which] if k != key]
-        self.prefixes[which] = [(key, cache), *store][:self.max_prefixes]
-
     def _extend(self, which: int, model: PreTrainedModel, ids: list[int]):
-        """A fresh KV cache of `ids`, copied from the longest stored prefix of it and extended."""
-        best_key, best = (), None
-        for key, cache in self.prefixes[which]:
-            if len(best_key) < len(key) <= len(ids) and tuple(ids[:len(key)]) == key:
-                best_key, best = key, cache
-        cache = copy.deepcopy(best) if best is not None else None
-        rest = ids[len(best_key):]
+        """A fresh KV cache of `ids`: a copy of the stored cache sharing the longest prefix with it, extended."""
+        n, cache = self.prefixes[which].lookup(ids, keep_last=0)
+        rest = ids[n:]
         if rest:
             out = model.model(input_ids=torch.tensor([rest], device=model.device), cache=cache, use_cache=True)
             cache = out.cache
