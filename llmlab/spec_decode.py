@@ -8,8 +8,6 @@ which makes a check of 9 tokens cost about twice a single-token step instead of 
 
 from __future__ import annotations
 
-import contextlib
-import os
 import time
 from collections import deque
 from collections.abc import Callable
@@ -19,6 +17,7 @@ import torch
 from transformers import PreTrainedModel
 
 from llmlab.models.prefix_cache import PrefixCache
+from llmlab.models.sdpa import grouped_query_sdpa
 
 
 @dataclass
@@ -77,24 +76,6 @@ class PromptLookup:
                     if source[start:start + n] == tail and start + n < len(source):
                         return source[start + n:start + n + k]
         return []
-
-
-@contextlib.contextmanager
-def grouped_query_sdpa(model: PreTrainedModel):
-    """On the CPU, let transformers' SDPA attention use grouped-query attention also under an explicit mask (every
-    multi-token forward on a cache); elsewhere (CUDA, where a mask would force the math kernel) change nothing."""
-    if model.device.type != "cpu":
-        yield
-        return
-    flag, old = "TRANSFORMERS_SDPA_FORCE_GQA", os.environ.get("TRANSFORMERS_SDPA_FORCE_GQA")
-    os.environ[flag] = "1"
-    try:
-        yield
-    finally:
-        if old is None:
-            del os.environ[flag]
-        else:
-            os.environ[flag] = old
 
 
 def _start(model: PreTrainedModel, prompt: list[int], prefix: PrefixCache | None):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 
@@ -288,6 +289,24 @@ def test_prefix_cache_continuation_equals_full_forward(tiny):
     assert [key for key, _ in store.entries] == [tuple(b)]  # size 1: the newest entry evicts a
 
 
+def test_grouped_query_sdpa_matches_default_attention_and_restores_the_flag(tiny, monkeypatch):
+    import os
+
+    from llmlab.models.sdpa import grouped_query_sdpa
+
+    model, tok = tiny
+    ids = tok("the red block is on the table and the blue block is clear").input_ids
+    monkeypatch.delenv("TRANSFORMERS_SDPA_FORCE_GQA", raising=False)
+    with torch.inference_mode():
+        outs = []
+        for gqa in (False, True):
+            cache = model(input_ids=torch.tensor([ids[:6]]), use_cache=True).cache
+            with grouped_query_sdpa(model) if gqa else contextlib.nullcontext():
+                outs.append(model(input_ids=torch.tensor([ids[6:]]), cache=cache, use_cache=True).logits)
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-6)
+    assert "TRANSFORMERS_SDPA_FORCE_GQA" not in os.environ
+
+
 # ---------------------------------------------------------------- runner
 
 MCTS_TINY = ("method=sc_mcts", "dataset=blocksworld/generated", "dataset.options.n=2", "method.n_iters=2",
@@ -372,4 +391,6 @@ def test_paired_runs_mcnemar(tmp_path):
             "".join(json.dumps({"id": f"p{i}", "correct": bool(f)}) + "\n" for i, f in enumerate(flags)))
     r = compare(tmp_path / "a", tmp_path / "b")
     assert (r["n"], r["acc_a"], r["acc_b"], r["only_a"], r["only_b"]) == (4, 0.75, 0.25, 2, 0)
+    lo, hi = r["diff_ci95"]  # per-problem B - A = [-1, 0, 0, -1]: resampled means lie in [-1, 0]
+    assert -1.0 <= lo < -0.5 < hi <= 0.0
     assert main([str(tmp_path / "a"), str(tmp_path / "missing")]) == 2

@@ -18,6 +18,7 @@ from transformers import PreTrainedModel
 
 from llmlab.errors import LlmlabError
 from llmlab.models.prefix_cache import PrefixCache
+from llmlab.models.sdpa import grouped_query_sdpa
 from llmlab.scoring import Request, Scorer
 
 LN2 = math.log(2.0)
@@ -121,8 +122,9 @@ class ActionScorer:
             cache.batch_repeat_interleave(b)
         pos = (len(common) + torch.arange(width))[None].expand(b, -1)
         # right padding: pads follow every real token, so causal attention needs no mask
-        out = model.model(input_ids=ids.to(model.device), position_ids=pos.to(model.device), cache=cache,
-                          use_cache=cache is not None, output_hidden_states=layer is not None)
+        with grouped_query_sdpa(model):
+            out = model.model(input_ids=ids.to(model.device), position_ids=pos.to(model.device), cache=cache,
+                              use_cache=cache is not None, output_hidden_states=layer is not None)
         self.stats["forward_tokens"] += sum(len(s) for s in seqs)
         rr = torch.cat([torch.full((len(cont),), r) for r, (_, cont) in enumerate(rows)])
         cc = torch.cat([len(ctx) - 1 + torch.arange(len(cont)) for ctx, cont in rows])
