@@ -358,6 +358,7 @@ class RewardConfig:
     ll_impl: str = "action"  # action (log p of the action tokens) | code (prompt + action, the released bug)
     normalise: str = "none"  # none | zscore | multimode (regions from `boundaries`, Welford stats per region)
     boundaries: dict[str, list[float]] = field(default_factory=dict)  # multimode: region edges per component
+    fit_regions: bool = False  # multimode: fit the edges to the prior samples instead (1-D GMM, K <= 3 by BIC)
     online_update: bool = True  # update the normalisation statistics with every new score (paper Alg. 3)
     prior_problems: int = 4  # generated problems whose random rollouts give the prior statistics
     prior_rollouts: int = 1

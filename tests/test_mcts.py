@@ -172,6 +172,41 @@ def test_normaliser_welford_and_regions():
     assert multi(30.0) == 0.0 and multi.n == [2, 3]  # online update of region 1
 
 
+def test_fitted_regions_split_a_bimodal_reward_and_keep_one_region_otherwise():
+    import numpy as np
+
+    from llmlab.search.regions import fit_gmm, region_cuts
+
+    rng = np.random.default_rng(0)
+    bimodal = np.concatenate([rng.normal(-5.0, 1.0, 300), rng.normal(5.0, 1.0, 200)])
+    cuts = region_cuts(bimodal.tolist())
+    assert len(cuts) == 3 and cuts[0] == bimodal.min() and cuts[-1] == bimodal.max()
+    assert abs(cuts[1]) < 0.6  # equal-width modes cross near 0 (shifted a little toward the lighter mode)
+    w, mu, var, _ = fit_gmm(bimodal, 2)
+    assert sorted(np.round(mu).tolist()) == [-5.0, 5.0] and sorted(np.round(w, 1).tolist()) == [0.4, 0.6]
+    assert region_cuts(rng.normal(0.0, 1.0, 500).tolist()) == []  # BIC keeps one Gaussian
+    assert region_cuts([1.0, 2.0, 3.0] * 20) == []  # too few distinct values
+    norm = Normaliser(cuts, online=False)
+    for v in bimodal:
+        norm.add(float(v))
+    assert norm.n == [300, 200] and abs(norm(-5.0)) < 0.2 and abs(norm(5.0)) < 0.2  # z-scored within each mode
+
+
+def test_fit_regions_setting_is_checked():
+    from omegaconf import OmegaConf
+
+    from llmlab.config import RewardConfig
+    from llmlab.search.rewards import RewardModel
+
+    cfg = OmegaConf.structured(RewardConfig(components=["random"], normalise="zscore", fit_regions=True))
+    with pytest.raises(LlmlabError, match="fit_regions needs reward.normalise=multimode"):
+        RewardModel(cfg, None)
+    cfg.normalise = "multimode"
+    rewards = RewardModel(cfg, None)
+    rewards.fit_regions([{"random": v} for v in [0.1 * i for i in range(40)] + [50.0 + 0.1 * i for i in range(40)]])
+    assert len(rewards.norms["random"].cuts) == 3
+
+
 def test_action_scorer_matches_direct_forward(tiny):
     model, tok = tiny
     ctx = "As initial conditions I have that, the red block is clear.\n[PLAN]\n"
@@ -327,6 +362,18 @@ def test_mcts_runner_end_to_end_with_trees_and_node_text(tmp_path):
     assert all("change" in n for n in expanded)
     prior = json.loads((tmp_path / "run" / "reward_prior.json").read_text())
     assert prior["stats"]["ll"]["n"][0] == len(prior["samples"]) > 0
+
+
+def test_mcts_runner_with_fitted_regions(tmp_path):
+    from llmlab.runners import mcts
+
+    cfg, ctx = runner_setup(tmp_path, *MCTS_TINY, "method.reward.normalise=multimode", "method.reward.fit_regions=true",
+                            "method.reward.prior_rollouts=4", "dataset.options.n=1")
+    assert mcts.run(cfg, ctx)["metrics"]["blocksworld/generated"]["n"] == 1
+    prior = json.loads((tmp_path / "run" / "reward_prior.json").read_text())
+    for c in ("jsd", "ll", "se"):
+        cuts, n = prior["stats"][c]["cuts"], prior["stats"][c]["n"]
+        assert cuts == sorted(cuts) and len(n) == max(1, len(cuts) - 1) and sum(n) == len(prior["samples"])
 
 
 def test_mcts_runner_resumes_at_the_next_unsolved_problem(tmp_path, monkeypatch):

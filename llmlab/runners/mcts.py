@@ -159,6 +159,8 @@ def prepare_norms(rewards: RewardModel, ctx: RunContext, cfg, prompts, norm_file
         search = BWSearch(problem, prompts.intro, demos, prompts.self_eval, rewards)
         for _ in range(m.reward.prior_rollouts):
             samples.extend(random_rollout_samples(search, step, rng))
+    if m.reward.fit_regions:
+        rewards.fit_regions(samples)
     for raw in samples:
         rewards.add_prior(raw)
     write_json(prior_file, {"samples": samples, "stats": rewards.norm_state()})

@@ -20,6 +20,7 @@ from llmlab.errors import LlmlabError
 from llmlab.models.prefix_cache import PrefixCache
 from llmlab.models.sdpa import grouped_query_sdpa
 from llmlab.scoring import Request, Scorer
+from llmlab.search.regions import region_cuts
 
 LN2 = math.log(2.0)
 
@@ -245,6 +246,8 @@ class RewardModel:
         if cfg.ll_impl not in ("action", "code"):
             raise LlmlabError(f"reward.ll_impl must be action or code, got '{cfg.ll_impl}'")
         self.cfg, self.comps, self.scorer, self.seed = cfg, comps, scorer, seed
+        if cfg.fit_regions and (cfg.normalise != "multimode" or cfg.boundaries):
+            raise LlmlabError("reward.fit_regions needs reward.normalise=multimode and no reward.boundaries")
         cuts = dict(cfg.boundaries) if cfg.normalise == "multimode" else {}
         self.norms = {c: Normaliser(list(cuts.get(c, [])), cfg.online_update) for c in comps} \
             if cfg.normalise != "none" else {}
@@ -304,6 +307,11 @@ class RewardModel:
         goal = c.goal_bonus if goal_reached else (goal_fraction if c.goal_partial else 0.0)
         reward = c.alpha * fast_parts.get("intuition", 0.0) + (1 - c.alpha) * c.goal_scale * goal
         return reward, {**fast_parts, "goal": goal}
+
+    def fit_regions(self, samples: list[dict]) -> None:
+        """Multi-RM regions per component fitted to prior samples (`llmlab.search.regions`), statistics reset."""
+        for c in self.norms:
+            self.norms[c] = Normaliser(region_cuts([s[c] for s in samples if c in s]), self.cfg.online_update)
 
     def add_prior(self, raw: dict) -> None:
         for c, v in raw.items():
