@@ -52,15 +52,20 @@ def load_runs(root: Path) -> tuple[list[dict], int]:
     return runs, unfinished
 
 
+def _cell(value):
+    """A hashable table cell: lists (e.g. reward components) as `a+b`."""
+    return "+".join(map(str, value)) if isinstance(value, list) else value
+
+
 def aggregate(runs: list[dict]) -> tuple[list[str], list[dict]]:
     """Rows keyed by the varying fields + variant, with per-metric (mean, half-width, n_seeds, kind)."""
-    fields = list(dict.fromkeys(k for r in runs for k, v in r.items()  # every run's scalar fields, first seen first
-                                if k not in SKIP and not isinstance(v, (dict, list))))
+    nested = {k for r in runs for k, v in r.items() if isinstance(v, dict)}  # an object in any run
+    fields = list(dict.fromkeys(k for r in runs for k in r if k not in SKIP and k not in nested))  # first seen first
     varying = [k for k in fields if len({json.dumps(r.get(k)) for r in runs}) > 1] or fields[:2]
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in runs:
         for variant, mets in r["metrics"].items():
-            groups[tuple(r.get(k) for k in varying) + (variant,)].append(mets)
+            groups[tuple(_cell(r.get(k)) for k in varying) + (variant,)].append(mets)
     rows = []
     for key in sorted(groups, key=lambda k: tuple((v is None, str(v) if not isinstance(v, int) else f"{v:08d}")
                                                    for v in k)):
@@ -128,7 +133,8 @@ def plot(keys: list[str], rows: list[dict], path: Path) -> Path | None:
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("accuracy")
-    axes[0][-1].legend(fontsize=7, loc="best")
+    if axes[0][-1].get_legend_handles_labels()[0]:
+        axes[0][-1].legend(fontsize=7, loc="best")
     save_figure(fig, path)
     return path
 

@@ -41,6 +41,21 @@ def test_single_seed_uses_item_interval(tmp_path):
     assert f"0.500 ± {1.96 * math.sqrt(0.25 / 50):.3f} (items)" in table
 
 
+def test_field_that_is_null_in_one_run_and_an_object_in_another(tmp_path):
+    """e.g. MCTS `scorer`: null for the random reward, an object otherwise; such fields are not grouping keys, while
+    list-valued ones (`components`) are."""
+    for name, comps, scorer, acc in (("random", ["random"], None, 0.8), ("jsd", ["jsd"], {"calls": 3}, 0.6),
+                                     ("jsd_ll", ["jsd", "ll"], {"calls": 5}, 0.7)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps({
+            "runner": "mcts", "components": comps, "scorer": scorer, "seed": 0,
+            "metrics": {"step_2": {"n": 10, "accuracy": acc}}}))
+    table, _ = report(tmp_path)
+    rows = [line for line in table.splitlines() if "step_2 |" in line]
+    assert len(rows) == 3 and "scorer" not in table  # list-valued fields separate arms, objects are left out
+    assert any("| jsd+ll |" in r and "0.700" in r for r in rows)
+
+
 def test_empty_directory_is_an_error(tmp_path):
     with pytest.raises(LlmlabError, match="no finished runs"):
         report(tmp_path)
