@@ -337,6 +337,7 @@ def test_grouped_query_sdpa_matches_default_attention_and_restores_the_flag(tiny
         for gqa in (False, True):
             cache = model(input_ids=torch.tensor([ids[:6]]), use_cache=True).cache
             with grouped_query_sdpa(model) if gqa else contextlib.nullcontext():
+                assert os.environ.get("TRANSFORMERS_SDPA_FORCE_GQA") == ("1" if gqa else None)
                 outs.append(model(input_ids=torch.tensor([ids[6:]]), cache=cache, use_cache=True).logits)
     torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-6)
     assert "TRANSFORMERS_SDPA_FORCE_GQA" not in os.environ

@@ -49,10 +49,15 @@ def compare(run_a: Path, run_b: Path) -> dict:
             "diff_ci95": [lo, hi]}
 
 
-def bootstrap_interval(diff: np.ndarray, n_boot: int = 10_000, seed: int = 0) -> tuple[float, float]:
-    """Percentile 95% interval of the mean of per-problem differences, problems resampled with replacement."""
+def bootstrap_means(diff: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+    """Means of `n_boot` resamples (items drawn with replacement) of per-item paired differences."""
     rng = np.random.default_rng(seed)
-    means = diff[rng.integers(0, len(diff), (n_boot, len(diff)))].mean(1)
+    return diff[rng.integers(0, len(diff), (n_boot, len(diff)))].mean(1)
+
+
+def bootstrap_interval(diff: np.ndarray, n_boot: int = 10_000, seed: int = 0) -> tuple[float, float]:
+    """Percentile 95% interval of the mean of per-problem differences."""
+    means = bootstrap_means(diff, n_boot, seed)
     return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
 
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from llmlab.analysis.paired_runs import bootstrap_means
 from llmlab.analysis.saliency import attention_saliency, flow_means
 from llmlab.data.implicit.common import make_rng
 from llmlab.data.mre.loader import MreData, load_mre
@@ -129,9 +130,7 @@ def paired_bootstrap(diff: np.ndarray, n: int, seed: int) -> float:
     """One-sided p-value that the mean of `diff` is >= 0 (resampling queries)."""
     if len(diff) < 2 or n <= 0:
         return float("nan")
-    rng = np.random.default_rng(seed)
-    means = diff[rng.integers(0, len(diff), (n, len(diff)))].mean(1)
-    return float((means >= 0).mean())
+    return float((bootstrap_means(diff, n, seed) >= 0).mean())
 
 
 def run(cfg: DictConfig, ctx: RunContext) -> dict:
