@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PIP := $(BIN)/pip install -q -c constraints.txt
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: help install demo test test-all test-gpu bench bench-gpu lint format clean
+.PHONY: help install demo test test-slurm test-all test-gpu bench bench-gpu lint format clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -28,8 +28,11 @@ demo: install ## ICL on SmolLM2-135M-Instruct (2 tasks x 2 shot counts, CPU), th
 		method.shots=0,4 seed=0 dataset.n_test=20 hydra.sweep.dir=outputs/demo
 	$(BIN)/llmlab report outputs/demo
 
-test: install ## the default test suite (no slow or GPU tests)
-	$(BIN)/pytest -q -m "not slow and not gpu"
+test: install ## the default test suite (no slow, GPU or SLURM tests)
+	$(BIN)/pytest -q -m "not slow and not gpu and not slurm"
+
+test-slurm: install ## the SLURM tests, against the local cluster (tests/cluster/slurm-local.sh start)
+	$(BIN)/pytest -q -m slurm
 
 test-all: install ## every CPU test, slow ones included (real pretrained models)
 	$(BIN)/pytest -q -m "not gpu"

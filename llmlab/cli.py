@@ -21,7 +21,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from llmlab.config import register_schemas
+from llmlab import interrupts
+from llmlab.config import InvalidConfig, register_schemas, validate_config
 from llmlab.errors import LlmlabError
 from llmlab.launch import failure_summary, finished_result, resume_overrides
 from llmlab.paths import conf_dir
@@ -34,6 +35,7 @@ register_schemas()
 def _job(cfg: DictConfig) -> float | None:
     """One job: set up hardware, seed, run directory and tracker; run the runner; record the outcome."""
     try:
+        validate_config(cfg)  # a sweep's job checks its own values (a single run did, before its directory was made)
         OmegaConf.resolve(cfg)
         missing = OmegaConf.missing_keys(cfg)
         if missing:
@@ -41,10 +43,10 @@ def _job(cfg: DictConfig) -> float | None:
         done = finished_result(cfg)  # resume=auto: a job whose run directory completed is not run again
         if done is not None:
             return primary_metric(done)
-        from llmlab.distributed import processes_to_launch
+        from llmlab.distributed import job_tasks, processes_to_launch
 
         nproc = processes_to_launch(cfg.hardware)
-        if nproc > 1:  # issue #8: this job runs as `nproc` torchrun ranks sharing its run directory
+        if nproc > 1 or job_tasks()[0] > 1:  # issue #8: `nproc` torchrun ranks (on each SLURM task) share its run dir
             return _relaunch(cfg, nproc)
         return _run(cfg)
     except LlmlabError as e:  # exit here: Hydra would otherwise log the failure on extra lines
@@ -64,14 +66,48 @@ def _run(cfg: DictConfig) -> float | None:
     seed_everything(cfg.seed)
     hc = HydraConfig.get()
     overrides = list(hc.overrides.task)
-    run_dir = RunDir(cfg.output_dir, cfg, overrides)
-    name = ",".join(overrides) or cfg.method.runner
-    group = Path(hc.sweep.dir).name if hc.mode == RunMode.MULTIRUN else None  # one W&B group per sweep
-    tracker = Tracker(cfg, run_dir, name=name, group=group, is_main=hw.is_main)
+    run_dir = RunDir(cfg.output_dir, cfg, overrides, fresh=not named_dir(hc))
+    try:  # from here on the run directory records how the run ended, whenever that is
+        if hw.is_main:
+            OmegaConf.update(cfg, "output_dir", str(run_dir.path))
+            save_hydra_files(run_dir.path, cfg, hc)
+        name = ",".join(overrides) or cfg.method.runner
+        group = Path(hc.sweep.dir).name if hc.mode == RunMode.MULTIRUN else None  # one W&B group per sweep
+        tracker = Tracker(cfg, run_dir, name=name, group=group, is_main=hw.is_main)
+    except BaseException as e:
+        run_dir.finish("interrupted" if isinstance(e, KeyboardInterrupt) else "failed")
+        raise
     result = execute(runner, cfg, RunContext(hw, run_dir, tracker))
     if hw.is_main:
-        print(f"run directory: {run_dir.path}")
+        say(f"run directory: {run_dir.path}")
     return primary_metric(result)
+
+
+def named_dir(hc) -> bool:
+    """Whether this job's directory was named on the command line (`hydra.run.dir`, `hydra.sweep.dir`, as
+    `resume=auto` does): a resume target, not a fresh directory named by the clock."""
+    key = "hydra.sweep.dir" if hc.mode == RunMode.MULTIRUN else "hydra.run.dir"
+    return any(o.split("=", 1)[0].lstrip("+") == key for o in hc.overrides.hydra)
+
+
+def save_hydra_files(path: Path, cfg: DictConfig, hc) -> None:
+    """`.hydra/` (composed config, Hydra's config, the overrides), written by this job into the directory it claimed
+    (conf/config.yaml turns Hydra's own copy off: two jobs of the same second would write it into one directory)."""
+    from llmlab.tracking import atomic_write
+
+    atomic_write(path / ".hydra" / "config.yaml", OmegaConf.to_yaml(cfg))
+    atomic_write(path / ".hydra" / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.create({"hydra": hc})))
+    atomic_write(path / ".hydra" / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(list(hc.overrides.task))))
+
+
+def say(text: str) -> None:
+    """Print to stdout; a closed stdout (`llmlab ... | head -1`) is not an error of the run: further output is
+    dropped."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the flush at exit does not fail again
 
 
 def _relaunch(cfg: DictConfig, nproc: int) -> float | None:
@@ -80,14 +116,15 @@ def _relaunch(cfg: DictConfig, nproc: int) -> float | None:
     import json
     import subprocess
 
-    from llmlab.distributed import check_launch, hydra_value, torchrun_command
+    from llmlab.distributed import check_launch, hydra_value, ignore_preemption_warning, torchrun_command
 
     check_launch(cfg, nproc)
     hc = HydraConfig.get()
     overrides = list(hc.overrides.task)
     if hc.mode == RunMode.MULTIRUN and cfg.logger.group is None:  # one W&B group per sweep, as in one process
         overrides.append(f"logger.group={hydra_value(Path(hc.sweep.dir).name)}")
-    proc = subprocess.Popen(torchrun_command(nproc, overrides, hc.runtime.output_dir), cwd=hc.runtime.cwd)
+    proc = subprocess.Popen(torchrun_command(nproc, overrides, hc.runtime.output_dir), cwd=hc.runtime.cwd,
+                            preexec_fn=ignore_preemption_warning)
     try:
         code = proc.wait()
     except KeyboardInterrupt:  # the ranks got the signal too: let them record it
@@ -100,12 +137,11 @@ def _relaunch(cfg: DictConfig, nproc: int) -> float | None:
 
 
 def primary_metric(result: dict) -> float | None:
-    """The first metric of the first variant, returned to Hydra sweepers (e.g. Optuna)."""
-    for values in (result or {}).get("metrics", {}).values():
-        for key, value in values.items():
-            if key != "n":
-                return value
-    return None
+    """The runner's objective (llmlab.objectives: which metric, minimised or maximised), returned to Hydra sweepers
+    (e.g. Optuna)."""
+    from llmlab.objectives import objective
+
+    return objective(result)
 
 
 def one_line(exc: BaseException) -> str:
@@ -114,6 +150,12 @@ def one_line(exc: BaseException) -> str:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("To append")]
     msg = lines[0] if lines else type(exc).__name__
     if len(lines) > 1 and lines[1].startswith("Available options"):
+        group = lines[1].split("'")[1] if lines[1].count("'") >= 2 else ""
+        missing = str(getattr(exc, "missing_cfg_file", None) or "")
+        if group and missing.startswith(f"{group}/"):  # `group=sub/typo`: the options under `sub`, and the closest
+            options, close = group_choices(group, missing[len(group) + 1:])
+            lines[2:] = options or lines[2:]
+            msg += f" (did you mean {group}={close}?)" if close else ""
         msg += f"; available: {', '.join(lines[2:])}"
     cause = exc.__cause__
     if isinstance(cause, OmegaConfBaseException):
@@ -121,6 +163,43 @@ def one_line(exc: BaseException) -> str:
         key = next((ln.split(":", 1)[1].strip() for ln in clines if ln.startswith("full_key:")), None)
         msg = f"{clines[0]}" + (f" (key: {key})" if key else "") + f" [{msg}]"
     return msg
+
+
+def group_choices(group: str, name: str) -> tuple[list[str], str | None]:
+    """The options of config group `group` under the deepest existing subgroup of `name` (nested ones as `sub/opt`),
+    and the one closest to `name`; ([], None) when Hydra cannot list them."""
+    import difflib
+    from contextlib import nullcontext
+
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.object_type import ObjectType
+
+    try:
+        ready = GlobalHydra.instance().is_initialized()
+        with nullcontext() if ready else initialize_config_dir(str(conf_dir()), version_base="1.3"):
+            loader = GlobalHydra.instance().config_loader()
+
+            def listing(sub: str) -> list[str]:
+                path = f"{group}/{sub}".rstrip("/")
+                out = [f"{sub}{o}" for o in loader.get_group_options(path, ObjectType.CONFIG)]
+                for child in loader.get_group_options(path, ObjectType.GROUP):
+                    out += listing(f"{sub}{child}/")
+                return out
+
+            base = ""
+            for part in name.split("/")[:-1]:
+                if part not in loader.get_group_options(f"{group}/{base}".rstrip("/"), ObjectType.GROUP):
+                    break
+                base += f"{part}/"
+            options = sorted(listing(base))
+    except Exception:  # only a better message is lost
+        return [], None
+    close = difflib.get_close_matches(name, options, n=1)
+    if not close:  # `dataset=bool`: match the option's last part
+        tails = {o.rsplit("/", 1)[-1]: o for o in options}
+        close = [tails[t] for t in difflib.get_close_matches(name.rsplit("/", 1)[-1], list(tails), n=1)]
+    return options, close[0] if close else None
 
 
 def raised_by_hydra(exc: BaseException) -> bool:
@@ -137,11 +216,12 @@ def main() -> None:
 
         return report_main(sys.argv[2:])
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us, so each is printed as one line
+    interrupts.install()  # SIGTERM (schedulers, preemption) is handled like Ctrl-C
     try:
         sys.argv += resume_overrides(sys.argv[1:])  # resume=auto: the newest unfinished run directory of this command
         with failure_summary():  # multirun: failed jobs are listed at the end, exit code 1
             _job()
-    except (LlmlabError, HydraException, OmegaConfBaseException) as e:
+    except (LlmlabError, HydraException, OmegaConfBaseException, InvalidConfig) as e:
         print(f"llmlab: error: {one_line(e)}", file=sys.stderr)
         sys.exit(2)
     except ValueError as e:  # Hydra's own command-line checks (e.g. --cfg with -m) raise plain ValueErrors
@@ -149,10 +229,15 @@ def main() -> None:
             raise
         print(f"llmlab: error: {one_line(e)}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        print("llmlab: interrupted; finished items are kept, run the same command with resume=auto to resume",
+    except OSError as e:  # e.g. a run directory that cannot be made (`hydra.run.dir=/proc/x`)
+        paths = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
+        print(f"llmlab: error: {paths or type(e).__name__}: {e.strerror or one_line(e)}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (llmlab.interrupts)
+        what = "terminated (SIGTERM)" if isinstance(e, interrupts.Terminated) else "interrupted"
+        print(f"llmlab: {what}; finished work is kept, run the same command with resume=auto to resume",
               file=sys.stderr)
-        sys.exit(130)
+        sys.exit(interrupts.exit_code(e))
 
 
 if __name__ == "__main__":

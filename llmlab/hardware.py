@@ -36,8 +36,7 @@ def setup_hardware(cfg: HardwareConfig) -> Hardware:
     name = cfg.device
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise LlmlabError(f"hardware.device={cfg.device} but no CUDA GPU is visible; use hardware=cpu")
+    check_device(name)
     rank, world, local_rank = distributed.env_ranks()
     device = torch.device(name)
     if world > 1 and device.type == "cuda":
@@ -50,13 +49,29 @@ def setup_hardware(cfg: HardwareConfig) -> Hardware:
         dtype = DTYPES[cfg.dtype]
     else:
         raise LlmlabError(f"unknown hardware.dtype '{cfg.dtype}'; choose auto, {', '.join(DTYPES)}")
-    if cfg.threads > 0:
+    if (cfg.threads or 0) > 0:  # null: torch's default (the range is checked with the config, llmlab.config)
         torch.set_num_threads(cfg.threads)
     strategy = getattr(cfg, "strategy", "ddp")
     distributed.check_strategy(strategy)
     if world > 1:
         distributed.init(device)
     return Hardware(device=device, dtype=dtype, rank=rank, world_size=world, strategy=strategy)
+
+
+def check_device(name: str) -> None:
+    """A one-line error unless `name` is cpu, cuda, cuda:N or mps, and available here."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:  # torch's message lists every backend it knows, most of which llmlab does not support
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise LlmlabError(f"unknown hardware.device '{name}'; choose auto, cpu, cuda, cuda:N or mps")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise LlmlabError(f"hardware.device={name} but no CUDA GPU is visible; use hardware=cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise LlmlabError(f"hardware.device={name} but only {torch.cuda.device_count()} CUDA GPU(s) are visible")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise LlmlabError(f"hardware.device={name} but MPS is not available here; use hardware=cpu")
 
 
 def seed_everything(seed: int) -> None:

@@ -105,6 +105,43 @@ def pin_gpu(config: DictConfig) -> str | None:
 OmegaConf.register_new_resolver("llmlab.gpu_jobs", lambda: max(1, len(visible_gpus())), replace=True)
 
 
+def slurm_default(what: str, device: str, nproc: Any) -> int | None:
+    """The per-job SLURM resources conf/hydra/launcher/slurm.yaml asks for unless `hydra.launcher.<what>` is set,
+    following `hardware`: on the CPU 4 CPUs (or nproc) and 16 GB, no GPU; one GPU with 8 CPUs and 64 GB; N GPUs
+    (`hardware.nproc`; 0, every visible GPU, asks for 8) with 4 CPUs and 32 GB each."""
+    n = int(nproc)
+    gpus = None if str(device) == "cpu" else (n if n >= 1 else 8)
+    if gpus is None:
+        cpus, mem = max(4, n), 16
+    else:
+        cpus, mem = (8, 64) if gpus == 1 else (4 * gpus, 32 * gpus)
+    values = {"gpus_per_node": gpus, "cpus_per_task": cpus, "mem_gb": mem}
+    if what not in values:
+        raise LlmlabError(f"llmlab.slurm_default: unknown resource '{what}' (one of {', '.join(values)})")
+    return values[what]
+
+
+OmegaConf.register_new_resolver("llmlab.slurm_default", slurm_default, replace=True)
+
+
+def _objective_direction(runner: str) -> str:
+    from llmlab.objectives import direction
+
+    return direction(runner)
+
+
+OmegaConf.register_new_resolver("llmlab.objective_direction", _objective_direction, replace=True)
+
+
+def _help_groups() -> str:
+    from llmlab.help import help_groups
+
+    return help_groups()
+
+
+OmegaConf.register_new_resolver("llmlab.help_groups", _help_groups, replace=True)  # conf/hydra/help/llmlab.yaml
+
+
 # ---------------------------------------------------------------------------------------------- sweeps and failures
 
 def command_key(task: list[str], hydra: list[str] = ()) -> list[str]:

@@ -1,8 +1,15 @@
 """`llmlab-report DIR` (or `llmlab report DIR`): aggregate finished runs under DIR into a table and a plot.
 
 Runs are grouped by every field of `results.json` that varies across them (except the seed); each metric is shown as
-the mean over seeds ± the half-width of its 95% interval (Student t over seeds; with a single seed, the binomial
-normal approximation over items, marked "items"). Writes `report.md` and `report.png` into DIR.
+the mean over seeds with its 95% interval. Where the runs kept their per-item verdicts (`predictions.jsonl`, also
+gzipped) the interval is a two-level bootstrap (seeds, then items within seeds: `llmlab.analysis.bootstrap`), so
+it accounts for both; otherwise it is Student t over seeds, or with one seed the binomial normal approximation over
+items, and says so. Writes `report.md` and `report.png` into DIR.
+
+    llmlab report DIR                         # table + plot of the runs under DIR
+    llmlab report --readme experiments/icl_vs_ft   # regenerate the README's marked tables from results/
+    llmlab report --check experiments         # exit 1, naming the table, if a committed table is stale
+    llmlab report --collect RUN DEST          # copy a run's compact raw results (no weights) into DEST
 """
 
 from __future__ import annotations
@@ -14,14 +21,17 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
+
+from llmlab.analysis import bootstrap
 from llmlab.errors import LlmlabError
-from llmlab.tracking import atomic_write
+from llmlab.tracking import atomic_write, read_rows
 
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
        12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}  # two-sided 95% Student t quantiles by degrees of freedom
 METRIC_ORDER = ("strict", "loose", "loglik", "label_logit")
 PLOT_METRICS = ("strict", "loglik")
-SKIP = {"seed", "metrics", "timing", "runner", "time"}
+SKIP = {"seed", "metrics", "timing", "runner", "time", "_dir"}
 
 
 def t95(df: int) -> float:
@@ -47,6 +57,7 @@ def load_runs(root: Path) -> tuple[list[dict], int]:
                    if not isinstance(mets, dict) or not all(isinstance(x, (int, float)) for x in mets.values())]
             if bad:
                 raise LlmlabError(f"{path}: metrics of '{bad[0]}' must be an object of numbers")
+            run["_dir"] = path.parent
             runs.append(run)
     unfinished = sum(1 for meta in root.rglob("meta.json") if not (meta.parent / "results.json").exists())
     return runs, unfinished
@@ -63,9 +74,12 @@ def aggregate(runs: list[dict]) -> tuple[list[str], list[dict]]:
     fields = list(dict.fromkeys(k for r in runs for k in r if k not in SKIP and k not in nested))  # first seen first
     varying = [k for k in fields if len({json.dumps(r.get(k)) for r in runs}) > 1] or fields[:2]
     groups: dict[tuple, list[dict]] = defaultdict(list)
+    dirs: dict[tuple, list[Path | None]] = defaultdict(list)
     for r in runs:
         for variant, mets in r["metrics"].items():
-            groups[tuple(_cell(r.get(k)) for k in varying) + (variant,)].append(mets)
+            key = tuple(_cell(r.get(k)) for k in varying) + (variant,)
+            groups[key].append(mets)
+            dirs[key].append(r.get("_dir"))
     rows = []
     for key in sorted(groups, key=lambda k: tuple((v is None, str(v) if not isinstance(v, int) else f"{v:08d}")
                                                    for v in k)):
@@ -75,7 +89,11 @@ def aggregate(runs: list[dict]) -> tuple[list[str], list[dict]]:
         for m in metrics:
             vals = [s[m] for s in seeds if m in s]
             mean = sum(vals) / len(vals)
-            if len(vals) > 1:
+            per_seed = [item_values(d, key[-1], m) for d in dirs[key]]
+            if per_seed and all(v is not None and len(v) for v in per_seed):
+                e = bootstrap.estimate(per_seed)
+                row[m] = (e["mean"], (e["lo"], e["hi"]), len(per_seed), "bootstrap")
+            elif len(vals) > 1:
                 sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
                 row[m] = (mean, t95(len(vals) - 1) * sd / math.sqrt(len(vals)), len(vals), "seeds")
             else:
@@ -87,6 +105,12 @@ def aggregate(runs: list[dict]) -> tuple[list[str], list[dict]]:
     return varying + ["variant"], rows
 
 
+def method_note(runs: list[dict]) -> str:
+    """How the table's intervals were computed."""
+    return (f"Values: mean over seeds [{bootstrap.METHOD}; 2000 resamples]; where a run kept no per-item verdicts, "
+            "± the 95% Student t half-width over seeds, or with one seed the normal approximation over items.")
+
+
 def markdown(keys: list[str], rows: list[dict]) -> str:
     metrics = [m for m in dict.fromkeys(k for r in rows for k, v in r.items() if isinstance(v, tuple))]
     head = keys + ["n"] + metrics
@@ -96,7 +120,9 @@ def markdown(keys: list[str], rows: list[dict]) -> str:
         for m in metrics:
             if m in r:
                 mean, half, n, kind = r[m]
-                if math.isnan(half):  # one seed and not a proportion over items: no interval
+                if kind == "bootstrap":
+                    cells.append(f"{mean:.3f} [{half[0]:.3f}, {half[1]:.3f}]" + (f" ({n} seeds)" if n > 1 else ""))
+                elif math.isnan(half):  # one seed and not a proportion over items: no interval
                     cells.append(f"{mean:.3f} (1 seed)")
                 else:
                     cells.append(f"{mean:.3f} ± {half:.3f}" + (f" ({n} seeds)" if kind == "seeds" else " (items)"))
@@ -104,6 +130,21 @@ def markdown(keys: list[str], rows: list[dict]) -> str:
                 cells.append("")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def item_values(run_dir: Path | None, variant: str, metric: str) -> np.ndarray | None:
+    """Per-item values of `metric` for one variant of a run, from its kept predictions; None if it kept none."""
+    if run_dir is None:
+        return None
+    rows = read_rows(run_dir, "predictions.jsonl")
+    if not rows:
+        return None
+    if any("variant" in r for r in rows):
+        rows = [r for r in rows if r.get("variant") == variant]
+    for key in (metric, f"{metric}_correct", "correct" if metric == "accuracy" else None):
+        if key and rows and all(isinstance(r.get(key), (bool, int, float)) for r in rows):
+            return np.array([float(r[key]) for r in rows])
+    return None
 
 
 def plot(keys: list[str], rows: list[dict], path: Path) -> Path | None:
@@ -125,6 +166,8 @@ def plot(keys: list[str], rows: list[dict], path: Path) -> Path | None:
             for metric in [m for m in PLOT_METRICS if any(m in r for r in sub)]:
                 pts = sorted((r["shots"], *r[metric][:2]) for r in sub if r["variant"] == variant and metric in r)
                 xs, ys, err = zip(*pts)
+                err = [[y - e[0] for y, e in zip(ys, err)], [e[1] - y for y, e in zip(ys, err)]] \
+                    if isinstance(err[0], tuple) else err
                 ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=f"{variant} / {metric}")
         ax.set_title(" / ".join(panel) or "all", fontsize=9)
         ax.set_xscale("symlog", linthresh=1)
@@ -157,24 +200,47 @@ def report(root: str | Path) -> tuple[str, Path | None]:
         raise LlmlabError(f"{root}: no finished runs (no results.json found)")
     keys, rows = aggregate(runs)
     table = markdown(keys, rows)
-    note = f"\n{len(runs)} finished run(s)" + (f", {unfinished} unfinished (left out)" if unfinished else "") + ".\n"
+    note = f"\n{len(runs)} finished run(s)" + (f", {unfinished} unfinished (left out)" if unfinished else "") + ". "
+    note += method_note(runs) + "\n"
     atomic_write(root / "report.md", table + note)
     return table + note, plot(keys, rows, root / "report.png")
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="llmlab-report", description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir", help="a run or multirun directory (searched recursively for results.json)")
+    parser = argparse.ArgumentParser(prog="llmlab report", description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", nargs="?", help="a run or sweep directory (searched for results.json)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--readme", metavar="DIR", help="regenerate the marked tables of DIR/README.md from DIR/results")
+    mode.add_argument("--check", metavar="ROOT", help="fail if a README table under ROOT differs from its results")
+    mode.add_argument("--collect", nargs=2, metavar=("RUN", "DEST"), help="copy RUN's compact raw results to DEST")
     args = parser.parse_args(argv)
+    from llmlab import collect, readme_tables
+
     try:
-        table, png = report(args.run_dir)
+        if args.readme:
+            names = readme_tables.write(args.readme)
+            print(f"{Path(args.readme) / 'README.md'}: {len(names)} table(s) regenerated")
+        elif args.check:
+            problems = readme_tables.check(args.check)
+            for p in problems:
+                print(f"llmlab report: {p}", file=sys.stderr)
+            if problems:
+                sys.exit(1)
+            print(f"{args.check}: every table matches its results")
+        elif args.collect:
+            files = collect.collect(*args.collect)
+            print(f"{len(files)} file(s) in {args.collect[1]}")
+        elif args.run_dir:
+            table, png = report(args.run_dir)
+            print(table)
+            print(f"table: {Path(args.run_dir) / 'report.md'}")
+            if png:
+                print(f"plot: {png}")
+        else:
+            parser.error("give a run directory, --readme, --check or --collect")
     except LlmlabError as e:
         print(f"llmlab-report: error: {e}", file=sys.stderr)
         sys.exit(2)
-    print(table)
-    print(f"table: {Path(args.run_dir) / 'report.md'}")
-    if png:
-        print(f"plot: {png}")
 
 
 if __name__ == "__main__":

@@ -5,13 +5,19 @@ each row's last context token give the first token of every candidate and of the
 candidates are scored in a second, short forward on a copy of the context's KV cache, so a context is never recomputed
 per candidate. A token prefix shared by all contexts (a fixed few-shot block) is computed once and its KV cache reused
 by every batch. Only the logits that are needed are ever computed.
+
+Every prompt plus its answer (the longer of `max_new_tokens` and the longest candidate) must fit the model's context
+(`context_limit`): an over-long prompt is a one-line `LlmlabError` naming its item, raised before any forward, or with
+`truncate="left"` is cut from the left to fit (`Scorer.fit`). A prompt longer than the context times the longest
+vocabulary entry (in characters) is judged by its length alone, so a pathological one is never tokenised whole.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import cached_property
 
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
@@ -19,6 +25,8 @@ from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 from llmlab.errors import LlmlabError
 
 MIN_SHARED_PREFIX = 8  # tokens; a shorter common prefix is not worth a separate forward
+TRUNCATE = ("none", "left")  # an over-long prompt: an error, or cut from the left
+UNSET_MAX_LENGTH = 10**8  # a tokenizer's model_max_length at least this large is HF's "not set" placeholder
 
 
 @dataclass
@@ -26,6 +34,7 @@ class Request:
     context: str
     candidates: Sequence[str] = ()  # continuations to score by log-likelihood
     max_new_tokens: int = 0  # greedy continuation length; 0 = no generation
+    id: str = ""  # names the item in errors
 
 
 @dataclass
@@ -37,14 +46,29 @@ class Scored:
     context_tokens: int = 0
 
 
+def context_limit(model, tokenizer, limit: int | None = None) -> int | None:
+    """The most tokens (prompt + answer) the model takes: the smallest of its config's position limit, the
+    tokenizer's `model_max_length` where set, and `limit`; None where none is known (a recurrent model)."""
+    config = getattr(model, "config", None)
+    known = [getattr(config, key, None) for key in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length",
+                                                    "max_sequence_length")]
+    known += [getattr(tokenizer, "model_max_length", None), limit]
+    known = [n for n in known if isinstance(n, int) and not isinstance(n, bool) and 0 < n < UNSET_MAX_LENGTH]
+    return min(known, default=None)
+
+
 class Scorer:
-    """Scores `Request`s with `model`; `batch_size` contexts per forward, longest first."""
+    """Scores `Request`s with `model`; `batch_size` contexts per forward, longest first. Prompts that do not fit the
+    context (`context_limit`, capped by `max_context`) raise, or with `truncate="left"` are cut from the left."""
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch_size: int = 8,
-                 reuse_prefix: bool = True):
+                 reuse_prefix: bool = True, truncate: str = "none", max_context: int | None = None):
         if batch_size < 1:
             raise LlmlabError(f"batch size must be >= 1, got {batch_size}")
+        if truncate not in TRUNCATE:
+            raise LlmlabError(f"truncate must be one of {', '.join(TRUNCATE)}, got {truncate!r}")
         self.model, self.tok, self.batch_size, self.reuse_prefix = model, tokenizer, batch_size, reuse_prefix
+        self.truncate, self.context_limit = truncate, context_limit(model, tokenizer, max_context)
         self.device = model.device
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         eos = model.generation_config.eos_token_id if model.generation_config is not None else None
@@ -64,9 +88,73 @@ class Scorer:
             cands.append(cont)
         return ctx, cands
 
+    def fit(self, requests: Sequence[Request]) -> tuple[list[Request], int]:
+        """`requests` with every prompt and its answer inside the context, and how many prompts were cut (only with
+        `truncate="left"`; otherwise an over-long prompt raises). Call it on all prompts to fail before scoring."""
+        fitted = [self._fit(r, i)[0] for i, r in enumerate(requests)]
+        return fitted, sum(f is not r for f, r in zip(fitted, requests))
+
+    @cached_property
+    def _token_chars(self) -> int | None:
+        """The longest vocabulary entry in characters: no token covers more text (None: vocabulary unknown)."""
+        vocab = getattr(self.tok, "get_vocab", None)
+        return max(max(map(len, vocab()), default=1), 1) if vocab is not None else None
+
+    def _fit(self, req: Request, index: int) -> tuple[Request, list[int], list[list[int]]]:
+        """`req` fitted to the context (itself when it fits) and its encoding."""
+        limit = self.context_limit
+        if limit is None:
+            return (req, *self.encode(req))
+        name, text = req.id or f"#{index}", req.context
+        most = limit * self._token_chars if self._token_chars else None
+        if most is not None and len(text) > most:  # too long whatever its tokens: never tokenise it whole
+            if self.truncate == "none":
+                raise LlmlabError(f"prompt of item {name} is at least {len(text) // self._token_chars} tokens "
+                                  f"({len(text)} characters), longer than the model's context of {limit} tokens")
+            text = text[-most:]
+        fitted = req if text is req.context else replace(req, context=text)
+        ctx, cands = self.encode(fitted)
+        room = max([req.max_new_tokens, *map(len, cands)])
+        if len(ctx) + room <= limit:
+            return fitted, ctx, cands
+        if self.truncate == "none":
+            raise LlmlabError(f"prompt of item {name} is {len(ctx)} tokens, which with its {room}-token answer is "
+                              f"longer than the model's context of {limit} tokens")
+        fitted = replace(req, context=self._cut_left(text, len(ctx), room, name))
+        return (fitted, *self.encode(fitted))
+
+    def _cut_left(self, text: str, n_tokens: int, room: int, name: str) -> str:
+        """The longest suffix of `text` (searched on characters) whose tokens and `room` more fit the context."""
+        limit = self.context_limit
+
+        def fits(cut: int) -> bool:
+            return len(self.tok(text[cut:], add_special_tokens=True).input_ids) + room <= limit
+
+        if not fits(len(text)):
+            raise LlmlabError(f"item {name}: its {room}-token answer leaves no room for a prompt in the model's "
+                              f"context of {limit} tokens")
+        lo, hi = 0, len(text)  # text[lo:] does not fit, text[hi:] fits
+        guess = min(max(len(text) * (n_tokens + room - limit) // n_tokens, 1), len(text) - 1)
+        step = max(len(text) // 256, 1)
+        if fits(guess):  # gallop from the proportional guess towards the bracket's other end, then bisect
+            hi = guess
+            while hi - step > lo and fits(hi - step):
+                hi, step = hi - step, step * 2
+            lo = max(lo, hi - step)
+        else:
+            lo = guess
+            while lo + step < hi and not fits(lo + step):
+                lo, step = lo + step, step * 2
+            hi = min(hi, lo + step)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if fits(mid) else (mid, hi)
+        return text[hi:]
+
     @torch.inference_mode()
     def score(self, requests: Sequence[Request], on_batch: Callable[[int], None] | None = None) -> list[Scored]:
-        encoded = [self.encode(r) for r in requests]
+        """Each request scored; all are fitted to the context (see `fit`) before the first forward."""
+        encoded = [self._fit(r, i)[1:] for i, r in enumerate(requests)]
         prefix, prefix_cache = self._shared_prefix([ctx for ctx, _ in encoded])
         order = sorted(range(len(requests)), key=lambda i: -len(encoded[i][0]))
         results: list[Scored | None] = [None] * len(requests)

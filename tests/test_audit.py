@@ -151,7 +151,7 @@ def test_unquoted_unicode_override_is_a_one_line_grammar_error():
 RUNNER_ERRORS = [
     (["method.batch_size=0", "method.limit=1"], "batch size must be >= 1"),
     (["method.shots=100000000000000000000"], "larger than the demonstration pool"),
-    (["method.scoring=[../../x]"], "method.scoring must be"),
+    (["method.scoring=[]"], "method.scoring must not be empty"),
     (["dataset.variants=[../../x]"], "unknown variant"),
     (["dataset.task=" + ESCAPE], "unknown implicit task"),
     (["dataset.n_test=-3"], "non-negative integer"),
@@ -160,7 +160,6 @@ RUNNER_ERRORS = [
       "method.run_arms=[]"], "cannot be used as a file name"),
     (["method=icl_vs_ft", "method.tasks=[bool]", "method.shots=[0]", "method.report_k=0", "method.seeds=[0]",
       f"method.run_arms=[{ESCAPE}]"], "unknown arm"),
-    (["method=finetune", "method.peft=../lora"], "method.peft must be"),
     (["method=finetune", f"method.tasks=[{ESCAPE}]"], "unknown implicit task"),
     (["method=circuit_shift", "dataset=implicit/bool", f"method.finetuned={ESCAPE}"], "is not a directory"),
     (["method=pretrain", "model=lm-tiny", "dataset=corpus/pydoc", "dataset.block_size=100000000000000"],
@@ -181,7 +180,6 @@ RUNNER_ERRORS = [
     (["method=cot", "dataset=blocksworld/step_2", f"dataset.path={ESCAPE}"], "blocksworld data not found"),
     (["method=cot", "dataset=blocksworld/generated", "method.draft.kind=model", f"method.draft.model={ESCAPE}"],
      "cannot be used as a file name"),
-    (["method=mcts", "dataset=blocksworld/generated", "method.simulate=../x"], "method.simulate must be"),
     (["method=mcts", "dataset=blocksworld/generated", "method.batch_size=0"], "method.batch_size must be >= 1"),
 ]
 
@@ -189,6 +187,17 @@ RUNNER_ERRORS = [
 @pytest.mark.parametrize("overrides,needle", RUNNER_ERRORS, ids=[" ".join(o)[:60] for o, _ in RUNNER_ERRORS])
 def test_runner_rejects_bad_values_in_one_line_inside_its_run_dir(tmp_path, overrides, needle):
     assert needle in one_line(run_runner, tmp_path, *overrides)
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    (["method.scoring=[../../x]"], "method.scoring must be one of generate, loglik, got '../../x'"),
+    (["method=finetune", "method.peft=../lora"], "method.peft must be one of none, lora, got '../lora'"),
+    (["method=mcts", "dataset=blocksworld/generated", "method.simulate=../x"], "method.simulate must be one of"),
+])
+def test_choice_values_are_refused_with_the_config_before_any_runner(overrides, needle):
+    from llmlab.config import validate_config
+
+    assert needle in one_line(validate_config, compose([*TINY, *overrides]))
 
 
 def test_names_tags_and_unicode_in_config_strings_write_only_into_the_run_dir(tmp_path):
@@ -546,7 +555,7 @@ def test_mre_report_on_damaged_results(tmp_path, content):
 CLI_CASES = [
     (["method=mcts", "dataset=blocksworld/generated", "method.bogus=1"], "Key 'bogus' not in 'MCTSConfig'"),
     (["method=icl_vs_ft", f"method.tasks=[bool,{ESCAPE}]", "method.shots=[0]", "method.report_k=0",
-      "method.seeds=[0]", "method.run_arms=[]"], "cannot be used as a file name"),
+      "method.seeds=[0]", "method.run_arms=[]"], "method.tasks must be one of"),
     (["method=verbalizer", "dataset=mre/file", "dataset.path={binary}", "dataset.pool_path={binary}"],
      "not valid UTF-8"),
 ]

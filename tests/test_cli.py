@@ -67,6 +67,18 @@ def test_bad_input_is_one_line_and_nonzero(args, needle, outputs):
     assert not list(outputs.rglob("results.json"))
 
 
+def test_bad_input_choice_typo_fails_before_any_model_loads(outputs, tmp_path):
+    """A value outside its field's choices is refused when the config is composed: no run directory, no model (the
+    hub model cannot load offline, so a later check would fail on it instead), nothing cached."""
+    cache = tmp_path / "cache"
+    res = run_cli("method=finetune", "method.peft=loraa", "model=qwen1.5-0.5b", "hardware=cpu", "logger=none",
+                  env={"LLMLAB_CACHE": str(cache)})
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.returncode == 2 and lines == [
+        "llmlab: error: method.peft must be one of none, lora, got 'loraa'; did you mean 'lora'?"], res.stderr
+    assert not outputs.exists() and not cache.exists()
+
+
 def test_malformed_dataset_file(outputs, tmp_path):
     bad = tmp_path / "rows.jsonl"
     bad.write_text('{"id": "a"}\nnot json\n')

@@ -148,7 +148,7 @@ def test_pretrain_on_two_processes_follows_one_process(tmp_path, outputs):
                "metrics.jsonl", "results.json", "model/config.json", "model/model.safetensors"}
     written |= {f"checkpoints/step-00000{s}/{f}" for s in (2, 4) for f in ("signature.json", "state.pt",
                                                                            "trainable.safetensors")}
-    assert files(run) - {"cli.log"} == written  # Hydra's (parent's) log aside
+    assert files(run) - {"cli.log", ".lock"} == written  # Hydra's (parent's) log and the run's claim aside
     results = json.loads((run / "results.json").read_text())
     assert results["timing"]["world_size"] == 2 and results["train_tokens"] == 4 * 4 * 2 * 32
     assert json.loads((run / "meta.json").read_text())["status"] == "completed"

@@ -40,10 +40,10 @@ def sbatch_script(monkeypatch, tmp_path, *overrides: str, jobs: int = 2) -> tupl
     return (folder / "4242_submission.sh").read_text(), folder
 
 
-def test_the_slurm_script_takes_its_resources_from_the_hardware_group(monkeypatch, tmp_path):
-    text, folder = sbatch_script(monkeypatch, tmp_path, "hardware=gpu", "hardware.slurm.partition=a100",
-                                 "hardware.slurm.time_min=90", "hardware.slurm.mem_gb=48",
-                                 "hardware.slurm.gpus_per_node=2", "hardware.slurm.cpus_per_task=12")
+def test_the_slurm_script_takes_its_resources_from_the_launcher_config(monkeypatch, tmp_path):
+    text, folder = sbatch_script(monkeypatch, tmp_path, "hardware=gpu", "hydra.launcher.partition=a100",
+                                 "hydra.launcher.timeout_min=90", "hydra.launcher.mem_gb=48",
+                                 "hydra.launcher.gpus_per_node=2", "hydra.launcher.cpus_per_task=12")
     lines = set(text.splitlines())
     assert {"#SBATCH --partition=a100", "#SBATCH --time=90", "#SBATCH --mem=48GB", "#SBATCH --gpus-per-node=2",
             "#SBATCH --cpus-per-task=12", "#SBATCH --ntasks-per-node=1", "#SBATCH --array=0-1%2",
@@ -59,12 +59,77 @@ def test_the_slurm_script_takes_its_resources_from_the_hardware_group(monkeypatc
     assert again.function.config.hydra.sweep.dir == str(tmp_path / "sweep")
 
 
-def test_the_hardware_options_give_their_own_slurm_defaults(monkeypatch, tmp_path):
+def test_the_slurm_defaults_follow_the_hardware_option(monkeypatch, tmp_path):
     gpu, _ = sbatch_script(monkeypatch, tmp_path / "gpu", "hardware=gpu", jobs=1)
     assert {"#SBATCH --gpus-per-node=1", "#SBATCH --time=240", "#SBATCH --mem=64GB"} <= set(gpu.splitlines())
     assert "--partition" not in gpu  # null: the cluster's default partition
     cpu, _ = sbatch_script(monkeypatch, tmp_path / "cpu", "hardware=cpu", jobs=1)
     assert "--gpus-per-node" not in cpu and "#SBATCH --cpus-per-task=4" in cpu.splitlines()
+    multi, _ = sbatch_script(monkeypatch, tmp_path / "multi", "hardware=multi_gpu", "hardware.nproc=4", jobs=1)
+    assert {"#SBATCH --gpus-per-node=4", "#SBATCH --cpus-per-task=16", "#SBATCH --mem=128GB"} <= set(
+        multi.splitlines())
+
+
+def test_slurm_resources_are_no_longer_in_the_hardware_group():
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException, match="slurm"):
+        compose(["hydra/launcher=slurm", "hardware.slurm.partition=gpu"])
+
+
+def test_a_slurm_job_that_ends_without_a_result_is_a_failed_job_of_the_sweep(tmp_path):
+    """Cancelled, timed out, lost with its node: the sweep lists it (state and log), it does not stop the others."""
+    from submitit.core.utils import UncompletedJobError
+
+    from hydra_plugins.llmlab_plugins.slurm_launcher import SlurmLauncher
+    from llmlab.errors import LlmlabError
+
+    class Cancelled:
+        job_id, state = "77_1", "CANCELLED by 0"
+        paths = type("Paths", (), {"stderr": tmp_path / "77_1_0_log.err"})
+
+        def results(self):
+            raise UncompletedJobError("Job 77_1 (task: 0) with path ... has not produced any output (state: CANCELLED)")
+
+    launcher = SlurmLauncher()
+    ret = launcher._outcome(Cancelled(), 1, ["seed=1"], tmp_path)
+    with pytest.raises(LlmlabError, match=r"SLURM job 77_1 ended CANCELLED by 0 without a result; log: .*77_1_0_log"):
+        _ = ret.return_value
+    record = json.loads((tmp_path / ".jobs" / "1.json").read_text())
+    assert record["status"] == "failed" and record["overrides"] == ["seed=1"] and "CANCELLED" in record["error"]
+    assert record["dir"] == str(tmp_path / "1")
+
+
+def test_a_requeued_slurm_job_reuses_its_run_directory(monkeypatch, tmp_path):
+    """SLURM_RESTART_COUNT > 0: the sweep directory is pinned on the job's command line, so `llmlab.cli.named_dir`
+    treats the job's directory as a resume target instead of moving to a fresh `<num>-1`."""
+    from hydra_plugins.llmlab_plugins.slurm_launcher import SlurmLauncher
+    from llmlab import slurm
+
+    monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
+    assert slurm.restart_count() == 0
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
+    assert slurm.restart_count() == 2
+    launcher = SlurmLauncher()
+    launcher.config = compose(["hydra/launcher=slurm", f"hydra.sweep.dir={tmp_path / 'my sweep'}"])
+    launcher._pin_sweep_dir()
+    pinned = [o for o in launcher.config.hydra.overrides.hydra if o.startswith("hydra.sweep.dir=")]
+    assert pinned == [f"hydra.sweep.dir='{tmp_path / 'my sweep'}'"]
+
+    # The default directory, named by the clock: the requeued job (a new process, later) pins the original one.
+    import pickle
+
+    from omegaconf import OmegaConf
+
+    monkeypatch.setenv("LLMLAB_OUTPUTS", str(tmp_path))
+    cfg = compose(["hydra/launcher=slurm"])
+    original = str(cfg.hydra.sweep.dir)  # resolved (and cached) when the sweep was launched
+    launcher.config = pickle.loads(pickle.dumps(cfg))
+    OmegaConf.clear_resolver("now")  # a fresh job process: Hydra's resolvers are not registered yet
+    time.sleep(1.1)
+    launcher._pin_sweep_dir()
+    assert [o for o in launcher.config.hydra.overrides.hydra if o.startswith("hydra.sweep.dir=")] == [
+        f"hydra.sweep.dir={original}"]
 
 
 def test_visible_gpus_follow_cuda_visible_devices(monkeypatch):
@@ -166,11 +231,39 @@ def test_submitit_local_job_is_requeued_after_preemption_and_resumes(outputs):
     assert proc.returncode == 0, err[-3000:]
     meta = json.loads((run / "meta.json").read_text())
     assert meta["status"] == "completed" and meta["attempt"] == 2
-    steps = logged_steps(run)
-    restart = next(i for i in range(1, len(steps)) if steps[i] <= steps[i - 1])
-    assert steps[restart] > 1 and (steps[restart] - 1) % 20 == 0  # resumed right after a checkpoint
-    assert sorted(set(steps)) == list(range(1, 301))
+    assert meta["resumed_from_step"] > 0 and meta["resumed_from_step"] % 20 == 0  # from a periodic checkpoint
+    assert logged_steps(run) == list(range(1, 301))  # metrics cut back to the checkpoint, then logged once
     run_id = (run / "wandb_id").read_text().strip()
     offline = sorted((run / "wandb").glob("offline-run-*"))
     assert len(offline) == 2 and all(p.name.endswith(run_id) for p in offline)
     assert "preempted" in "".join(p.read_text() for p in sweep.glob(".submitit/*/*_log.err"))
+
+
+def test_the_tasks_of_a_slurm_step_rendezvous_at_its_first_host(monkeypatch, tmp_path):
+    """hydra.launcher.nodes (or tasks_per_node) > 1: each srun task starts a torchrun agent; the agents form one
+    process group at the step's first host (static rendezvous, task index = node rank). One task: --standalone."""
+    from llmlab import distributed
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text("#!/bin/sh\necho gpu07; echo gpu08\n")  # `scontrol show hostnames gpu[07-08]`
+    (bin_dir / "scontrol").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    for key in ("RANK", "LOCAL_RANK", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.delenv("SLURM_STEP_NUM_TASKS", raising=False)
+    assert distributed.job_tasks() == (1, 0)
+    assert "--standalone" in distributed.torchrun_command(2, ["seed=1"], "/runs/x")
+
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "2")
+    monkeypatch.setenv("SLURM_PROCID", "1")
+    monkeypatch.setenv("SLURM_STEP_NODELIST", "gpu[07-08]")
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    assert distributed.job_tasks() == (2, 1)
+    cmd = distributed.torchrun_command(4, ["seed=1"], "/runs/x")
+    assert "--standalone" not in cmd
+    at = cmd.index("--nnodes")
+    assert cmd[at:at + 8] == ["--nnodes", "2", "--node_rank", "1", "--master_addr", "gpu07", "--master_port", "24242"]
+    assert cmd[cmd.index("--nproc_per_node") + 1] == "4"
+    monkeypatch.setenv("RANK", "3")  # inside a rank: no further launch
+    assert distributed.job_tasks() == (1, 0)

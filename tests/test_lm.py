@@ -95,7 +95,7 @@ def test_extrapolation_reports_perplexity_per_length():
 
 @pytest.mark.parametrize("attention", ["softmax", "stablemask"])
 def test_sink_metrics_on_a_tiny_model(attention):
-    m = model(attention=attention, position="rope")
+    m = model(attention=attention, position="rope", train_len=64)  # horizon 64: every row has pseudo columns
     blocks = tiny_corpus().blocks("val", 32)[:3]
     out = lm_eval.sink_metrics(m, blocks, torch.device("cpu"), batch_size=2)
     assert len(out["layers"]) == 2 and out["n_sequences"] == 3 and out["length"] == 32
@@ -104,8 +104,11 @@ def test_sink_metrics_on_a_tiny_model(attention):
     if attention == "stablemask":
         curve = out["pseudo_ratio_by_position"]
         assert len(curve) == 32 and curve[0] > curve[8] > curve[-1] >= 0 and 0 < mean["real_mass"] < 1
+        # over the real keys alone the first key holds more: the raw figure counts the pseudo mass in the row
+        assert mean["first_token_mass_real"] > mean["first_token_mass"] * 1.01
     else:
         assert "pseudo_ratio" not in mean
+        assert mean["first_token_mass_real"] == pytest.approx(mean["first_token_mass"], rel=1e-5)
 
 
 def test_the_position_probe_runs_and_softmax_rope_is_at_chance():

@@ -399,8 +399,15 @@ def test_mcts_runner_resumes_at_the_next_unsolved_problem(tmp_path, monkeypatch)
     assert seen == ["gen-s2-1", "gen-s2-2"] and result["metrics"]["blocksworld/generated"]["n"] == 3
 
 
-@pytest.mark.parametrize("override,needle", [("method.backprop=foo", "method.backprop must be"),
-                                             ("method.amateur.layer=7", "amateur.layer must be"),
+def test_an_unknown_backprop_is_refused_before_the_run():
+    from llmlab.config import validate_config
+    from tests.helpers import compose
+
+    with pytest.raises(LlmlabError, match="method.backprop must be one of sum_mean, refined, got 'foo'"):
+        validate_config(compose([*MCTS_TINY, "method.backprop=foo"]))
+
+
+@pytest.mark.parametrize("override,needle", [("method.amateur.layer=7", "amateur.layer must be"),
                                              ("method.reward.components=[ll,xx]", "reward.components")])
 def test_mcts_runner_bad_settings_are_one_line_errors(tmp_path, override, needle):
     from llmlab.runners import mcts

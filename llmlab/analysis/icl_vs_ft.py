@@ -3,33 +3,59 @@
 Input: per-item correctness of every condition (base ICL at each k, each fine-tuned arm at 0 shots) for every
 (task, variant, seed), aligned by item id. All conditions of one seed share the same test items, so intervals come
 from a paired hierarchical bootstrap: resample the seeds, then the items within each drawn seed, and recompute every
-condition's mean over seeds from the same draw. Deltas and gaps are therefore paired differences.
+condition's mean over seeds from the same draw (`llmlab.analysis.bootstrap`). Deltas and gaps are therefore paired
+differences.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
+from llmlab.analysis.bootstrap import resample
+from llmlab.errors import LlmlabError
 from llmlab.report import save_figure
+from llmlab.tracking import read_rows
 
 GAP = 0.15  # the spec's "15 points"
+METRICS = {"strict": "strict", "loose": "loose", "loglik": "loglik_correct", "label_logit": "label_logit_correct"}
+
+
+def item_correctness(root: Path, m, task: str, variant: str) -> dict[str, dict[int, np.ndarray]]:
+    """`condition -> seed -> 0/1 per item` of an experiment directory (a run, or its collected results), in one item
+    order per seed (checked to be the same across conditions)."""
+    key = METRICS[m.metric]
+    dirs = {f"icl@{k}": f"icl/{task}/k-{k}" for k in m.shots}
+    dirs.update({f"ft:{a}": f"ft/{a}/eval/{task}" for a in m.run_arms})
+    out: dict[str, dict[int, np.ndarray]] = {c: {} for c in dirs}
+    for seed in m.seeds:
+        ids = None
+        for cond, rel in dirs.items():
+            preds = [p for p in read_rows(root / f"seed-{seed}" / rel, "predictions.jsonl") if p["variant"] == variant]
+            if not preds:
+                raise LlmlabError(f"{root / f'seed-{seed}' / rel}: no predictions for {variant} items")
+            preds.sort(key=lambda p: p["id"])
+            if ids is None:
+                ids = [p["id"] for p in preds]
+            elif [p["id"] for p in preds] != ids:
+                raise LlmlabError(f"seed {seed}, {task}/{variant}: '{cond}' was scored on different items")
+            out[cond][seed] = np.array([float(bool(p[key])) for p in preds])
+    return out
+
+
+def compare(root: Path, m, variants: list[str]) -> dict[tuple[str, str], dict]:
+    """Every (task, variant) cell of an experiment directory: `compare_cell` over its per-item predictions."""
+    return {(task, variant): compare_cell(item_correctness(root, m, task, variant), list(m.shots), m.report_k,
+                                          list(m.run_arms), m.bootstrap)
+            for task in m.tasks for variant in variants}
 
 
 def bootstrap(correct: dict[str, dict[int, np.ndarray]], n_boot: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Resampled means per condition: `correct[cond][seed]` is a 0/1 vector over that seed's items (same length for
-    every condition of a seed). Returns `cond -> (n_boot,)` means over seeds of item means."""
-    conds = list(correct)
-    seeds = sorted(correct[conds[0]])
-    rng = np.random.default_rng(seed)
-    per_seed = {c: np.empty((len(seeds), n_boot)) for c in conds}
-    for i, s in enumerate(seeds):
-        n = len(correct[conds[0]][s])
-        idx = rng.integers(0, n, size=(n_boot, n))
-        for c in conds:
-            per_seed[c][i] = correct[c][s][idx].mean(axis=1)
-    drawn = rng.integers(0, len(seeds), size=(n_boot, len(seeds)))
-    cols = np.arange(n_boot)[:, None]
-    return {c: per_seed[c][drawn, cols].mean(axis=1) for c in conds}
+    """Resampled means per condition (`llmlab.analysis.bootstrap.resample`): `correct[cond][seed]` is a 0/1 vector
+    over that seed's items (the same items for every condition of a seed)."""
+    seeds = sorted(next(iter(correct.values())))
+    return resample({c: [v[s] for s in seeds] for c, v in correct.items()}, n_boot, seed)
 
 
 def estimate(point: float, samples: np.ndarray) -> dict:

@@ -2,7 +2,10 @@
 
 Sink metrics (StableMask spec section 8; our definitions), per layer, averaged over heads, sequences and rows, on
 held-out blocks at the training length, from the dense attention weights:
-- `first_token_mass`: mean over queries i >= 16 of the weight on key 0;
+- `first_token_mass`: mean over queries i >= 16 of the weight on key 0 (for StableMask, of the whole row, pseudo
+  columns included: it falls as the pseudo mass rises, sink or not);
+- `first_token_mass_real`: the same over the real keys only (weights renormalised to sum to 1 per row), the figure
+  that compares StableMask with softmax;
 - `max_key_mass`: mean over rows of the largest weight, and `argmax_first`: the share of rows whose largest weight
   is on key 0;
 - `entropy`: row entropy in nats of the weights renormalised over the real keys;
@@ -87,6 +90,7 @@ def sink_metrics(model, blocks: torch.Tensor, device: torch.device, batch_size: 
             p = att / real
             stats = {
                 "first_token_mass": att[:, :, MIN_QUERY:, 0].sum().item() if n > MIN_QUERY else float("nan"),
+                "first_token_mass_real": p[:, :, MIN_QUERY:, 0].sum().item() if n > MIN_QUERY else float("nan"),
                 "max_key_mass": att.max(-1).values.sum().item(),
                 "argmax_first": (att.argmax(-1) == 0).float().sum().item(),
                 "entropy": -(p * p.clamp_min(1e-30).log()).sum(-1).sum().item(),
@@ -105,7 +109,8 @@ def sink_metrics(model, blocks: torch.Tensor, device: torch.device, batch_size: 
     layers = []
     for s in sums:
         row = {k: v / rows_per for k, v in s.items()}
-        row["first_token_mass"] = s["first_token_mass"] / (n_rows * heads * max(1, n - MIN_QUERY))
+        for key in ("first_token_mass", "first_token_mass_real"):
+            row[key] = s[key] / (n_rows * heads * max(1, n - MIN_QUERY))
         if "pseudo_ratio" in row:
             row["real_mass"] = 1.0 - row["pseudo_ratio"]
         layers.append(row)

@@ -127,11 +127,12 @@ def format_action(action: Action) -> str:
 
 _SECTION = re.compile(r"\(:(objects|init|goal)(.*?)(?=\(:|\Z)", re.S)
 _ATOM = re.compile(r"\(\s*([a-z-]+)((?:\s+[a-z0-9_-]+)*)\s*\)")
+_COMMENT = re.compile(r";[^\n]*")  # PDDL comments run from ';' to the end of the line
 
 
 def parse_pddl(text: str, name: str = "problem") -> Problem:
-    """A PlanBench problem file: objects, init atoms, goal atoms (a conjunction of `on`)."""
-    text = text.lower()
+    """A PlanBench problem file: objects, init atoms, goal atoms (a conjunction of `on`); `;` comments ignored."""
+    text = _COMMENT.sub("", text.lower())
     sections = {key: body for key, body in _SECTION.findall(text)}
     if set(sections) != {"objects", "init", "goal"}:
         missing = sorted({"objects", "init", "goal"} - set(sections))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from llmlab.data.implicit.common import make_rng
 from llmlab.errors import LlmlabError
-from llmlab.tracking import read_jsonl, write_json, write_jsonl
+from llmlab.tracking import resume_jsonl, write_json, write_jsonl
 
 
 def draw_shots(pool: list[dict], shots: int, seed: int, problem_id: str) -> list[dict]:
@@ -20,7 +20,7 @@ def draw_shots(pool: list[dict], shots: int, seed: int, problem_id: str) -> list
 
 def load_done(path: Path) -> dict[str, dict]:
     """Records of problems finished by an earlier (interrupted) run in the same directory."""
-    return {r["id"]: r for r in read_jsonl(path)} if path.exists() else {}
+    return {r["id"]: r for r in resume_jsonl(path)}
 
 
 def append(path: Path, record: dict) -> None:

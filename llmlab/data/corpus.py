@@ -16,6 +16,7 @@ Training sequences are packed blocks of `block_size + 1` tokens (inputs and shif
 
 from __future__ import annotations
 
+import codecs
 import glob
 import hashlib
 import math
@@ -107,10 +108,26 @@ def read_files(name: str, patterns: list[str]) -> list[str]:
     texts = []
     for p in paths:
         try:
+            with open(p, "rb") as fh:
+                head = fh.read(1024)
+            if not looks_like_text(head):
+                raise LlmlabError(f"corpus '{name}': {p} is not a text file (NUL bytes or invalid UTF-8 in its first "
+                                  "KB); narrow dataset.files")
             texts.append(Path(p).read_text(encoding="utf-8", errors="replace"))
         except OSError as e:
             raise LlmlabError(f"corpus '{name}': cannot read {p}: {e.strerror or e}") from e
     return texts
+
+
+def looks_like_text(head: bytes) -> bool:
+    """Whether `head` (a file's first bytes) is UTF-8 text without NUL bytes; a character cut at its end is fine."""
+    if b"\0" in head:
+        return False
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def truncate(docs: list[str], max_chars: int) -> list[str]:

@@ -24,14 +24,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmlab.config import LMArch
+from llmlab.config import LMArch, choices_of
 from llmlab.errors import LlmlabError
 from llmlab.models.stablemask import alibi_slopes, sink_logits_on, stablemask_reference, stablemask_sdpa
 
-ATTENTIONS = ("softmax", "stablemask")
-POSITIONS = ("rope", "alibi", "none")
-IMPLS = ("sdpa", "reference", "triton")
-HORIZONS = ("train_len", "infinite", "none")
+ATTENTIONS = choices_of(LMArch, "attention")  # the schema's choices: also checked when a config is composed
+POSITIONS = choices_of(LMArch, "position")
+IMPLS = choices_of(LMArch, "attn_impl")
+HORIZONS = choices_of(LMArch, "horizon")
 
 
 def ffn_hidden(arch: LMArch) -> int:
@@ -94,14 +94,15 @@ def score_bias(n_q: int, n_k: int, slopes: torch.Tensor | None, window: int | No
 def attention_probs(q: torch.Tensor, k: torch.Tensor, *, gamma: torch.Tensor | None = None,
                     horizon: int | float | None = None, bias: torch.Tensor | None = None,
                     scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Dense attention weights (batch, heads, n_q, n_k) in fp32 and, for StableMask (`gamma` given), the pseudo
-    ratio r_i (batch, heads, n_q): the share of each row given to the masked columns. `bias` is the additive mask of
-    `score_bias` (causal, ALiBi, window). StableMask's pseudo columns enter as one sink logit tau_i per row, which
-    is exactly the paper's softmax(A*C + P)*C (spec 4.1)."""
+    """Dense attention weights (batch, heads, n_q, n_k) in fp32 (fp64 for fp64 inputs) and, for StableMask (`gamma`
+    given), the pseudo ratio r_i (batch, heads, n_q): the share of each row given to the masked columns. `bias` is
+    the additive mask of `score_bias` (causal, ALiBi, window). StableMask's pseudo columns enter as one sink logit
+    tau_i per row, which is exactly the paper's softmax(A*C + P)*C (spec 4.1)."""
     n_q, n_k = q.shape[2], k.shape[2]
     s = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    scores = (q.float() @ k.float().transpose(-1, -2)) * s
-    scores = scores + (bias if bias is not None else score_bias(n_q, n_k, None, None, q.device))
+    dtype = torch.promote_types(q.dtype, torch.float32)
+    scores = (q.to(dtype) @ k.to(dtype).transpose(-1, -2)) * s
+    scores = scores + (bias if bias is not None else score_bias(n_q, n_k, None, None, q.device)).to(dtype)
     if gamma is None:
         return torch.softmax(scores, -1), None
     tau = sink_logits_on(q, n_q, n_k, gamma, horizon, n_heads=q.shape[1])
@@ -150,7 +151,7 @@ class Attention(nn.Module):
                                             bias=score_bias(n, n, slopes, self.window, x.device))
             if self.record:
                 self.recorded = (probs.detach(), None if pseudo is None else pseudo.detach())
-            out = (probs @ v.float()).to(v.dtype)
+            out = (probs @ v.to(probs.dtype)).to(v.dtype)
         elif not sm:
             if slopes is None:
                 out = F.scaled_dot_product_attention(q, k, v, is_causal=True)

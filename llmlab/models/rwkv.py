@@ -32,12 +32,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from llmlab.config import RWKVArch
+from llmlab.config import RWKVArch, choices_of
 from llmlab.errors import LlmlabError
 from llmlab.models.wkv import compute_dtype, empty_state, wkv, wkv_sequential
 
-IMPLS = ("sequential", "chunked", "triton")
-INITS = ("official", "normal")
+IMPLS = choices_of(RWKVArch, "wkv_impl")  # the schema's choices: also checked when a config is composed
+INITS = choices_of(RWKVArch, "init")
 SLOTS = 5  # per layer: ffn x_prev, att x_prev, aa, bb, pp
 
 

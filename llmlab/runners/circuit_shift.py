@@ -5,7 +5,8 @@ Conditions: B0 (base model, 0-shot), BK (base model, k demonstrations fixed per 
 `method.finetuned`, 0-shot). On the same clean/corrupt pairs (`llmlab.analysis.pairs`) each condition gets one score
 per component (`llmlab.analysis.patching`, mean over pairs), its accuracy (share of clean prompts whose gold answer
 token beats the other one) and its circuit; BK and F0 are compared with B0 by 1 - Jaccard of the circuits, the
-total-variation distance of |score| and 1 - Spearman rho, for heads and MLPs separately. Writes `results.json`,
+total-variation distance of |score| and 1 - Spearman rho, for heads and MLPs separately, and beside them the noise
+floor: the same metrics between the B0 circuits of two disjoint halves of the pairs. Writes `results.json`,
 `scores.npz` (per-pair and mean scores), `pairs.jsonl` and the heatmaps `circuit_shift.png`.
 """
 
@@ -90,8 +91,6 @@ def check_config(cfg: DictConfig) -> None:
             f"circuit_shift supports the implicit tasks {', '.join(TASKS)}; got dataset "
             f"'{cfg.dataset.name}' (task {cfg.dataset.task})"
         )
-    if m.method not in SCORERS:
-        raise LlmlabError(f"method.method must be one of {', '.join(SCORERS)}, got '{m.method}'")
     if m.shots < 1 or m.n_pairs < 2 or not 0 < m.mass <= 1 or (m.top_frac is not None and not 0 < m.top_frac <= 1):
         raise LlmlabError(
             "circuit_shift needs method.shots >= 1, method.n_pairs >= 2, 0 < method.mass <= 1 and "
@@ -131,17 +130,21 @@ def summarize(cfg: DictConfig, scores: dict[str, dict[str, np.ndarray]], shape, 
             "layer_mass": {k: circuits.layer_mass(means[c][k], shape.n_layers).tolist() for k in KINDS},
         }
     shifts = {c: {k: shift(means[c][k], means["B0"][k], m) for k in KINDS} for c in scores if c != "B0"}
+    floor = noise_floor(scores["B0"], m)
     bk = f"B{m.shots}"
     check = None
     if "F0" in shifts:
         wins = {f"{k}/{x}": shifts[bk][k][x] > shifts["F0"][k][x] for k in KINDS for x in METRICS}
+        above = {f"{k}/{x}": shifts[bk][k][x] > floor[k][x] for k in KINDS for x in METRICS}
         acc = conds[bk]["accuracy"] > conds["F0"]["accuracy"]
         check = {
-            "rule": f"shift({bk}) > shift(F0) on every metric and acc({bk}) > acc(F0)",
+            "rule": f"shift({bk}) > shift(F0) and > the noise floor on every metric, and acc({bk}) > acc(F0); "
+                    f"supporting: shift({bk}) > shift(F0) and > the noise floor on >= 2 metrics of heads or MLPs",
             "shift_wins": wins,
+            "above_noise": above,
             "acc_wins": acc,
-            "paper_consistent": all(wins.values()) and acc,
-            "supporting": any(sum(wins[f"{k}/{x}"] for x in METRICS) >= 2 for k in KINDS),
+            "paper_consistent": all(wins.values()) and all(above.values()) and acc,
+            "supporting": any(sum(wins[f"{k}/{x}"] and above[f"{k}/{x}"] for x in METRICS) >= 2 for k in KINDS),
         }
     return {
         "runner": "circuit_shift",
@@ -158,9 +161,19 @@ def summarize(cfg: DictConfig, scores: dict[str, dict[str, np.ndarray]], shape, 
         "shape": {"layers": shape.n_layers, "heads": shape.n_heads},
         "conditions": conds,
         "shift": shifts,
+        "noise_floor": floor,
         "check": check,
         "notes": [] if "F0" in scores else ["F0 skipped: method.finetuned is null"],
     }
+
+
+def noise_floor(base: dict[str, np.ndarray], m) -> dict[str, dict[str, float]]:
+    """The shift between the B0 circuits of the first and the second half of the pairs: how far two samples of the
+    same condition lie apart. Each half has half the pairs, so this errs high (a conservative floor)."""
+    half = len(base["heads"]) // 2
+    parts = [{"heads": base["heads"][sl].mean(0).ravel(), "mlps": base["mlps"][sl].mean(0)}
+             for sl in (slice(0, half), slice(half, 2 * half))]
+    return {k: shift(parts[0][k], parts[1][k], m) for k in KINDS}
 
 
 def circuit(scores: np.ndarray, m) -> set[int]:
@@ -186,6 +199,7 @@ def flatten(results: dict) -> dict[str, float]:
     flat.update(
         {f"shift/{c}/{k}/{x}": v for c, s in results["shift"].items() for k, ms in s.items() for x, v in ms.items()}
     )
+    flat.update({f"noise_floor/{k}/{x}": v for k, ms in results["noise_floor"].items() for x, v in ms.items()})
     if results["check"]:
         flat["check/paper_consistent"] = float(results["check"]["paper_consistent"])
     return flat

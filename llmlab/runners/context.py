@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from omegaconf import DictConfig
 
+from llmlab import interrupts
 from llmlab.hardware import Hardware
 from llmlab.tracking import RunDir, Tracker
 
@@ -34,6 +35,7 @@ def execute(runner: Callable[[DictConfig, RunContext], dict], cfg: DictConfig, c
         status = "interrupted"
         raise
     finally:
-        ctx.tracker.finish(exit_code=0 if status == "completed" else 1)
-        ctx.run_dir.finish(status)
+        with interrupts.deferred():  # a second signal must not skip the record of the outcome
+            ctx.tracker.finish(exit_code=0 if status == "completed" else 1)
+            ctx.run_dir.finish(status)
     return result

@@ -3,8 +3,10 @@
 The fine-tuning pool is the `train_ft` rows of the task(s), each a `ft_text` line, visited in a seeded order (a new
 permutation per epoch). Every `save_every` steps a checkpoint (trainable weights, optimizer, scheduler, RNG states,
 step) is written to `checkpoints/step-NNNNNN/` through a temporary directory and an atomic rename, so `resume=auto`
-only ever sees complete checkpoints and continues bit-for-bit on CPU. The final weights go to `model/` (full
-fine-tuning: a loadable HF directory; LoRA: the adapter).
+only ever sees complete checkpoints and continues bit-for-bit on CPU; one that cannot be read (truncated or foreign
+files) is skipped, with a notice, for the one before it. A Ctrl-C or SIGTERM (`llmlab.interrupts`) ends the run after
+the current step, checkpointed. The final weights go to `model/` (full fine-tuning: a loadable HF directory; LoRA: the
+adapter).
 
 Several processes (`hardware.nproc`, DDP or FSDP; `llmlab.distributed`): micro_batch_size x grad_accum stays the global
 batch, each rank trains on its share of it and a micro-batch's loss is normalised by its global label-token count, so
@@ -19,6 +21,7 @@ import json
 import os
 import random
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,19 +30,17 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
 
-from llmlab import distributed
+from llmlab import distributed, interrupts
 from llmlab.errors import LlmlabError
 from llmlab.progress import progress_bar
 from llmlab.runners.context import RunContext
-from llmlab.tracking import write_json
+from llmlab.tracking import notice, write_json
 
 IGNORE = -100
 
 
 def run(cfg: DictConfig, ctx: RunContext) -> dict:
     m = cfg.method
-    if m.peft not in ("none", "lora") or m.loss_on not in ("all", "answer") or m.resume not in ("auto", "never"):
-        raise LlmlabError("method.peft must be none|lora, method.loss_on all|answer, method.resume auto|never")
     # Master weights and optimizer state in fp32; on a GPU the forward/backward run under bf16 autocast.
     if ctx.hw.dtype == torch.float16:
         raise LlmlabError("fp16 fine-tuning is not supported (no loss scaling); use hardware.dtype=bfloat16")
@@ -61,24 +62,38 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict:
     ckpt_root = ctx.run_dir.file("checkpoints")
     signature = training_signature(cfg)
     step = resume(ckpt_root, model, opt, sched, signature) if m.resume == "auto" else 0
+    ctx.run_dir.trim_metrics(step)  # the rows of steps after the checkpoint are logged again
+    if step:
+        ctx.run_dir.record(resumed_from_step=step)
 
     model.train()
     t0, tokens, loss_value = time.perf_counter(), 0, float("nan")
+    saved, steady = step, True  # the newest checkpoint's step; no optimiser step half done
     with progress_bar(ctx.hw.is_main) as bar:
         task = bar.add_task(f"finetune {m.peft} {cfg.model.name}", total=m.max_steps, completed=step)
-        while step < m.max_steps:
-            micro, counts = step_batches(examples, cfg.seed, step, m, split, tok.pad_token_id)
-            loss_value, grad_norm, n = optimizer_step(trained, params, opt, sched, micro, m.clip, ctx.hw.device, amp,
-                                                      counts=counts, accum=m.grad_accum, world=ctx.hw.world_size)
-            tokens += n
-            step += 1
-            if step % m.log_every == 0:
-                metrics = {"train/loss": loss_value, "train/lr": sched.get_last_lr()[0], "train/grad_norm": grad_norm}
-                ctx.run_dir.log_metrics(metrics, step=step)
-                ctx.tracker.log(metrics, step=step)
-            if step % m.save_every == 0 or step == m.max_steps:
-                save_checkpoint(ckpt_root, step, model, opt, sched, signature)
-            bar.update(task, completed=step)
+        try:
+            while step < m.max_steps:
+                with interrupts.deferred():  # Ctrl-C / SIGTERM: raised once this step is done (and checkpointed)
+                    micro, counts = step_batches(examples, cfg.seed, step, m, split, tok.pad_token_id)
+                    steady = False
+                    loss_value, grad_norm, n = optimizer_step(trained, params, opt, sched, micro, m.clip,
+                                                              ctx.hw.device, amp, counts=counts, accum=m.grad_accum,
+                                                              world=ctx.hw.world_size)
+                    step, steady = step + 1, True
+                    tokens += n
+                    if step % m.log_every == 0:
+                        metrics = {"train/loss": loss_value, "train/lr": sched.get_last_lr()[0],
+                                   "train/grad_norm": grad_norm}
+                        ctx.run_dir.log_metrics(metrics, step=step)
+                        ctx.tracker.log(metrics, step=step)
+                    if step % m.save_every == 0 or step == m.max_steps:
+                        save_checkpoint(ckpt_root, step, model, opt, sched, signature)
+                        saved = step
+                    bar.update(task, completed=step)
+        except KeyboardInterrupt:
+            if steady:
+                save_interrupted(ckpt_root, step, saved, model, opt, sched, signature)
+            raise
     seconds = time.perf_counter() - t0
     tokens = int(distributed.all_reduce_sum(tokens))
     state = distributed.full_state(model) if distributed.is_fsdp(model) else None  # every rank takes part
@@ -226,56 +241,144 @@ def training_signature(cfg: DictConfig) -> dict:
 
 
 def save_checkpoint(root: Path, step: int, model, opt, sched, signature: dict) -> None:
-    """Write everything needed to continue exactly, then publish it with one atomic rename. Several ranks: all call
-    this (FSDP gathers the shards), rank 0 writes."""
+    """Write everything needed to continue exactly into a temporary directory of this process's own, then publish it
+    with one atomic rename. Several ranks: all call this (FSDP gathers the shards), rank 0 writes."""
     trainable = distributed.trainable_state(model)
     optimizer = distributed.optimizer_state(model, opt)
     if distributed.rank() != 0:
         return
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
-    tmp = root / f".tmp-step-{step:06d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file(trainable, tmp / "trainable.safetensors")
-    np_state = np.random.get_state()
-    torch.save({"step": step, "optimizer": optimizer, "scheduler": sched.state_dict(),
-                "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
-                        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]]}}, tmp / "state.pt")
-    (tmp / "signature.json").write_text(json.dumps(signature, sort_keys=True))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-step-{step:06d}-", dir=root))  # unique: processes never share one
+    try:
+        save_file(trainable, tmp / "trainable.safetensors")
+        np_state = np.random.get_state()
+        torch.save({"step": step, "optimizer": optimizer, "scheduler": sched.state_dict(),
+                    "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
+                            "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]]}}, tmp / "state.pt")
+        (tmp / "signature.json").write_text(json.dumps(signature, sort_keys=True))
+        tmp.chmod(0o755)
+        shutil.rmtree(final, ignore_errors=True)
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            if not final.is_dir():
+                raise  # else another process published this step first
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # still there only if something failed
+
+
+def save_interrupted(root: Path, step: int, saved: int, model, opt, sched, signature: dict) -> None:
+    """After a Ctrl-C / SIGTERM between optimiser steps: checkpoint `step` unless the newest checkpoint (of step
+    `saved`) is that one or the weights are not finite. Not under FSDP: gathering the shards needs every rank, and the
+    ranks may stop at different steps."""
+    if step <= saved or distributed.is_fsdp(model):
+        return
+    if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        return
+    save_checkpoint(root, step, model, opt, sched, signature)
+    if distributed.rank() == 0:
+        notice(f"interrupted after step {step}: checkpointed it in {root}")
+
+
+class _Unreadable(Exception):
+    """A checkpoint file that is missing, truncated or foreign (the message: the file and the reason, one line)."""
 
 
 def resume(root: Path, model, opt, sched, signature: dict) -> int:
-    """Load the newest complete checkpoint under `root` (if any; every rank loads it); its step, or 0."""
-    ckpts = sorted(root.glob("step-*")) if root.is_dir() else []
-    if not ckpts:
-        return 0
-    ckpt = ckpts[-1]
-    saved = json.loads((ckpt / "signature.json").read_text())
+    """Load the newest usable checkpoint under `root` (every rank loads it); its step, or 0 when there is none. An
+    unreadable one is skipped with a notice, for the one before it; a changed config is refused."""
+    ckpts = sorted(root.glob("step-*"), reverse=True) if root.is_dir() else []
+    for ckpt in ckpts:
+        try:
+            weights, state = read_checkpoint(ckpt, model, opt, sched, signature)
+        except _Unreadable as e:
+            notice(f"skipping checkpoint {ckpt}: {e}")
+            continue
+        distributed.load_trainable(model, weights)
+        distributed.load_optimizer_state(model, opt, state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        random.setstate(state["rng"]["python"])
+        np.random.set_state(state["rng"]["numpy"])
+        return state["step"]
+    if ckpts:
+        raise LlmlabError(f"cannot resume: none of the {len(ckpts)} checkpoint(s) in {root} can be read (see above); "
+                          "move them away or use method.resume=never")
+    return 0
+
+
+def read_checkpoint(ckpt: Path, model, opt, sched, signature: dict) -> tuple[dict, dict]:
+    """The trainable weights and the training state of `ckpt`, all read and checked against the model, optimiser and
+    scheduler before any of it is applied. A changed config raises `LlmlabError`; a missing, truncated or foreign file
+    `_Unreadable`."""
+    saved = _read(ckpt / "signature.json", lambda p: _json_object(p.read_text()))
     changed = sorted(k for k in set(saved) | set(signature) if saved.get(k) != signature.get(k))
     if changed:
         raise LlmlabError(f"cannot resume from {ckpt}: the config changed {', '.join(changed)} "
                           "(use a new run directory or method.resume=never)")
-    distributed.load_trainable(model, load_file(ckpt / "trainable.safetensors"))
-    state = torch.load(ckpt / "state.pt", weights_only=True)
-    distributed.load_optimizer_state(model, opt, state["optimizer"])
-    sched.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["rng"]["torch"])
-    random.setstate(state["rng"]["python"])
+    weights = _read(ckpt / "trainable.safetensors", lambda p: _check_weights(load_file(p), model))
+    state = _read(ckpt / "state.pt", lambda p: _check_state(torch.load(p, weights_only=True), ckpt, opt, sched))
+    return weights, state
+
+
+def _read(path: Path, load):
+    """`load(path)`, any failure of it as `_Unreadable`."""
+    try:
+        return load(path)
+    except FileNotFoundError as e:
+        raise _Unreadable(f"{path.name} is missing") from e
+    except Exception as e:  # noqa: BLE001 - json, safetensors and torch each raise their own errors for bad bytes
+        if "Weights only load failed" in str(e):
+            raise _Unreadable(f"{path.name} holds objects other than tensors (unpickling them could run code)") from e
+        lines = str(e).strip().splitlines()
+        raise _Unreadable(f"{path.name}: {type(e).__name__}" + (f": {lines[0][:200]}" if lines else "")) from e
+
+
+def _json_object(text: str) -> dict:
+    obj = json.loads(text)
+    if not isinstance(obj, dict):
+        raise ValueError("not a JSON object")
+    return obj
+
+
+def _check_weights(weights: dict, model) -> dict:
+    """`weights`, if they are the model's trainable parameters (the same names and shapes)."""
+    expected = {n: tuple(p.shape) for n, p in model.named_parameters() if p.requires_grad}
+    if {n: tuple(t.shape) for n, t in weights.items()} != expected:
+        raise ValueError("the tensors are not this model's trainable parameters")
+    return weights
+
+
+def _check_state(state: dict, ckpt: Path, opt, sched) -> dict:
+    """`state` (of `state.pt`) with the step as an int and the numpy RNG state rebuilt, if every part has the form
+    `resume` applies (else an error)."""
+    step = int(state["step"])
+    if f"step-{step:06d}" != ckpt.name:
+        raise ValueError(f"it holds step {step}")
+    sizes = [len(g["params"]) for g in state["optimizer"]["param_groups"]]
+    if sizes != [len(g["params"]) for g in opt.param_groups] or not isinstance(state["optimizer"]["state"], dict):
+        raise ValueError("the optimizer state is not this model's")
+    if not isinstance(state["scheduler"], dict) or set(sched.state_dict()) - set(state["scheduler"]):
+        raise ValueError("the scheduler state is incomplete")
     name, keys, *rest = state["rng"]["numpy"]
-    np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
-    return int(state["step"])
+    rng = {**state["rng"], "numpy": (name, np.array(keys, dtype=np.uint32), *rest)}
+    torch.Generator().set_state(rng["torch"])  # each raises on a state of the wrong form
+    random.Random().setstate(rng["python"])
+    np.random.RandomState().set_state(rng["numpy"])
+    return {**state, "step": step, "rng": rng}
 
 
 def save_final(path: Path, model, tok, peft: str, state: dict | None = None) -> None:
-    """The final weights (a full model or the LoRA adapter), published atomically; `state`: the gathered full state
-    dict of an FSDP-sharded model."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, **({"state_dict": state} if state is not None else {}))
-    if peft == "none":
-        tok.save_pretrained(tmp)
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(tmp, path)
+    """The final weights (a full model or the LoRA adapter), published atomically from a temporary directory of this
+    process's own; `state`: the gathered full state dict of an FSDP-sharded model."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        model.save_pretrained(tmp, **({"state_dict": state} if state is not None else {}))
+        if peft == "none":
+            tok.save_pretrained(tmp)
+        tmp.chmod(0o755)
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # still there only if something failed

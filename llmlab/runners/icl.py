@@ -4,6 +4,10 @@ For each test item the prompt is `header + k demonstrations + question`; demonst
 per query with a seeded RNG (or once for all queries with `method.fixed_demos=true`, whose shared prefix the scorer
 then computes only once). Scored items are appended to `predictions.partial.jsonl` as they finish, so a killed run
 started again in the same directory resumes where it stopped.
+
+Every prompt plus its answer must fit the model's context: all are checked before scoring starts, and one that does
+not fit is an error naming the item, or with `method.truncate=left` is cut from the left (results.json counts them
+as `truncated`). With `method.limit`, only the first `limit` test items per variant are generated.
 """
 
 from __future__ import annotations
@@ -21,21 +25,21 @@ from llmlab.models.loading import load_model
 from llmlab.progress import progress_bar
 from llmlab.runners.context import RunContext
 from llmlab.scoring import Request, Scorer
-from llmlab.tracking import read_jsonl, write_json, write_jsonl
+from llmlab.tracking import resume_jsonl, write_json, write_jsonl
 
 CHUNK = 64  # items scored between two appends to the partial predictions file
 
 
 def run(cfg: DictConfig, ctx: RunContext) -> dict:
     m, seed = cfg.method, cfg.seed
-    data = load_eval_data(cfg.dataset, seed)
+    data = load_eval_data(cfg.dataset, seed, limit=m.limit)
     if m.shots < 0:
         raise LlmlabError(f"method.shots must be >= 0, got {m.shots}")
     if m.shots > len(data.pool):
         raise LlmlabError(f"method.shots={m.shots} is larger than the demonstration pool ({len(data.pool)} items)")
-    unknown = set(m.scoring) - {"generate", "loglik"}
-    if unknown or not m.scoring:
-        raise LlmlabError(f"method.scoring must be a non-empty subset of [generate, loglik], got {list(m.scoring)}")
+    if not m.scoring:  # its entries, and truncate, are checked with the config (llmlab.config)
+        raise LlmlabError("method.scoring must not be empty; choose generate, loglik or both")
+    truncate = m.get("truncate", "none")
 
     t0 = time.perf_counter()
     model, tok = load_model(cfg.model, ctx.hw, cfg.cache_dir, cfg.hardware.attn_implementation, seed)
@@ -51,10 +55,22 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict:
         for it in items:
             it["prompt"] = tok.apply_chat_template([{"role": "user", "content": it["prompt"]}], tokenize=False,
                                                    add_generation_prompt=True)
+    # Every prompt and its answer must fit the context, checked before any scoring (method.truncate=left cuts).
+    reqs = [Request(it["prompt"], it["row"]["candidates"] if "loglik" in m.scoring else (),
+                    (m.max_new_tokens or data.max_new_tokens) if "generate" in m.scoring else 0, id=it["row"]["id"])
+            for it in items]
+    try:
+        fitted, n_truncated = Scorer(model, tok, truncate=truncate).fit(reqs)
+    except LlmlabError as e:
+        if truncate != "none":
+            raise
+        raise LlmlabError(f"{e}; method.truncate=left cuts over-long prompts from the left") from None
+    for it, req in zip(items, fitted):
+        it["prompt"] = req.context
 
     # 2. Score them, resuming from a partial run if there is one.
     partial = ctx.run_dir.file("predictions.partial.jsonl")
-    done = {p["id"]: p for p in read_jsonl(partial)} if partial.exists() else {}
+    done = {p["id"]: p for p in resume_jsonl(partial)}
     todo = [it for it in items if it["row"]["id"] not in done]
     max_new = m.max_new_tokens or data.max_new_tokens
     scorer = Scorer(model, tok, batch_size=m.batch_size)
@@ -78,6 +94,7 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict:
     metrics = {v: summarize([p for p in preds if p["variant"] == v]) for v in data.tests}
     results = {"runner": "icl", "model": cfg.model.name, "dataset": cfg.dataset.name, "task": cfg.dataset.task,
                "faithful": cfg.dataset.faithful, "shots": m.shots, "fixed_demos": m.fixed_demos, "seed": seed,
+               "truncated": n_truncated,
                "metrics": metrics,
                "timing": {"model_load_s": load_s, "scoring_s": score_s, "items": len(todo),
                           "forward_tokens": scorer.stats["forward_tokens"],

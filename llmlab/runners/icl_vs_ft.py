@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from llmlab.analysis import icl_vs_ft as analysis
@@ -29,9 +28,7 @@ from llmlab.models.loading import finetuned_model
 from llmlab.paths import safe_name
 from llmlab.runners import finetune, icl
 from llmlab.runners.context import RunContext, execute
-from llmlab.tracking import RunDir, Tracker, atomic_write, read_jsonl, write_json
-
-METRICS = {"strict": "strict", "loose": "loose", "loglik": "loglik_correct", "label_logit": "label_logit_correct"}
+from llmlab.tracking import RunDir, Tracker, atomic_write, write_json
 
 
 def run(cfg: DictConfig, ctx: RunContext) -> dict:
@@ -50,20 +47,18 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict:
                                                        dataset=task_dataset(base["dataset"], task))
         for arm in m.run_arms:
             trained = step(base, ctx, group, f"seed-{seed}/ft/{arm}", seed, method=base["method"]["arms"][arm])
-            model = finetuned_model(base["model"], ctx.run_dir.path / f"seed-{seed}/ft/{arm}/model")
+            weights = ctx.run_dir.path / f"seed-{seed}/ft/{arm}/model"  # not needed (nor kept) once evaluated
             for task in m.tasks:
-                results[seed, task, f"ft:{arm}"] = step(base, ctx, group, f"seed-{seed}/ft/{arm}/eval/{task}", seed,
-                                                        model=model, method={**base["method"]["icl"], "shots": 0},
+                rel = f"seed-{seed}/ft/{arm}/eval/{task}"
+                model = None if (ctx.run_dir.path / rel / "results.json").exists() else \
+                    finetuned_model(base["model"], weights)
+                results[seed, task, f"ft:{arm}"] = step(base, ctx, group, rel, seed, model=model,
+                                                        method={**base["method"]["icl"], "shots": 0},
                                                         dataset=task_dataset(base["dataset"], task))
                 results[seed, task, f"ft:{arm}"]["train"] = trained
 
     # 2. The comparison, per (task, variant), from the per-item predictions.
-    cells = {}
-    for task in m.tasks:
-        for variant in cfg.dataset.variants:
-            correct = item_correctness(ctx, m, task, variant)
-            cells[task, variant] = analysis.compare_cell(correct, list(m.shots), m.report_k, list(m.run_arms),
-                                                         m.bootstrap)
+    cells = analysis.compare(ctx.run_dir.path, m, list(cfg.dataset.variants))
     budgets = {arm: sample_budget(base["method"]["arms"][arm]) for arm in m.run_arms}
     efficiency = {arm: {"ft_lines": n, "icl_demos_per_query": m.report_k,
                         "ratio": n / m.report_k if m.report_k else None} for arm, n in budgets.items()}
@@ -98,8 +93,6 @@ def check(m: DictConfig) -> None:
         raise LlmlabError("method.shots must include 0 (base@0 is the reference of every delta)")
     if m.report_k not in m.shots:
         raise LlmlabError(f"method.report_k={m.report_k} is not among method.shots {list(m.shots)}")
-    if m.metric not in METRICS:
-        raise LlmlabError(f"method.metric must be one of {', '.join(METRICS)}, got '{m.metric}'")
     unknown = [a for a in m.run_arms if a not in m.arms]
     if unknown:
         raise LlmlabError(f"method.run_arms: unknown arm(s) {', '.join(unknown)}; defined: {', '.join(m.arms)}")
@@ -131,26 +124,6 @@ def step(base: dict, ctx: RunContext, group: str, rel: str, seed: int, **section
     run_dir = RunDir(path, sub, [rel])
     tracker = Tracker(sub, run_dir, name=rel, group=group, is_main=ctx.hw.is_main)
     return execute(runner, sub, RunContext(ctx.hw, run_dir, tracker))
-
-
-def item_correctness(ctx: RunContext, m: DictConfig, task: str, variant: str) -> dict[str, dict[int, np.ndarray]]:
-    """`condition -> seed -> 0/1 per item` in one item order per seed (checked to be the same across conditions)."""
-    key = METRICS[m.metric]
-    dirs = {f"icl@{k}": "icl/{task}/k-" + str(k) for k in m.shots}
-    dirs.update({f"ft:{a}": f"ft/{a}/eval/{{task}}" for a in m.run_arms})
-    out: dict[str, dict[int, np.ndarray]] = {c: {} for c in dirs}
-    for seed in m.seeds:
-        ids = None
-        for cond, rel in dirs.items():
-            preds = [p for p in read_jsonl(ctx.run_dir.path / f"seed-{seed}" / rel.format(task=task)
-                                           / "predictions.jsonl") if p["variant"] == variant]
-            preds.sort(key=lambda p: p["id"])
-            if ids is None:
-                ids = [p["id"] for p in preds]
-            elif [p["id"] for p in preds] != ids:
-                raise LlmlabError(f"seed {seed}, {task}/{variant}: '{cond}' was scored on different items")
-            out[cond][seed] = np.array([float(bool(p[key])) for p in preds])
-    return out
 
 
 def sample_budget(arm: dict) -> int:

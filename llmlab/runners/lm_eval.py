@@ -37,6 +37,7 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict:
                if "ppl" in r}
     if "sink" in results:
         metrics["first_token_mass"] = results["sink"]["mean"]["first_token_mass"]
+        metrics["first_token_mass_real"] = results["sink"]["mean"]["first_token_mass_real"]
     results["metrics"] = {"val": metrics}
     write_json(ctx.run_dir.file("results.json"), results)
     return results

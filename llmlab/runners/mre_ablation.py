@@ -35,8 +35,8 @@ DELTAS = {"tl": ("tl_plus_wli", "tl_plus_wli_shuffled", "tl_neutral"),
 
 def run(cfg: DictConfig, ctx: RunContext) -> dict:
     m = cfg.method
-    unknown = [c for c in m.conditions if c not in CONDITIONS]
-    if unknown or not m.conditions:
+    unknown = [c for c in m.conditions if c not in CONDITIONS]  # also checked with the config; here because each
+    if unknown or not m.conditions:  # names a directory, made before any data is read
         raise LlmlabError(f"method.conditions: unknown {unknown}; choose from {', '.join(CONDITIONS)}")
     data = load_mre(cfg.dataset, cfg.seed)
     base = OmegaConf.to_container(cfg, resolve=True)

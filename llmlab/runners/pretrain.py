@@ -5,7 +5,8 @@ The corpus (`llmlab.data.corpus`) gives packed blocks; step s, micro-batch j rea
 AdamW (fp32 master weights; bf16 autocast on a GPU), linear warm-up then cosine decay to lr * lr_final_ratio,
 clipping. The watchdog stops the run with a one-line error when the loss or the gradient norm is NaN/inf or the norm
 exceeds `max_grad_norm`, before the optimiser step, and refuses to checkpoint non-finite weights: checkpoints on disk
-are always complete and healthy (written by `finetune.save_checkpoint`, atomically). Logged: loss, lr, grad norm,
+are always complete and healthy (written by `finetune.save_checkpoint`, atomically; `finetune.resume` skips one it
+cannot read). A Ctrl-C or SIGTERM ends the run after the current step, checkpointed. Logged: loss, lr, grad norm,
 tokens/s, achieved TFLOP/s (FLOPs = `model.flops_per_token`) and MFU when `method.peak_tflops` is set; validation
 loss, perplexity and bits per byte every `eval_every` steps. At the end: `model/` (safetensors + config.json), the
 extrapolation table and attention-sink statistics, and `results.json`.
@@ -25,21 +26,19 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from llmlab import distributed
+from llmlab import distributed, interrupts
 from llmlab.analysis.lm_eval import extrapolation, loss_row, mean_loss, sink_metrics
 from llmlab.data.corpus import Corpus, eval_blocks, load_corpus, train_batch
 from llmlab.errors import LlmlabError
 from llmlab.models.scratch import build_scratch_model, save_scratch_model
 from llmlab.progress import progress_bar
 from llmlab.runners.context import RunContext
-from llmlab.runners.finetune import resume, save_checkpoint
+from llmlab.runners.finetune import resume, save_checkpoint, save_interrupted
 from llmlab.tracking import write_json
 
 
 def run(cfg: DictConfig, ctx: RunContext) -> dict:
     m = cfg.method
-    if m.resume not in ("auto", "never"):
-        raise LlmlabError(f"method.resume must be auto|never, got '{m.resume}'")
     if m.max_steps < 1 or m.micro_batch_size < 1 or m.grad_accum < 1:
         raise LlmlabError("method.max_steps, method.micro_batch_size and method.grad_accum must be >= 1")
     if ctx.hw.dtype == torch.float16:
@@ -60,44 +59,56 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict:
     ckpt_root = ctx.run_dir.file("checkpoints")
     signature = training_signature(cfg, corpus)
     step = resume(ckpt_root, model, opt, sched, signature) if m.resume == "auto" else 0
+    ctx.run_dir.trim_metrics(step)  # the rows of steps after the checkpoint are logged again
+    if step:
+        ctx.run_dir.record(resumed_from_step=step)
 
     n_params = sum(p.numel() for p in model.parameters())
     flops_token = model.flops_per_token(block)
     tokens_step = m.micro_batch_size * m.grad_accum * block
     model.train()
-    first_step = step
+    first_step = saved = step  # saved: the newest checkpoint's step
+    steady = True  # no optimiser step half done
     loss_value, t_window, steps_window, train_s = float("nan"), time.perf_counter(), 0, 0.0
     with progress_bar(ctx.hw.is_main) as bar:
         task = bar.add_task(f"pretrain {cfg.model.name}", total=m.max_steps, completed=step)
-        while step < m.max_steps:
-            micro = [(train_batch(train_blocks, cfg.seed, (step * m.grad_accum + j) * m.micro_batch_size,
-                                  m.micro_batch_size)[rows], m.micro_batch_size * block) for j, rows in split]
-            loss_value, grad_norm = train_step(trained, opt, sched, micro, m.clip, device, amp, m.max_grad_norm,
-                                               step + 1, m.grad_accum, ctx.hw.world_size)
-            step += 1
-            steps_window += 1
-            if step % m.log_every == 0 or step == m.max_steps:
-                seconds = time.perf_counter() - t_window
-                train_s += seconds
-                tok_s = steps_window * tokens_step / seconds
-                metrics = {"train/loss": loss_value, "train/lr": sched.get_last_lr()[0], "train/grad_norm": grad_norm,
-                           "train/tokens": step * tokens_step, "perf/tokens_per_s": tok_s,
-                           "perf/tflops": tok_s * flops_token / 1e12}
-                if m.peak_tflops:
-                    metrics["perf/mfu"] = metrics["perf/tflops"] / m.peak_tflops
-                log(ctx, metrics, step)
-                t_window, steps_window = time.perf_counter(), 0
-            paused = time.perf_counter()  # evaluation and checkpoint time is not training time
-            if step % m.eval_every == 0 or step == m.max_steps:
-                val = loss_row(mean_loss(model, val_blocks, m.eval_batch_size, device, amp), corpus)
-                log(ctx, {f"val/{k}": v for k, v in val.items()}, step)
-            if step % m.save_every == 0 or step == m.max_steps:
-                if not distributed.all_finite(model.parameters()):
-                    raise LlmlabError(f"watchdog: non-finite weights after step {step}; not checkpointed "
-                                      "(lower method.lr or raise method.warmup_steps)")
-                save_checkpoint(ckpt_root, step, model, opt, sched, signature)
-            t_window += time.perf_counter() - paused
-            bar.update(task, completed=step)
+        try:
+            while step < m.max_steps:
+                with interrupts.deferred():  # Ctrl-C / SIGTERM: raised once this step is done (and checkpointed)
+                    micro = [(train_batch(train_blocks, cfg.seed, (step * m.grad_accum + j) * m.micro_batch_size,
+                                          m.micro_batch_size)[rows], m.micro_batch_size * block) for j, rows in split]
+                    steady = False
+                    loss_value, grad_norm = train_step(trained, opt, sched, micro, m.clip, device, amp,
+                                                       m.max_grad_norm, step + 1, m.grad_accum, ctx.hw.world_size)
+                    step, steady = step + 1, True
+                    steps_window += 1
+                    if step % m.log_every == 0 or step == m.max_steps:
+                        seconds = time.perf_counter() - t_window
+                        train_s += seconds
+                        tok_s = steps_window * tokens_step / seconds
+                        metrics = {"train/loss": loss_value, "train/lr": sched.get_last_lr()[0],
+                                   "train/grad_norm": grad_norm, "train/tokens": step * tokens_step,
+                                   "perf/tokens_per_s": tok_s, "perf/tflops": tok_s * flops_token / 1e12}
+                        if m.peak_tflops:
+                            metrics["perf/mfu"] = metrics["perf/tflops"] / m.peak_tflops
+                        log(ctx, metrics, step)
+                        t_window, steps_window = time.perf_counter(), 0
+                    paused = time.perf_counter()  # evaluation and checkpoint time is not training time
+                    if step % m.eval_every == 0 or step == m.max_steps:
+                        val = loss_row(mean_loss(model, val_blocks, m.eval_batch_size, device, amp), corpus)
+                        log(ctx, {f"val/{k}": v for k, v in val.items()}, step)
+                    if step % m.save_every == 0 or step == m.max_steps:
+                        if not distributed.all_finite(model.parameters()):
+                            raise LlmlabError(f"watchdog: non-finite weights after step {step}; not checkpointed "
+                                              "(lower method.lr or raise method.warmup_steps)")
+                        save_checkpoint(ckpt_root, step, model, opt, sched, signature)
+                        saved = step
+                    t_window += time.perf_counter() - paused
+                    bar.update(task, completed=step)
+        except KeyboardInterrupt:
+            if steady:
+                save_interrupted(ckpt_root, step, saved, model, opt, sched, signature)
+            raise
 
     model = main_copy(model, lambda: build_scratch_model(cfg.model, corpus.vocab_size, train_len=block).to(device))
     if model is None:  # ranks > 0: training is done, rank 0 evaluates and writes
@@ -156,6 +167,7 @@ def report_metrics(val: dict, results: dict) -> dict:
             out[f"ppl@{row['multiple']}x" + (f"_w{row['window']}" if row["window"] else "")] = row["ppl"]
     if "sink" in results:
         out["first_token_mass"] = results["sink"]["mean"]["first_token_mass"]
+        out["first_token_mass_real"] = results["sink"]["mean"]["first_token_mass_real"]
     return out
 
 

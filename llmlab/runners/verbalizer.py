@@ -55,8 +55,6 @@ def build_verbalizer(rows: list[dict], labels: list[str], top_k: int, rank: str 
                      min_count: int = 2, label_name: bool = True) -> dict[str, list[str]]:
     """The knowledgeable verbalizer: per class its label name (unless `label_name` is false), then up to `top_k`
     ranked WL words; a class without any WL word keeps its label name."""
-    if rank not in ("pmi", "tfidf", "freq") or words not in ("spans", "labels", "both"):
-        raise LlmlabError(f"method.rank must be pmi|tfidf|freq and method.words spans|labels|both, got {rank}, {words}")
     counts = class_words(rows, labels, words)
     df = Counter(w for c in labels for w in counts[c])
     total = Counter()
@@ -104,8 +102,6 @@ class WordScorer:
     needs no second forward for it."""
 
     def __init__(self, scorer: Scorer, template_end: str, words: list[str], mode: str):
-        if mode not in ("first_token", "full"):
-            raise LlmlabError(f"method.score must be first_token or full, got {mode}")
         self.scorer, self.mode, self.words = scorer, mode, words
         self.cand = {}
         for w in words:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel
 
+from llmlab.config import RewardConfig, choices_of
 from llmlab.errors import LlmlabError
 from llmlab.models.prefix_cache import PrefixCache
 from llmlab.models.sdpa import grouped_query_sdpa
@@ -52,7 +53,7 @@ class ActionScorer:
 
     def __init__(self, model: PreTrainedModel, tok, amateur=None, jsd_impl: str = "paper", batch_size: int = 16,
                  max_prefixes: int = 8):
-        if jsd_impl not in ("paper", "code"):
+        if jsd_impl not in choices_of(RewardConfig, "jsd_impl"):  # as the config check, for direct callers
             raise LlmlabError(f"reward.jsd_impl must be paper or code, got '{jsd_impl}'")
         if batch_size < 1:
             raise LlmlabError(f"method.batch_size must be >= 1, got {batch_size}")
@@ -221,7 +222,7 @@ class Normaliser:
 
 
 
-COMPONENTS = ("random", "ll", "se", "jsd")
+COMPONENTS = choices_of(RewardConfig, "components")
 
 
 class RewardModel:
@@ -239,12 +240,10 @@ class RewardModel:
         bad = [c for c in comps if c not in COMPONENTS]
         if bad or not comps:
             raise LlmlabError(f"reward.components must be a non-empty subset of {list(COMPONENTS)}, got {comps}")
-        if cfg.normalise not in ("none", "zscore", "multimode"):
-            raise LlmlabError(f"reward.normalise must be none, zscore or multimode, got '{cfg.normalise}'")
-        if cfg.combine not in ("paper", "code"):
-            raise LlmlabError(f"reward.combine must be paper or code, got '{cfg.combine}'")
-        if cfg.ll_impl not in ("action", "code"):
-            raise LlmlabError(f"reward.ll_impl must be action or code, got '{cfg.ll_impl}'")
+        for key in ("normalise", "combine", "ll_impl"):  # as the config check, for direct callers
+            value, options = getattr(cfg, key), choices_of(RewardConfig, key)
+            if value not in options:
+                raise LlmlabError(f"reward.{key} must be one of {', '.join(options)}, got '{value}'")
         self.cfg, self.comps, self.scorer, self.seed = cfg, comps, scorer, seed
         if cfg.fit_regions and (cfg.normalise != "multimode" or cfg.boundaries):
             raise LlmlabError("reward.fit_regions needs reward.normalise=multimode and no reward.boundaries")

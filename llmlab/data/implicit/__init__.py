@@ -4,11 +4,15 @@ Spec: ``shared/specs/icl_vs_ft.md`` sections 1 and 2.3. Every row has the fields
 ``spec.header + "".join(demo rows) + query["question"]`` and the gold continuation is ``query["target"]``.
 ``faithful=True`` reproduces the released formats and quirks; ``faithful=False`` (default) is one clean format.
 Randomness: one ``random.Random(stable_seed(seed, task, split, variant))`` per split; no global RNG.
+Sizes: at most ``MAX_ROWS`` rows per split, and no more distinct questions than a task has (a module's ``space``);
+``load_implicit(..., limit=k)`` draws only the first ``k`` test rows of each variant, the same as a full draw's.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from itertools import islice
 
 from datasets import Dataset
 
@@ -21,6 +25,7 @@ __all__ = ["ROW_FIELDS", "SPLITS", "TASKS", "TaskSpec", "build_split", "load_imp
 _MODULES = {"expression": expression, "code": code_reading, "bool": boolean, "relation": relation,
             "algebra": algebra, "parity": parity}
 TASKS: tuple[str, ...] = tuple(_MODULES)
+MAX_ROWS = 1_000_000  # per split: more is a typo, not an experiment (rows and their dedup set live in memory)
 
 
 def _module(task: str):
@@ -50,19 +55,42 @@ def _options(task: str, faithful: bool, options: dict) -> dict:
     return out
 
 
+def _variant(split: str) -> str:
+    return "counter" if split == "test_counter" else "pattern"
+
+
+def _check_sizes(task: str, faithful: bool, opts: dict, sizes: dict[str, int]) -> None:
+    """Refuse, before drawing anything, sizes that cannot be honoured: not a count, above ``MAX_ROWS``, or more
+    distinct questions of a variant than the task has (the dedup would reject draws until it gives up)."""
+    for split, n in sizes.items():
+        if split not in SPLITS:
+            raise LlmlabError(f"unknown split {split!r}; known splits: {', '.join(SPLITS)}")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise LlmlabError(f"number of rows must be a non-negative integer, got {n!r}")
+        if n > MAX_ROWS:
+            raise LlmlabError(f"{task}/{split}: {n} rows asked, more than the maximum of {MAX_ROWS} per split")
+    space = getattr(_module(task), "space", None)
+    for variant in ("pattern", "counter") if space else ():
+        splits = [s for s in sizes if _variant(s) == variant]
+        want, have = sum(sizes[s] for s in splits), space(variant, faithful, opts)
+        if want > have:
+            raise LlmlabError(f"implicit task {task!r} has {have} distinct {variant} questions, fewer than the "
+                              f"{want} asked for ({' + '.join(splits)})")
+
+
 def _rows(task: str, split: str, n: int, seed: int, faithful: bool, opts: dict, seen: set[str]) -> list[dict]:
     """``n`` rows with questions not in ``seen`` (which is updated); labels follow a balanced pair-wise plan."""
-    if split not in SPLITS:
-        raise LlmlabError(f"unknown split {split!r}; known splits: {', '.join(SPLITS)}")
-    if not isinstance(n, int) or n < 0:
-        raise LlmlabError(f"number of rows must be a non-negative integer, got {n!r}")
+    _check_sizes(task, faithful, opts, {split: n})
+    return list(_draw(task, split, n, seed, faithful, opts, seen))
+
+
+def _draw(task: str, split: str, n: int, seed: int, faithful: bool, opts: dict, seen: set[str]) -> Iterator[dict]:
+    """The ``n`` rows of ``_rows`` one at a time, each drawn only when asked for (``seen`` grows as they are)."""
     mod, spec = _module(task), task_spec(task, faithful)
-    variant = "counter" if split == "test_counter" else "pattern"
+    variant = _variant(split)
     rng = make_rng(seed, task, split, variant)
-    rows: list[dict] = []
-    rejected, planned, first = 0, -1, False
-    while len(rows) < n:
-        i = len(rows)
+    rejected, planned, first, i = 0, -1, False, 0
+    while i < n:
         if planned != i:  # labels come in pairs (one True, one False) in random order
             planned = i
             first = rng.random() < 0.5 if i % 2 == 0 else first
@@ -73,9 +101,16 @@ def _rows(task: str, split: str, n: int, seed: int, faithful: bool, opts: dict, 
                 raise LlmlabError(f"could not draw {n} distinct {task}/{split} questions (question space too small)")
             continue
         seen.add(it["question"])
-        rows.append({"id": f"{task}/{split}/{i:05d}", "task": task, "split": split, "variant": variant, **it,
-                     "answer_kind": spec.answer_kind, "meta": json.dumps(it["meta"], sort_keys=True)})
-    return rows
+        yield {"id": f"{task}/{split}/{i:05d}", "task": task, "split": split, "variant": variant, **it,
+               "answer_kind": spec.answer_kind, "meta": json.dumps(it["meta"], sort_keys=True)}
+        i += 1
+
+
+def _pattern_like(task: str, row: dict) -> bool:
+    """Whether a counter row's question could also be drawn as a pattern question (modules without
+    ``pattern_like`` are assumed to allow it)."""
+    check = getattr(_module(task), "pattern_like", None)
+    return True if check is None else check(json.loads(row["meta"]))
 
 
 def _dataset(rows: list[dict]) -> Dataset:
@@ -89,12 +124,31 @@ def build_split(task: str, split: str, n: int, seed: int, faithful: bool = False
 
 
 def load_implicit(task: str, seed: int, faithful: bool = False, n_test: int = 200, n_train_ft: int = 1000,
-                  n_icl_pool: int = 1000, **options) -> dict[str, Dataset]:
+                  n_icl_pool: int = 1000, limit: int | None = None, **options) -> dict[str, Dataset]:
     """All four splits; questions are unique across splits (exact string), drawn in the order of ``SPLITS``.
 
     ``train_ft`` equals ``build_split(task, "train_ft", ...)``; later splits skip questions already drawn.
+    ``limit`` keeps the first ``limit`` rows of each test split, drawing only those: they are the full draw's rows,
+    since the rest of ``test_pattern`` is drawn (to skip its questions) only where a counter row could be one of them.
     """
     opts = _options(task, faithful, options)
     sizes = {"train_ft": n_train_ft, "icl_pool": n_icl_pool, "test_pattern": n_test, "test_counter": n_test}
+    _check_sizes(task, faithful, opts, sizes)
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise LlmlabError(f"limit must be a non-negative integer, got {limit!r}")
+    k = n_test if limit is None else min(limit, n_test)
     seen: set[str] = set()
-    return {s: _dataset(_rows(task, s, sizes[s], seed, faithful, opts, seen)) for s in SPLITS}
+    out = {s: list(_draw(task, s, sizes[s], seed, faithful, opts, seen)) for s in ("train_ft", "icl_pool")}
+    pattern = _draw(task, "test_pattern", n_test, seed, faithful, opts, seen)
+    out["test_pattern"] = list(islice(pattern, k))
+
+    def counter(skip: set[str]) -> list[dict]:
+        return list(islice(_draw(task, "test_counter", n_test, seed, faithful, opts, set(skip)), k))
+
+    out["test_counter"] = counter(seen)
+    if k < n_test and any(_pattern_like(task, r) for r in out["test_counter"]):
+        for _ in pattern:  # the rest of test_pattern, whose questions a full draw's counter rows skip
+            pass
+        if seen & {r["question"] for r in out["test_counter"]}:
+            out["test_counter"] = counter(seen)
+    return {s: _dataset(out[s]) for s in SPLITS}

@@ -9,6 +9,8 @@ Faithful mode keeps the trailing space after ``b =``.
 from __future__ import annotations
 
 import random
+from functools import cache
+from itertools import permutations
 
 from .common import Ctx, TaskSpec, header, item, shuffled
 
@@ -45,3 +47,24 @@ def generate(rng: random.Random, ctx: Ctx) -> dict:
     meta = {"a": a, "b": b, "coefs": [list(e) for e in eqs], "shortcut": None, "full": answer}
     cands = shuffled(rng, sp + answer, sp + distractor)
     return item(question, answer, sp + answer, cands, demo, stem + " " + answer, meta)
+
+
+def space(variant: str, faithful: bool, options: dict) -> int:
+    """Distinct questions: 25 solutions times the equation lists with a unique solution (pattern: two independent
+    equations and one of 9 combinations of them; counter: 4 distinct equations, not all parallel)."""
+    return 25 * _lists(variant == "counter")
+
+
+@cache
+def _lists(counter: bool) -> int:
+    pairs = [(p, q) for p in range(1, 5) for q in range(1, 5)]
+    if counter:
+        lists = sum(any(p * q2 != q * p2 for p, q in e for p2, q2 in e) for e in permutations(pairs, 4))
+    else:
+        lists = 9 * sum(p1 * q2 != q1 * p2 for p1, q1 in pairs for p2, q2 in pairs)
+    return lists
+
+
+def pattern_like(meta: dict) -> bool:
+    """Never: pattern items have three equations, counter items four."""
+    return False

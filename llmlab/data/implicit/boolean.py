@@ -74,3 +74,8 @@ def generate(rng: random.Random, ctx: Ctx) -> dict:
         return item(question, answer, target, cands, demo, question + answer, meta)
     question = text + "\n" + INSTR.rstrip()
     return item(question, answer, target, cands, question + target + "\n\n", question + target, meta)
+
+
+def pattern_like(meta: dict) -> bool:
+    """Never: counter expressions end ``and True``/``or False``, pattern ones a group or ``or True``/``and False``."""
+    return False

@@ -16,6 +16,7 @@ Distractor: the input under another op (counter items: the shortcut value ``inpu
 from __future__ import annotations
 
 import random
+from functools import cache
 from operator import add, mul, sub, truediv
 
 from .code_bank import BANK, PURE_BANK, Snippet
@@ -69,3 +70,19 @@ def generate(rng: random.Random, ctx: Ctx) -> dict:
     target = " " + answer
     cands = shuffled(rng, target, " " + distractor)
     return item(question, answer, target, cands, question + target + "\n\n", question + target, meta)
+
+
+def space(variant: str, faithful: bool, options: dict) -> int:
+    """An upper bound on distinct questions: distinct programs (snippet and constants) times 11 inputs."""
+    return 11 * _programs(variant == "counter", faithful)
+
+
+@cache
+def _programs(counter: bool, faithful: bool) -> int:
+    bank = PURE_BANK if counter else BANK
+    return len({render(s, c, d, faithful, counter) for s in bank for c in range(2, 10) for d in range(1, 10)})
+
+
+def pattern_like(meta: dict) -> bool:
+    """Never: a counter program prints ``function2(function1(input_value), input_value)``."""
+    return False

@@ -42,3 +42,8 @@ def generate(rng: random.Random, ctx: Ctx) -> dict:
     meta = {"S": s, "Z": z, "C": c, "vs": vs, "vz": vz, "vc": vc, "shortcut": str(vs), "full": answer,
             "format": "ft_released" if old_ft else "head"}
     return item(question, answer, answer, shuffled(rng, answer, str(distractor)), demo, question + answer, meta)
+
+
+def pattern_like(meta: dict) -> bool:
+    """A counter item whose replaced term happens to sum to 0 has the form of a pattern item."""
+    return meta["vz"] == 0

@@ -33,3 +33,14 @@ def generate(rng: random.Random, ctx: Ctx) -> dict:
     answer, target, cands = binary(truth, ("False", "True"), " ")
     meta = {"n_x": seq.count("X"), "length": len(seq), "shortcut": str(last_x), "full": answer}
     return item(question, answer, target, cands, question + target + "\n", question + target, meta)
+
+
+def space(variant: str, faithful: bool, options: dict) -> int:
+    """Distinct questions: any sequence of 12..20 symbols (counter), or one whose prefix has an even number of X
+    (pattern: 2 ** (length - 1) per length)."""
+    return sum(2 ** (n if variant == "counter" else n - 1) for n in range(12, 21))
+
+
+def pattern_like(meta: dict) -> bool:
+    """A counter item whose last symbol agrees with the answer has the form of a pattern item."""
+    return meta["shortcut"] == meta["full"]

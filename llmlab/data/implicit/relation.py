@@ -54,3 +54,8 @@ def generate(rng: random.Random, ctx: Ctx) -> dict:
         demo = question + target + "\n\n"
     meta = {"a": a, "chain": cities, "edges": [list(e) for e in edges], "shortcut": str(has_z), "full": answer}
     return item(question, answer, target, cands, demo, question + target, meta)
+
+
+def pattern_like(meta: dict) -> bool:
+    """Never: a counter item lists one edge fewer than a pattern item with the same Z status."""
+    return False

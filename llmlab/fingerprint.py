@@ -1,0 +1,62 @@
+"""Which part of a config decides a run's results, and the check a resumed run must pass.
+
+A run directory holds the results of exactly one config. Resuming in it (`hydra.run.dir=<run>`, `resume=auto`, a
+finished experiment step) is refused when a results-relevant value differs from the `config.yaml` written there,
+with one line naming the keys. Execution-only settings may change between attempts: where the run writes and logs,
+threads and processes, batch sizes of scoring passes (they group the same computations differently), checkpoint
+and log intervals. A method schema can name more of its own fields in `resume_free` (e.g. an experiment's grid,
+whose steps have run directories, and so checks, of their own).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from fnmatch import fnmatchcase
+from typing import Any
+
+EXECUTION_ONLY = (
+    "output_dir", "cache_dir", "resume", "tags", "logger", "logger.*",
+    "hardware.threads", "hardware.nproc", "hardware.strategy", "hardware.slurm", "hardware.slurm.*", "hardware.name",
+    "method.batch_size", "method.eval_batch_size", "method.resume", "method.save_every", "method.log_every",
+    "method.*.batch_size", "method.*.resume", "method.*.save_every", "method.*.log_every",
+)
+
+
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """`{"a.b": value}` for every leaf of a nested dict (lists are leaves)."""
+    if isinstance(node, dict) and node:
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: node}
+
+
+def relevant(cfg: dict, free: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The results-relevant leaves of a resolved config (a plain dict)."""
+    patterns = EXECUTION_ONLY + tuple(f"method.{k}" for k in free) + tuple(f"method.{k}.*" for k in free)
+    return {k: v for k, v in flatten(cfg).items() if not any(fnmatchcase(k, p) for p in patterns)}
+
+
+def changed_keys(saved: dict, current: dict, free: tuple[str, ...] = ()) -> list[str]:
+    """The results-relevant keys whose values differ between two resolved configs."""
+    a, b = relevant(saved, free), relevant(current, free)
+    return sorted(k for k in a.keys() | b.keys() if a.get(k, _ABSENT) != b.get(k, _ABSENT))
+
+
+def fingerprint(cfg: dict, free: tuple[str, ...] = ()) -> str:
+    """A short hash of the results-relevant config (recorded in meta.json)."""
+    text = json.dumps(relevant(cfg, free), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def resume_free(cfg: dict) -> tuple[str, ...]:
+    """The method fields its schema declares free to change between attempts (`resume_free`)."""
+    from llmlab.registry import RUNNERS
+
+    entry = RUNNERS.get(str((cfg.get("method") or {}).get("runner")))
+    return tuple(getattr(entry.schema, "resume_free", ())) if entry else ()
+
+
+_ABSENT = object()

@@ -1,0 +1,218 @@
+"""One source of truth for config values: what a group states survives composition."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from tests.helpers import REPO, compose
+
+EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_an_experiments_tags_survive_composition(experiment):
+    stated = yaml.safe_load((REPO / "conf" / "experiment" / f"{experiment}.yaml").read_text())["tags"]
+    cfg = compose([f"experiment={experiment}"])
+    assert list(cfg.tags) == stated and stated
+
+
+# ---- the schema is the source of defaults and choices (issue 18) ----------------------------------------------------
+
+# The schema of each group whose options are checked (a method option's is its runner's). Not yet `hardware`: its
+# presets are being reworked to inherit `auto` (issue 18); add it here when they state only what differs.
+GROUP_SCHEMAS = {"model": "ModelConfig", "dataset": "DatasetConfig", "logger": "LoggerConfig"}
+REQUIRED = {"method/lm_eval": ["method.model_dir=/nonexistent/model"]}  # `???` values the option leaves to the user
+
+
+def options(group: str) -> list[str]:
+    root = REPO / "conf" / group
+    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
+
+
+def schema_defaults(schema: type) -> dict:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.structured(schema), resolve=False)
+
+
+def stated_leaves(node, prefix: str = ""):
+    """(dotted key, value) of every leaf a YAML file states; lists are leaves."""
+    if not isinstance(node, dict) or not node:
+        yield prefix[:-1], node
+        return
+    for key, value in node.items():
+        yield from stated_leaves(value, f"{prefix}{key}.")
+
+
+def lookup(node, key: str):
+    """The value at dotted `key`, or KeyError when a part is absent (a free dict's own keys)."""
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise KeyError(key)
+        node = node[part]
+    return node
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in ("model", "dataset", "method", "logger", "experiment")
+                                          for o in options(g)])
+def test_every_option_composes_resolved_and_states_only_what_differs_from_its_schema(group, option):
+    from omegaconf import OmegaConf
+
+    from llmlab import config
+    from llmlab.registry import RUNNERS
+
+    cfg = compose([f"{group}={option}", *REQUIRED.get(f"{group}/{option}", [])])
+    config.validate_config(cfg)
+    composed = {key: OmegaConf.to_container(cfg[key], resolve=True, throw_on_missing=True)
+                for key in ("model", "dataset", "method", "logger", "tags")}
+    defaults = {**schema_defaults(config.RootConfig), "method": schema_defaults(RUNNERS[cfg.method.runner].schema),
+                **{g: schema_defaults(getattr(config, name)) for g, name in GROUP_SCHEMAS.items()}}
+    stated = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / group / f"{option}.yaml"), resolve=False)
+    stated.pop("defaults", None)
+    if group == "experiment":
+        stated.pop("hydra", None)
+        stated.pop("hardware", None)  # see GROUP_SCHEMAS
+    else:
+        stated = {group: stated}
+    for key, value in stated_leaves(stated):
+        if key == group:
+            continue  # the file states nothing but its defaults list
+        try:
+            default = lookup(defaults, key)
+        except KeyError:
+            default = KeyError  # a key of a free dict (dataset.options): nothing to repeat
+        assert value != default, f"conf/{group}/{option}.yaml: {key} repeats the schema default"
+        if not (isinstance(value, str) and "${" in value):
+            assert lookup(composed, key) == value, f"{key} does not survive composition"
+
+
+def test_the_drifted_defaults_are_the_values_the_runs_used():
+    cfg = compose(["method=icl_vs_ft"])
+    assert list(cfg.method.arms.faithful.tasks) == ["expression", "relation", "bool", "algebra"]
+    assert list(cfg.method.run_arms) == ["faithful", "answer_only", "lora", "epochs3", "epochs3_lr1e-4"]
+    assert compose(["method=info_flow"]).method.limit == 100
+    assert compose(["method=cot"]).method.draft.n_draft == compose(["method=mcts"]).method.draft.n_draft == 8
+    assert list(compose(["method=mre_ablation"]).method.finetune.tasks) == []  # MRE rows, not the implicit mixture
+
+
+def choice_keys(schema: type, prefix: str, composed) -> list[tuple[str, tuple[str, ...], bool, type]]:
+    """(dotted key, choices, is a list, owning schema) of every choice field under `schema`, through nested dataclass
+    fields and the entries of dict-of-dataclass fields (those `composed` holds)."""
+    import dataclasses
+    import typing
+
+    from llmlab.config import _without_none
+
+    out = []
+    hints = typing.get_type_hints(schema)
+    for f in dataclasses.fields(schema):
+        tp = _without_none(hints[f.name])
+        if "choices" in f.metadata:
+            out.append((prefix + f.name, f.metadata["choices"], typing.get_origin(tp) is list, schema))
+        elif dataclasses.is_dataclass(tp):
+            out += choice_keys(tp, f"{prefix}{f.name}.", composed)
+        elif typing.get_origin(tp) is dict and dataclasses.is_dataclass(typing.get_args(tp)[1]):
+            names = list(lookup(composed, prefix + f.name))
+            assert names, f"{prefix}{f.name}: compose an option that fills it"
+            out += choice_keys(typing.get_args(tp)[1], f"{prefix}{f.name}.{names[0]}.", composed)
+    return out
+
+
+def choice_cases() -> list[tuple[list[str], str, tuple[str, ...], bool, type]]:
+    """Every choice field of the root schema (its groups as composed by default) and of every runner's schema."""
+    from omegaconf import OmegaConf
+
+    from llmlab import config
+    from llmlab.registry import RUNNERS
+
+    cases = []
+    base = compose([])
+    data = OmegaConf.to_container(base, resolve=False)
+    for name, schema in [("", config.RootConfig), *((f"{g}.", getattr(config, s)) for g, s in
+                                                    {**GROUP_SCHEMAS, "hardware": "HardwareConfig"}.items())]:
+        cases += [([], *c) for c in choice_keys(schema, name, data)]
+    for runner, entry in sorted(RUNNERS.items()):
+        overrides = [f"method={runner}", *REQUIRED.get(f"method/{runner}", [])]
+        data = {"method": OmegaConf.to_container(compose(overrides).method, resolve=False)}
+        cases += [(overrides, *c) for c in choice_keys(entry.schema, "method.", data)]
+    return cases
+
+
+def test_every_choice_field_of_every_schema_is_refused_outside_its_choices():
+    import copy
+    import dataclasses
+
+    from omegaconf import OmegaConf
+
+    from llmlab import config
+    from llmlab.errors import LlmlabError
+
+    cases, bases, checked = choice_cases(), {}, set()
+    for overrides, key, choices, is_list, schema in cases:
+        base = bases.get(tuple(overrides)) or bases.setdefault(tuple(overrides), compose(overrides))
+        config.validate_config(base)
+        cfg = copy.deepcopy(base)
+        OmegaConf.update(cfg, key, ["no_such_choice"] if is_list else "no_such_choice")
+        with pytest.raises(LlmlabError) as info:
+            config.validate_config(cfg)
+        message = str(info.value)
+        assert "\n" not in message and message.startswith(f"{key} must be one of {', '.join(choices)}, got "), message
+        checked.add(schema)
+    with_choices = {obj for obj in vars(config).values() if isinstance(obj, type) and dataclasses.is_dataclass(obj)
+                    and any("choices" in f.metadata for f in dataclasses.fields(obj))}
+    assert with_choices - checked == set(), "a schema with choice fields that no composed config reaches"
+    assert len(cases) >= 50
+
+
+# Text fields that are not a fixed choice: names, paths, ids, free labels (a new str field is one or the other).
+FREE_TEXT = {
+    "MethodConfig.runner",  # the runner registry's name, checked when the run starts (with the registered ones)
+    "ModelConfig.name", "ModelConfig.hub_id", "ModelConfig.revision", "ModelConfig.path", "ModelConfig.package",
+    "ModelConfig.module", "ModelConfig.gguf_file", "ModelConfig.adapter",
+    "LMArch.gamma",  # alibi or a positive number
+    "DatasetConfig.name", "DatasetConfig.task", "DatasetConfig.variants", "DatasetConfig.path",  # task: per source
+    "DatasetConfig.pool_path", "DatasetConfig.header", "DatasetConfig.files", "DatasetConfig.hub_id",
+    "DatasetConfig.hub_config", "DatasetConfig.hub_splits", "DatasetConfig.text_field",
+    "HardwareConfig.name", "HardwareConfig.device",  # cuda:N
+    "LoggerConfig.name", "LoggerConfig.project", "LoggerConfig.entity", "LoggerConfig.group", "LoggerConfig.tags",
+    "RootConfig.cache_dir", "RootConfig.output_dir", "RootConfig.tags",
+    "LoraSpec.target_modules",  # module names of the model
+    "IclVsFtConfig.run_arms",  # keys of method.arms, checked by the runner
+    "CircuitShiftConfig.finetuned", "LMEvalConfig.model_dir", "DraftConfig.model", "AmateurConfig.model",
+}
+
+
+def test_every_text_field_is_a_choice_or_declared_free_text():
+    import dataclasses
+    import typing
+
+    from llmlab import config
+
+    undeclared = []
+    for schema in [o for o in vars(config).values() if isinstance(o, type) and dataclasses.is_dataclass(o)]:
+        hints = typing.get_type_hints(schema)
+        for f in dataclasses.fields(schema):
+            tp = config._without_none(hints[f.name])
+            text = tp is str or (typing.get_origin(tp) is list and typing.get_args(tp) == (str,))
+            declared = any(f"{c.__name__}.{f.name}" in FREE_TEXT for c in schema.__mro__)  # or in a base schema
+            if text and "choices" not in f.metadata and not declared:
+                undeclared.append(f"{schema.__name__}.{f.name}")
+    assert undeclared == [], "make these choice(...) fields or add them to FREE_TEXT"
+
+
+def test_the_modules_tables_offer_exactly_the_schemas_choices():
+    from llmlab import config, distributed, hardware, scoring
+    from llmlab.analysis import icl_vs_ft, patching
+    from llmlab.config import choices_of
+    from llmlab.data import implicit
+    from llmlab.data.mre import ablation
+
+    assert set(implicit.TASKS) == set(config.IMPLICIT_TASKS) == set(choices_of(config.FinetuneConfig, "tasks"))
+    assert set(hardware.DTYPES) == set(config.DTYPES) == set(choices_of(config.HardwareConfig, "dtype")) - {"auto"}
+    assert set(ablation.CONDITIONS) == set(choices_of(config.MreAblationConfig, "conditions"))
+    assert set(patching.SCORERS) == set(choices_of(config.CircuitShiftConfig, "method"))
+    assert set(icl_vs_ft.METRICS) == set(choices_of(config.IclVsFtConfig, "metric"))
+    assert set(distributed.STRATEGIES) == set(choices_of(config.HardwareConfig, "strategy"))
+    assert set(scoring.TRUNCATE) == set(choices_of(config.ICLConfig, "truncate"))
+    assert set(choices_of(config.PositionProbeConfig, "arms")) == set(choices_of(config.LMArch, "attention"))

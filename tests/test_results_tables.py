@@ -1,0 +1,144 @@
+"""Checkable results: the two-level bootstrap against known answers, README tables generated from committed raw
+results (and the check that fails on a hand-edited number), and the collection of a run's compact results."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from llmlab import collect, readme_tables, report
+from llmlab.analysis import bootstrap
+from tests.helpers import REPO
+
+EXPERIMENTS = REPO / "experiments"
+
+
+def test_one_seed_gives_the_item_interval():
+    items = np.array([1.0] * 3000 + [0.0] * 7000)
+    e = bootstrap.estimate([items], n_boot=4000)
+    half = 1.96 * math.sqrt(0.3 * 0.7 / len(items))  # the normal approximation, accurate at n = 10,000
+    assert e["mean"] == pytest.approx(0.3)
+    assert (e["hi"] - e["lo"]) / 2 == pytest.approx(half, rel=0.1)
+
+
+def test_seeds_without_item_variation_give_the_seed_resampling_range():
+    # seed means 1, 0, 0 and no variation within a seed: the resampled mean is k/3 with P(k = 0) = 8/27 and
+    # P(k = 3) = 1/27, both above 2.5%, so the interval is exactly [0, 1]
+    per_seed = [np.ones(20), np.zeros(20), np.zeros(20)]
+    e = bootstrap.estimate(per_seed, n_boot=4000)
+    assert e["mean"] == pytest.approx(1 / 3) and (e["lo"], e["hi"]) == (0.0, 1.0)
+
+
+def test_three_tied_seeds_still_have_an_item_interval():
+    rng = np.random.default_rng(0)
+    per_seed = [rng.permutation([1.0] * 34 + [0.0] * 6) for _ in range(3)]  # 0.850 in every seed
+    e = bootstrap.estimate(per_seed)
+    assert e["mean"] == pytest.approx(0.85) and e["hi"] - e["lo"] > 0.05  # not "± 0.000"
+
+
+def test_paired_conditions_share_their_draws():
+    a = [np.array([1.0, 0.0, 1.0, 1.0]), np.array([0.0, 1.0, 1.0])]
+    samples = bootstrap.resample({"a": a, "b": [v.copy() for v in a]}, n_boot=500)
+    assert np.array_equal(samples["a"], samples["b"])  # identical conditions: every paired difference is 0
+    with pytest.raises(ValueError, match="same items"):
+        bootstrap.resample({"a": a, "b": [a[0], a[1][:2]]})
+
+
+def write_run(root: Path, seed: int, shots: int, correct: list[bool]) -> None:
+    root.mkdir(parents=True)
+    acc = sum(correct) / len(correct)
+    (root / "results.json").write_text(json.dumps({"runner": "icl", "dataset": "implicit/bool", "shots": shots,
+                                                   "seed": seed, "metrics": {"pattern": {"n": len(correct),
+                                                                                         "strict": acc}}}))
+    rows = "".join(json.dumps({"id": i, "variant": "pattern", "strict": c}) + "\n" for i, c in enumerate(correct))
+    (root / "predictions.jsonl.gz").write_bytes(gzip.compress(rows.encode(), mtime=0))
+
+
+def test_report_intervals_come_from_the_kept_items(tmp_path):
+    for seed in range(3):
+        write_run(tmp_path / f"s{seed}", seed, 8, [True] * 34 + [False] * 6)
+    table, _ = report.report(tmp_path)
+    assert "0.850 [" in table and "(3 seeds)" in table and "± 0.000" not in table
+
+
+def test_a_generated_table_is_checked_against_its_results(tmp_path):
+    paper = tmp_path / "paper"
+    for seed in range(2):
+        write_run(paper / "results" / "sweep" / f"s{seed}", seed, 4, [True, False, True, True] * 5)
+    readme = paper / "README.md"
+    readme.write_text("# paper\n\n<!-- table: runs results/sweep -->\n<!-- /table -->\n\nprose\n")
+    assert readme_tables.check(tmp_path) and "differs from its results" in readme_tables.check(tmp_path)[0]
+    readme_tables.write(paper)
+    assert readme_tables.check(tmp_path) == []
+    text = readme.read_text()
+    assert "0.750 [" in text and text.endswith("<!-- /table -->\n\nprose\n")
+    readme.write_text(text.replace("0.750 [", "0.760 [", 1))  # a number edited by hand
+    (problem,) = readme_tables.check(tmp_path)
+    assert "table 'runs results/sweep' differs" in problem
+
+
+def test_a_hand_typed_table_must_be_marked_legacy(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("x\n\n| a | b |\n|---|---|\n| 1 | 2 |\n")
+    (problem,) = readme_tables.check(tmp_path)
+    assert "README.md:3: a table typed by hand" in problem
+    readme.write_text(f"x\n\n{readme_tables.LEGACY}\n| a | b |\n|---|---|\n| 1 | 2 |\n")
+    assert readme_tables.check(tmp_path) == []
+
+
+def test_committed_report_tables_match_their_results():
+    if not EXPERIMENTS.is_dir():
+        pytest.skip("no experiments/ folder")
+    assert readme_tables.check(EXPERIMENTS) == []
+
+
+def test_collect_keeps_results_and_items_without_weights_or_machine_paths(tmp_path):
+    run = tmp_path / "run"
+    write_run(run / "seed-0" / "icl", 0, 0, [True, False])
+    (run / "seed-0" / "icl" / "config.yaml").write_text(f"output_dir: {run}/seed-0/icl\n")
+    (run / "seed-0" / "ft" / "model").mkdir(parents=True)
+    (run / "seed-0" / "ft" / "model" / "model.safetensors").write_bytes(b"weights")
+    (run / "seed-0" / "ft" / "results.json").write_text("{}")
+    dest = tmp_path / "dest"
+    collect.collect(run, dest)
+    assert (dest / "seed-0/icl/config.yaml").read_text() == "output_dir: <run>/seed-0/icl\n"
+    assert (dest / "seed-0/icl/predictions.jsonl.gz").is_file() and (dest / "seed-0/ft/results.json").is_file()
+    assert not list(dest.rglob("*.safetensors"))
+    table, _ = report.report(dest / "seed-0" / "icl")
+    assert "0.500 [" in table  # the copy is enough to recompute the interval
+    shutil.rmtree(run)
+
+
+def write_steps(root: Path, seed: int, rels: dict[str, float], n: int = 20) -> None:
+    """Steps of an icl_vs_ft experiment whose pattern items are right with the given share (counter: never)."""
+    for rel, share in rels.items():
+        d = root / f"seed-{seed}" / rel
+        d.mkdir(parents=True)
+        rows = [{"id": f"{v}-{i}", "variant": v, "strict": v == "pattern" and i < share * n}
+                for v in ("pattern", "counter") for i in range(n)]
+        (d / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (d / "results.json").write_text("{}")
+
+
+def test_the_icl_vs_ft_table_uses_the_finished_seeds_and_says_when_it_is_preliminary(tmp_path):
+    root = tmp_path / "results" / "exp"
+    root.mkdir(parents=True)
+    (root / "config.yaml").write_text(
+        "model: {name: m}\ndataset: {n_test: 20, variants: [pattern, counter]}\n"
+        "method: {tasks: [bool], shots: [0, 8], seeds: [0, 1], run_arms: [faithful], report_k: 8, metric: strict,"
+        " bootstrap: 200}\n")
+    write_steps(root, 0, {"icl/bool/k-0": 0.5, "icl/bool/k-8": 0.95, "ft/faithful/eval/bool": 0.6})
+    write_steps(root, 1, {"icl/bool/k-0": 0.5, "icl/bool/k-8": 0.9})  # its fine-tuning has not finished
+    text = readme_tables.render_icl_vs_ft(tmp_path, "results/exp")
+    assert "| bool | pattern | 0.500 [" in text and "0.950 [" in text and "0.600 [" in text
+    assert "Seeds [0]" in text and "preliminary" in text and "[0, 1]" in text
+    write_steps(root, 1, {"ft/faithful/eval/bool": 0.55})
+    text = readme_tables.render_icl_vs_ft(tmp_path, "results/exp")
+    assert "Seeds [0, 1]" in text and "preliminary" not in text
+    assert "0.925 [" in text  # ICL k=8 over both seeds: (0.95 + 0.90) / 2
