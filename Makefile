@@ -46,8 +46,9 @@ bench: install ## benchmarks against their baselines (lm-eval-harness, ...), pri
 bench-gpu: install ## the GPU benchmarks only (Triton kernels vs SDPA flash / chunked WKV, training tokens/s and MFU)
 	$(BIN)/python -m llmlab.bench --only stablemask_gpu,wkv,train_gpu
 
-lint: install ## ruff
+lint: install ## ruff: lint and formatting
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 format: install ## ruff format + import sorting
 	$(BIN)/ruff check --fix .

@@ -123,8 +123,11 @@ def _relaunch(cfg: DictConfig, nproc: int) -> float | None:
     overrides = list(hc.overrides.task)
     if hc.mode == RunMode.MULTIRUN and cfg.logger.group is None:  # one W&B group per sweep, as in one process
         overrides.append(f"logger.group={hydra_value(Path(hc.sweep.dir).name)}")
-    proc = subprocess.Popen(torchrun_command(nproc, overrides, hc.runtime.output_dir), cwd=hc.runtime.cwd,
-                            preexec_fn=ignore_preemption_warning)
+    proc = subprocess.Popen(
+        torchrun_command(nproc, overrides, hc.runtime.output_dir),
+        cwd=hc.runtime.cwd,
+        preexec_fn=ignore_preemption_warning,
+    )
     try:
         code = proc.wait()
     except KeyboardInterrupt:  # the ranks got the signal too: let them record it
@@ -153,7 +156,7 @@ def one_line(exc: BaseException) -> str:
         group = lines[1].split("'")[1] if lines[1].count("'") >= 2 else ""
         missing = str(getattr(exc, "missing_cfg_file", None) or "")
         if group and missing.startswith(f"{group}/"):  # `group=sub/typo`: the options under `sub`, and the closest
-            options, close = group_choices(group, missing[len(group) + 1:])
+            options, close = group_choices(group, missing[len(group) + 1 :])
             lines[2:] = options or lines[2:]
             msg += f" (did you mean {group}={close}?)" if close else ""
         msg += f"; available: {', '.join(lines[2:])}"
@@ -235,8 +238,9 @@ def main() -> None:
         sys.exit(2)
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (llmlab.interrupts)
         what = "terminated (SIGTERM)" if isinstance(e, interrupts.Terminated) else "interrupted"
-        print(f"llmlab: {what}; finished work is kept, run the same command with resume=auto to resume",
-              file=sys.stderr)
+        print(
+            f"llmlab: {what}; finished work is kept, run the same command with resume=auto to resume", file=sys.stderr
+        )
         sys.exit(interrupts.exit_code(e))
 
 

@@ -45,8 +45,11 @@ def collect(run: str | Path, dest: str | Path) -> list[Path]:
         for name in ITEMS:
             gz = src / f"{name}.gz"
             if (src / name).is_file() or gz.is_file():
-                text = (src / name).read_text(encoding="utf-8") if (src / name).is_file() else \
-                    gzip.decompress(gz.read_bytes()).decode("utf-8")
+                text = (
+                    (src / name).read_text(encoding="utf-8")
+                    if (src / name).is_file()
+                    else gzip.decompress(gz.read_bytes()).decode("utf-8")
+                )
                 data = scrub(text, run).encode("utf-8")
                 target = out / f"{name}.gz"
                 tmp = target.with_name(f".{target.name}.tmp")

@@ -119,8 +119,19 @@ class DatasetConfig:
     """A task's test items and demonstration pool: generated (`implicit`) or read from JSONL files (`file`)."""
 
     name: str = MISSING
-    source: str = choice("implicit", "file", "blocksworld", "blocksworld_generated", "corpus_stdlib", "corpus_files",
-                         "corpus_hub", "mre_synth", "mre_file", "mre_hub", default=MISSING)
+    source: str = choice(
+        "implicit",
+        "file",
+        "blocksworld",
+        "blocksworld_generated",
+        "corpus_stdlib",
+        "corpus_files",
+        "corpus_hub",
+        "mre_synth",
+        "mre_file",
+        "mre_hub",
+        default=MISSING,
+    )
     task: str | None = None  # implicit: expression | code | bool | relation | algebra | parity; mre_*: the subset
     faithful: bool = False  # reproduce the released code's quirks (see the ICL-vs-FT spec)
     n_test: int = 200  # per variant
@@ -201,7 +212,8 @@ class LoraSpec:
     alpha: int = 32
     dropout: float = 0.0
     target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
 
 
 @dataclass
@@ -232,16 +244,25 @@ class IclVsFtConfig(MethodConfig):
     """The ICL-vs-fine-tuning experiment in one run (`method=icl_vs_ft`): base ICL over shots, each fine-tuning arm
     followed by its 0-shot evaluation, over seeds, then the comparison table with bootstrap intervals."""
 
-    resume_free: ClassVar[tuple[str, ...]] = ("tasks", "shots", "report_k", "seeds", "run_arms", "metric",
-                                              "bootstrap", "arms")  # each step checks its own config
+    resume_free: ClassVar[tuple[str, ...]] = (
+        "tasks",
+        "shots",
+        "report_k",
+        "seeds",
+        "run_arms",
+        "metric",
+        "bootstrap",
+        "arms",
+    )  # each step checks its own config
 
     runner: str = "icl_vs_ft"
     tasks: list[str] = choice(*IMPLICIT_TASKS, default=["bool", "expression", "relation", "code"])  # evaluated tasks
     shots: list[int] = field(default_factory=lambda: [0, 1, 2, 4, 8, 16])  # must include 0 (the base@0 reference)
     report_k: int = 8  # the pre-registered k of the comparison (besides the max over k >= 1)
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    run_arms: list[str] = field(default_factory=lambda: [
-        "faithful", "answer_only", "lora", "epochs3", "epochs3_lr1e-4"])  # which of `arms` to train and evaluate
+    run_arms: list[str] = field(
+        default_factory=lambda: ["faithful", "answer_only", "lora", "epochs3", "epochs3_lr1e-4"]
+    )  # which of `arms` to train and evaluate
     metric: str = choice("strict", "loose", "loglik", "label_logit")
     bootstrap: int = 2000  # resamples (seeds, then items within each seed) for the 95% intervals
     icl: ICLConfig = field(default_factory=ICLConfig)  # evaluation settings (its `shots` is set per step)
@@ -481,8 +502,17 @@ class VerbalizerConfig(MethodConfig):
     limit: int | None = None  # test examples
 
 
-MRE_CONDITIONS = ("tl_only", "tl_plus_wli", "wl_only", "wl_plus_tli", "joint", "tl_plus_wli_shuffled",
-                  "wl_plus_tli_shuffled", "tl_neutral", "wl_neutral")  # llmlab.data.mre.ablation.CONDITIONS
+MRE_CONDITIONS = (
+    "tl_only",
+    "tl_plus_wli",
+    "wl_only",
+    "wl_plus_tli",
+    "joint",
+    "tl_plus_wli_shuffled",
+    "wl_plus_tli_shuffled",
+    "tl_neutral",
+    "wl_neutral",
+)  # llmlab.data.mre.ablation.CONDITIONS
 
 
 @dataclass
@@ -494,9 +524,19 @@ class MreAblationConfig(MethodConfig):
 
     runner: str = "mre_ablation"
     conditions: list[str] = choice(*MRE_CONDITIONS, default=list(MRE_CONDITIONS))
-    finetune: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(
-        tasks=[], lr=5e-5, warmup_steps=5, max_steps=50, micro_batch_size=8, grad_accum=1, max_length=160,
-        loss_on="answer", save_every=1000))
+    finetune: FinetuneConfig = field(
+        default_factory=lambda: FinetuneConfig(
+            tasks=[],
+            lr=5e-5,
+            warmup_steps=5,
+            max_steps=50,
+            micro_batch_size=8,
+            grad_accum=1,
+            max_length=160,
+            loss_on="answer",
+            save_every=1000,
+        )
+    )
     epochs: float | None = 2.0  # sets finetune.max_steps = ceil(epochs * n_train / batch); null keeps max_steps
     batch_size: int = 8  # evaluation batch
     max_new_tokens: int = 48  # WL generation budget
@@ -508,9 +548,13 @@ class MreAblationConfig(MethodConfig):
 # Lowest allowed value per key (a glob over the dotted keys of the resolved config) and the meaning of null where the
 # schema allows it. Checked once, by `validate_config`, before a run starts; choices are the schemas' own (`choice`).
 AT_LEAST: dict[str, tuple[int, str]] = {
-    "hardware.threads": (1, "null: torch's default"), "hardware.nproc": (0, "0: every visible GPU"),
-    "dataset.n_test": (1, ""), "dataset.n_train_ft": (0, ""), "dataset.n_icl_pool": (0, ""),
-    "method.limit": (1, "null: all items"), "method.*.limit": (1, "null: all items"),
+    "hardware.threads": (1, "null: torch's default"),
+    "hardware.nproc": (0, "0: every visible GPU"),
+    "dataset.n_test": (1, ""),
+    "dataset.n_train_ft": (0, ""),
+    "dataset.n_icl_pool": (0, ""),
+    "method.limit": (1, "null: all items"),
+    "method.*.limit": (1, "null: all items"),
 }
 NOT_RESOLVED = ("hydra", "output_dir")  # Hydra's own, set when the job starts
 

@@ -32,6 +32,7 @@ MULTI_PROCESS_RUNNERS = ("pretrain", "finetune")
 
 # ---- launch (no torch) ----
 
+
 def under_torchrun() -> bool:
     """This process was started by torchrun (or another launcher that sets RANK / LOCAL_RANK)."""
     return "RANK" in os.environ or "LOCAL_RANK" in os.environ
@@ -70,8 +71,10 @@ def check_launch(cfg, nproc: int) -> None:
     that does not split (over `nproc` processes on each of the SLURM job's tasks)."""
     runner = cfg.method.runner
     if runner not in MULTI_PROCESS_RUNNERS:
-        raise LlmlabError(f"hardware.nproc={nproc}: only method=pretrain and method=finetune run on several "
-                          f"processes (got method.runner={runner}); use hardware.nproc=1")
+        raise LlmlabError(
+            f"hardware.nproc={nproc}: only method=pretrain and method=finetune run on several "
+            f"processes (got method.runner={runner}); use hardware.nproc=1"
+        )
     check_strategy(cfg.hardware.strategy)
     check_split(cfg.method.micro_batch_size, cfg.method.grad_accum, nproc * job_tasks()[0])
 
@@ -96,8 +99,9 @@ def _rendezvous(tasks: int, index: int) -> list[str]:
 
     nodelist = os.environ.get("SLURM_STEP_NODELIST") or os.environ.get("SLURM_JOB_NODELIST", "")
     try:
-        hosts = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
-                               timeout=60, check=True).stdout.split()
+        hosts = subprocess.run(
+            ["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, timeout=60, check=True
+        ).stdout.split()
     except (OSError, subprocess.SubprocessError):
         hosts = []
     if not hosts:
@@ -132,11 +136,23 @@ def torchrun_command(nproc: int, overrides: Iterable[str], run_dir: str) -> list
     rendezvous of all the tasks' torchruns (`job_tasks`): global rank = task x nproc + local rank."""
     tasks, index = job_tasks()
     where = _rendezvous(tasks, index) if tasks > 1 else ["--standalone"]
-    return [sys.executable, "-m", "torch.distributed.run", *where, "--nproc_per_node", str(nproc),
-            "-m", "llmlab.cli", *overrides, f"hydra.run.dir={hydra_value(run_dir)}", "hydra.output_subdir=null"]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        *where,
+        "--nproc_per_node",
+        str(nproc),
+        "-m",
+        "llmlab.cli",
+        *overrides,
+        f"hydra.run.dir={hydra_value(run_dir)}",
+        "hydra.output_subdir=null",
+    ]
 
 
 # ---- process group ----
+
 
 def init(device) -> None:
     """Join the process group of this torchrun job (nccl on CUDA, gloo on the CPU); left at interpreter exit. When
@@ -219,10 +235,13 @@ def all_true(flag: bool) -> bool:
 
 # ---- batch split ----
 
+
 def check_split(micro_batch: int, accum: int, n: int) -> None:
     if n > 1 and micro_batch % n and accum % n:
-        raise LlmlabError(f"the global batch (method.micro_batch_size={micro_batch} x method.grad_accum={accum}) "
-                          f"does not split over {n} processes: make micro_batch_size or grad_accum a multiple of {n}")
+        raise LlmlabError(
+            f"the global batch (method.micro_batch_size={micro_batch} x method.grad_accum={accum}) "
+            f"does not split over {n} processes: make micro_batch_size or grad_accum a multiple of {n}"
+        )
 
 
 def micro_split(micro_batch: int, accum: int, r: int, n: int) -> list[tuple[int, list[int]]]:
@@ -235,6 +254,7 @@ def micro_split(micro_batch: int, accum: int, r: int, n: int) -> list[tuple[int,
 
 
 # ---- models ----
+
 
 def is_fsdp(model) -> bool:
     from torch.distributed.fsdp import FSDPModule
@@ -269,8 +289,11 @@ def wrap(model, hw):
 
     ids = [hw.device.index] if hw.device.type == "cuda" else None
     # buffers (RoPE tables, ALiBi slopes) are the same on every rank: no broadcast before each forward
-    no_buffer_sync = "forward_sync_buffers" if "forward_sync_buffers" in \
-        inspect.signature(DistributedDataParallel).parameters else "broadcast_buffers"
+    no_buffer_sync = (
+        "forward_sync_buffers"
+        if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+        else "broadcast_buffers"
+    )
     return DistributedDataParallel(model, device_ids=ids, gradient_as_bucket_view=True, **{no_buffer_sync: False})
 
 
@@ -374,8 +397,10 @@ def optimizer_state(model, opt) -> dict:
     if not full:
         return {}
     index = {name: i for i, name in enumerate(_param_order(model, opt))}
-    return {"state": {index[k]: v for k, v in full["state"].items()},
-            "param_groups": [{**g, "params": [index[k] for k in g["params"]]} for g in full["param_groups"]]}
+    return {
+        "state": {index[k]: v for k, v in full["state"].items()},
+        "param_groups": [{**g, "params": [index[k] for k in g["params"]]} for g in full["param_groups"]],
+    }
 
 
 def load_optimizer_state(model, opt, state: dict) -> None:
@@ -386,6 +411,8 @@ def load_optimizer_state(model, opt, state: dict) -> None:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
     order = _param_order(model, opt)
-    named = {"state": {order[i]: v for i, v in state["state"].items()},
-             "param_groups": [{**g, "params": [order[i] for i in g["params"]]} for g in state["param_groups"]]}
+    named = {
+        "state": {order[i]: v for i, v in state["state"].items()},
+        "param_groups": [{**g, "params": [order[i] for i in g["params"]]} for g in state["param_groups"]],
+    }
     set_optimizer_state_dict(model, opt, named, options=StateDictOptions(full_state_dict=True))

@@ -16,10 +16,27 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 EXECUTION_ONLY = (
-    "output_dir", "cache_dir", "resume", "tags", "logger", "logger.*",
-    "hardware.threads", "hardware.nproc", "hardware.strategy", "hardware.slurm", "hardware.slurm.*", "hardware.name",
-    "method.batch_size", "method.eval_batch_size", "method.resume", "method.save_every", "method.log_every",
-    "method.*.batch_size", "method.*.resume", "method.*.save_every", "method.*.log_every",
+    "output_dir",
+    "cache_dir",
+    "resume",
+    "tags",
+    "logger",
+    "logger.*",
+    "hardware.threads",
+    "hardware.nproc",
+    "hardware.strategy",
+    "hardware.slurm",
+    "hardware.slurm.*",
+    "hardware.name",
+    "method.batch_size",
+    "method.eval_batch_size",
+    "method.resume",
+    "method.save_every",
+    "method.log_every",
+    "method.*.batch_size",
+    "method.*.resume",
+    "method.*.save_every",
+    "method.*.log_every",
 )
 
 

@@ -28,8 +28,9 @@ def group_options(loader, group: str, prefix: str = "") -> list[str]:
     from hydra.core.object_type import ObjectType
 
     path = f"{group}/{prefix}".rstrip("/")
-    options = [f"{prefix}{o}" for o in loader.get_group_options(path, ObjectType.CONFIG)
-               if o not in HIDDEN.get(group, ())]
+    options = [
+        f"{prefix}{o}" for o in loader.get_group_options(path, ObjectType.CONFIG) if o not in HIDDEN.get(group, ())
+    ]
     if not group.startswith("hydra/"):
         for sub in loader.get_group_options(path, ObjectType.GROUP):
             options += group_options(loader, group, f"{prefix}{sub}/")
@@ -44,7 +45,8 @@ def help_groups() -> str:
     blocks = []
     for group, line in GROUPS.items():
         options = group_options(loader, group)
-        listed = textwrap.fill(", ".join(options), WIDTH, initial_indent=" " * 6, subsequent_indent=" " * 6,
-                               break_on_hyphens=False)
+        listed = textwrap.fill(
+            ", ".join(options), WIDTH, initial_indent=" " * 6, subsequent_indent=" " * 6, break_on_hyphens=False
+        )
         blocks.append(f"  {group}: {line}\n{listed}")
     return "\n".join(blocks)

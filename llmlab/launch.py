@@ -39,11 +39,23 @@ _GPU: tuple[str, Any] | None = None  # this worker's GPU and the open lock file 
 # conf/hydra/launcher/joblib.yaml spells out the plugin's options under the plugin's own name, so Hydra also checks it
 # against the plugin's schema and warns that this check is deprecated; the file does not rely on it.
 warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/joblib' is validated against ConfigStore schema")
-_NO_RUN_FLAGS = {"--cfg", "-c", "--info", "-i", "--help", "-h", "--hydra-help", "--version", "--shell-completion",
-                 "-sc", "--experimental-rerun"}
+_NO_RUN_FLAGS = {
+    "--cfg",
+    "-c",
+    "--info",
+    "-i",
+    "--help",
+    "-h",
+    "--hydra-help",
+    "--version",
+    "--shell-completion",
+    "-sc",
+    "--experimental-rerun",
+}
 
 
 # ---------------------------------------------------------------- GPUs for local parallel jobs (hydra/launcher=joblib)
+
 
 def visible_gpus() -> list[str]:
     """The GPU ids this process may use, found without initialising CUDA: CUDA_VISIBLE_DEVICES when set (up to its
@@ -51,8 +63,9 @@ def visible_gpus() -> list[str]:
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
     if env is None:
         try:
-            out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True,
-                                 text=True, timeout=20)
+            out = subprocess.run(
+                ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True, text=True, timeout=20
+            )
         except (OSError, subprocess.TimeoutExpired):
             return []
         env = out.stdout.replace("\n", ",") if out.returncode == 0 else ""
@@ -144,6 +157,7 @@ OmegaConf.register_new_resolver("llmlab.help_groups", _help_groups, replace=True
 
 # ---------------------------------------------------------------------------------------------- sweeps and failures
 
+
 def command_key(task: list[str], hydra: list[str] = ()) -> list[str]:
     """What identifies a command for `resume=auto`: its overrides except `resume`, plus the Hydra overrides that
     change a sweep's grid (hydra.sweeper.*), sorted."""
@@ -178,10 +192,19 @@ class JobCallback(Callback):
         sweep.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(sweep / ".jobs", ignore_errors=True)
         task, hydra = list(hc.overrides.task), list(hc.overrides.hydra)
-        write_json(sweep / "sweep.json", {"status": "running", "overrides": task, "hydra_overrides": hydra,
-                                          "key": command_key(task, hydra), "command": " ".join(sys.argv),
-                                          "host": platform.node(), "pid": os.getpid(),
-                                          "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        write_json(
+            sweep / "sweep.json",
+            {
+                "status": "running",
+                "overrides": task,
+                "hydra_overrides": hydra,
+                "key": command_key(task, hydra),
+                "command": " ".join(sys.argv),
+                "host": platform.node(),
+                "pid": os.getpid(),
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            },
+        )
         _SWEEP = sweep
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -252,6 +275,7 @@ def failure_summary() -> Iterator[None]:
 
 
 # ------------------------------------------------------------------------------------------------------ resume=auto
+
 
 def resume_overrides(argv: list[str]) -> list[str]:
     """`resume=auto`: the `hydra.run.dir=...` (or `hydra.sweep.dir=...`) override that reuses the newest run (sweep)

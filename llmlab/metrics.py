@@ -21,4 +21,3 @@ def strict_match(generated: str, answer: str, kind: str) -> bool:
         return found is not None and math.isclose(float(found.group()), float(answer), abs_tol=1e-9)
     found = _WORD.search(generated)
     return found is not None and found.group() == answer
-

@@ -42,8 +42,10 @@ def direction(runner: str) -> str:
     """`minimize` or `maximize` for `runner`'s objective; an error for a runner that states none."""
     if runner not in OBJECTIVES:
         known = ", ".join(sorted(OBJECTIVES))
-        raise LlmlabError(f"method.runner={runner} states no sweep objective (runners that do: {known}); set "
-                          "hydra.sweeper.direction=minimize or maximize")
+        raise LlmlabError(
+            f"method.runner={runner} states no sweep objective (runners that do: {known}); set "
+            "hydra.sweeper.direction=minimize or maximize"
+        )
     return OBJECTIVES[runner][1]
 
 

@@ -41,8 +41,9 @@ class OptunaSearch(OptunaSweeperImpl):
 
     def sweep(self, arguments: list[str]) -> None:
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # its "study created / loaded" lines; ours say more
-        study = optuna.create_study(study_name=self.study_name, storage=self.storage,
-                                    directions=self._get_directions(), load_if_exists=True)
+        study = optuna.create_study(
+            study_name=self.study_name, storage=self.storage, directions=self._get_directions(), load_if_exists=True
+        )
         for trial in study.trials:
             if trial.state == TrialState.RUNNING:  # its process is gone: retry the same parameters
                 study.tell(trial.number, state=TrialState.FAIL)
@@ -51,8 +52,10 @@ class OptunaSearch(OptunaSweeperImpl):
         trials = study.trials
         done = sum(t.state in DONE for t in trials)
         if done:
-            notice(f"optuna: study '{self.study_name}' has {done} finished trial(s); running "
-                   f"{max(0, self.n_trials - done)} more")
+            notice(
+                f"optuna: study '{self.study_name}' has {done} finished trial(s); running "
+                f"{max(0, self.n_trials - done)} more"
+            )
         self.n_trials = max(0, self.n_trials - done)
         ran = sum(t.state != TrialState.WAITING for t in trials)
         used = [int(p.name) for p in self.sweep_path.glob("[0-9]*") if p.name.isdigit()]
@@ -71,12 +74,22 @@ class OptunaSearch(OptunaSweeperImpl):
         completed = sum(t.state == TrialState.COMPLETE for t in study.trials)
         params = ", ".join(f"{k}={v}" for k, v in best.params.items())
         shown = f"; run directory {run_dir}" if run_dir else ""
-        notice(f"optuna: best of {completed} trials: #{best.number} {metric}={best.value:.6g} ({direction}) with "
-               f"{params}{shown}")
-        results = {"name": "optuna", "best_params": dict(best.params), "best_value": best.value,
-                   "best_trial": best.number, "metric": metric, "direction": direction,
-                   "run_dir": str(run_dir) if run_dir else None, "completed_trials": completed,
-                   "storage": self.storage, "study_name": self.study_name}
+        notice(
+            f"optuna: best of {completed} trials: #{best.number} {metric}={best.value:.6g} ({direction}) with "
+            f"{params}{shown}"
+        )
+        results = {
+            "name": "optuna",
+            "best_params": dict(best.params),
+            "best_value": best.value,
+            "best_trial": best.number,
+            "metric": metric,
+            "direction": direction,
+            "run_dir": str(run_dir) if run_dir else None,
+            "completed_trials": completed,
+            "storage": self.storage,
+            "study_name": self.study_name,
+        }
         (self.sweep_path / "optimization_results.yaml").write_text(yaml.safe_dump(results, sort_keys=False))
 
     def _run_dir(self, params: dict[str, Any]) -> Path | None:

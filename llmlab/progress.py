@@ -10,5 +10,13 @@ console = Console(stderr=True)
 
 def progress_bar(enabled: bool = True) -> Progress:
     """A progress display for long loops: `with progress_bar() as p: task = p.add_task("scoring", total=n)`."""
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), console=console, disable=not enabled, transient=False)
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not enabled,
+        transient=False,
+    )

@@ -55,8 +55,12 @@ def render_icl_vs_ft(base: Path, folder: str) -> str:
 
     # the seeds and arms finished so far: every ICL step of a seed, and arms finished in every such seed
     m.run_arms = [a for a in m.run_arms if any(done(s, f"ft/{a}/eval/{{task}}") for s in m.seeds)]
-    m.seeds = [s for s in m.seeds if all(done(s, f"icl/{{task}}/k-{k}") for k in m.shots)
-               and all(done(s, f"ft/{a}/eval/{{task}}") for a in m.run_arms)]
+    m.seeds = [
+        s
+        for s in m.seeds
+        if all(done(s, f"icl/{{task}}/k-{k}") for k in m.shots)
+        and all(done(s, f"ft/{a}/eval/{{task}}") for a in m.run_arms)
+    ]
     if not m.seeds or not m.run_arms:
         raise LlmlabError(f"{root}: no seed has finished its ICL steps and a fine-tuning arm yet")
     cells = analysis.compare(root, m, list(cfg.dataset.variants))
@@ -64,13 +68,17 @@ def render_icl_vs_ft(base: Path, folder: str) -> str:
     partial = (list(m.seeds), list(m.run_arms)) != planned
     table = analysis.markdown(cells, list(m.shots), list(m.run_arms), m.report_k, cfg.model.name, m.metric)
     if partial:
-        verdict["outcome"] = f"preliminary: {verdict['outcome']} (seeds {list(m.seeds)} and arms {list(m.run_arms)}" \
-                             f" of the pre-registered {planned[0]} and {planned[1]})"
-    return (table + f"\nSeeds {list(m.seeds)}; {cfg.dataset.n_test} items per task, variant and seed; metric "
-            f"`{m.metric}`; intervals: {bootstrap.METHOD} ({m.bootstrap} resamples); deltas and gaps resample "
-            "both conditions with the same draws (paired: every condition of a seed is scored on the same items).\n\n"
-            f"Verdict (spec 6.3, pattern sets, {verdict.get('gap_key', '')}): **{verdict['outcome']}**"
-            f" — rule: {verdict.get('rule', verdict.get('why', ''))}\n")
+        verdict["outcome"] = (
+            f"preliminary: {verdict['outcome']} (seeds {list(m.seeds)} and arms {list(m.run_arms)}"
+            f" of the pre-registered {planned[0]} and {planned[1]})"
+        )
+    return (
+        table + f"\nSeeds {list(m.seeds)}; {cfg.dataset.n_test} items per task, variant and seed; metric "
+        f"`{m.metric}`; intervals: {bootstrap.METHOD} ({m.bootstrap} resamples); deltas and gaps resample "
+        "both conditions with the same draws (paired: every condition of a seed is scored on the same items).\n\n"
+        f"Verdict (spec 6.3, pattern sets, {verdict.get('gap_key', '')}): **{verdict['outcome']}**"
+        f" — rule: {verdict.get('rule', verdict.get('why', ''))}\n"
+    )
 
 
 KINDS: dict[str, Callable[[Path, str], str]] = {"runs": render_runs, "icl_vs_ft": render_icl_vs_ft}
@@ -113,10 +121,14 @@ def check(root: str | Path) -> list[str]:
                 problems.append(f"{readme}: table '{mt.group('spec')}' cannot be generated: {e}")
                 continue
             if fresh != mt.group("body"):
-                problems.append(f"{readme}: table '{mt.group('spec')}' differs from its results "
-                                "(run `llmlab report --readme " + str(readme.parent) + "`)")
-        problems += [f"{readme}:{line}: a table typed by hand (generate it, or mark it '{LEGACY}')"
-                     for line in unmarked_tables(text)]
+                problems.append(
+                    f"{readme}: table '{mt.group('spec')}' differs from its results "
+                    "(run `llmlab report --readme " + str(readme.parent) + "`)"
+                )
+        problems += [
+            f"{readme}:{line}: a table typed by hand (generate it, or mark it '{LEGACY}')"
+            for line in unmarked_tables(text)
+        ]
     return problems
 
 
@@ -127,9 +139,13 @@ def unmarked_tables(text: str) -> list[int]:
     out, offset = [], 0
     for i, line in enumerate(lines):
         starts = line.startswith("|") and (i == 0 or not lines[i - 1].startswith("|"))
-        if starts and i + 1 < len(lines) and SEPARATOR.match(lines[i + 1]) and \
-                not any(a <= offset < b for a, b in spans):
-            above = "".join(lines[max(0, i - 3):i])
+        if (
+            starts
+            and i + 1 < len(lines)
+            and SEPARATOR.match(lines[i + 1])
+            and not any(a <= offset < b for a, b in spans)
+        ):
+            above = "".join(lines[max(0, i - 3) : i])
             if LEGACY not in above and TEXT not in above:
                 out.append(i + 1)
         offset += len(line)

@@ -27,8 +27,22 @@ from llmlab.analysis import bootstrap
 from llmlab.errors import LlmlabError
 from llmlab.tracking import atomic_write, read_rows
 
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-       12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}  # two-sided 95% Student t quantiles by degrees of freedom
+T95 = {
+    1: 12.706,
+    2: 4.303,
+    3: 3.182,
+    4: 2.776,
+    5: 2.571,
+    6: 2.447,
+    7: 2.365,
+    8: 2.306,
+    9: 2.262,
+    10: 2.228,
+    12: 2.179,
+    15: 2.131,
+    20: 2.086,
+    30: 2.042,
+}  # two-sided 95% Student t quantiles by degrees of freedom
 METRIC_ORDER = ("strict", "loose", "loglik", "label_logit")
 PLOT_METRICS = ("strict", "loglik")
 SKIP = {"seed", "metrics", "timing", "runner", "time", "_dir"}
@@ -53,8 +67,11 @@ def load_runs(root: Path) -> tuple[list[dict], int]:
         if not isinstance(run, dict):
             raise LlmlabError(f"{path}: expected a JSON object, got {type(run).__name__}")
         if isinstance(run.get("metrics"), dict):  # evaluation runs (not fine-tuning or experiment summaries)
-            bad = [v for v, mets in run["metrics"].items()
-                   if not isinstance(mets, dict) or not all(isinstance(x, (int, float)) for x in mets.values())]
+            bad = [
+                v
+                for v, mets in run["metrics"].items()
+                if not isinstance(mets, dict) or not all(isinstance(x, (int, float)) for x in mets.values())
+            ]
             if bad:
                 raise LlmlabError(f"{path}: metrics of '{bad[0]}' must be an object of numbers")
             run["_dir"] = path.parent
@@ -81,8 +98,9 @@ def aggregate(runs: list[dict]) -> tuple[list[str], list[dict]]:
             groups[key].append(mets)
             dirs[key].append(r.get("_dir"))
     rows = []
-    for key in sorted(groups, key=lambda k: tuple((v is None, str(v) if not isinstance(v, int) else f"{v:08d}")
-                                                   for v in k)):
+    for key in sorted(
+        groups, key=lambda k: tuple((v is None, str(v) if not isinstance(v, int) else f"{v:08d}") for v in k)
+    ):
         seeds = groups[key]
         row = dict(zip(varying + ["variant"], key))
         metrics = [m for m in METRIC_ORDER if m in seeds[0]] + sorted(set(seeds[0]) - set(METRIC_ORDER) - {"n"})
@@ -107,8 +125,10 @@ def aggregate(runs: list[dict]) -> tuple[list[str], list[dict]]:
 
 def method_note(runs: list[dict]) -> str:
     """How the table's intervals were computed."""
-    return (f"Values: mean over seeds [{bootstrap.METHOD}; 2000 resamples]; where a run kept no per-item verdicts, "
-            "± the 95% Student t half-width over seeds, or with one seed the normal approximation over items.")
+    return (
+        f"Values: mean over seeds [{bootstrap.METHOD}; 2000 resamples]; where a run kept no per-item verdicts, "
+        "± the 95% Student t half-width over seeds, or with one seed the normal approximation over items."
+    )
 
 
 def markdown(keys: list[str], rows: list[dict]) -> str:
@@ -166,8 +186,11 @@ def plot(keys: list[str], rows: list[dict], path: Path) -> Path | None:
             for metric in [m for m in PLOT_METRICS if any(m in r for r in sub)]:
                 pts = sorted((r["shots"], *r[metric][:2]) for r in sub if r["variant"] == variant and metric in r)
                 xs, ys, err = zip(*pts)
-                err = [[y - e[0] for y, e in zip(ys, err)], [e[1] - y for y, e in zip(ys, err)]] \
-                    if isinstance(err[0], tuple) else err
+                err = (
+                    [[y - e[0] for y, e in zip(ys, err)], [e[1] - y for y, e in zip(ys, err)]]
+                    if isinstance(err[0], tuple)
+                    else err
+                )
                 ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=f"{variant} / {metric}")
         ax.set_title(" / ".join(panel) or "all", fontsize=9)
         ax.set_xscale("symlog", linthresh=1)

@@ -50,8 +50,10 @@ def context_limit(model, tokenizer, limit: int | None = None) -> int | None:
     """The most tokens (prompt + answer) the model takes: the smallest of its config's position limit, the
     tokenizer's `model_max_length` where set, and `limit`; None where none is known (a recurrent model)."""
     config = getattr(model, "config", None)
-    known = [getattr(config, key, None) for key in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length",
-                                                    "max_sequence_length")]
+    known = [
+        getattr(config, key, None)
+        for key in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length", "max_sequence_length")
+    ]
     known += [getattr(tokenizer, "model_max_length", None), limit]
     known = [n for n in known if isinstance(n, int) and not isinstance(n, bool) and 0 < n < UNSET_MAX_LENGTH]
     return min(known, default=None)
@@ -61,8 +63,15 @@ class Scorer:
     """Scores `Request`s with `model`; `batch_size` contexts per forward, longest first. Prompts that do not fit the
     context (`context_limit`, capped by `max_context`) raise, or with `truncate="left"` are cut from the left."""
 
-    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch_size: int = 8,
-                 reuse_prefix: bool = True, truncate: str = "none", max_context: int | None = None):
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        batch_size: int = 8,
+        reuse_prefix: bool = True,
+        truncate: str = "none",
+        max_context: int | None = None,
+    ):
         if batch_size < 1:
             raise LlmlabError(f"batch size must be >= 1, got {batch_size}")
         if truncate not in TRUNCATE:
@@ -82,7 +91,7 @@ class Scorer:
         cands = []
         for cand in req.candidates:
             whole = self.tok(req.context + cand, add_special_tokens=True).input_ids
-            cont = whole[len(ctx):] if whole[:len(ctx)] == ctx else self.tok(cand, add_special_tokens=False).input_ids
+            cont = whole[len(ctx) :] if whole[: len(ctx)] == ctx else self.tok(cand, add_special_tokens=False).input_ids
             if not cont:
                 raise ValueError(f"candidate {cand!r} adds no token to its context")
             cands.append(cont)
@@ -109,8 +118,10 @@ class Scorer:
         most = limit * self._token_chars if self._token_chars else None
         if most is not None and len(text) > most:  # too long whatever its tokens: never tokenise it whole
             if self.truncate == "none":
-                raise LlmlabError(f"prompt of item {name} is at least {len(text) // self._token_chars} tokens "
-                                  f"({len(text)} characters), longer than the model's context of {limit} tokens")
+                raise LlmlabError(
+                    f"prompt of item {name} is at least {len(text) // self._token_chars} tokens "
+                    f"({len(text)} characters), longer than the model's context of {limit} tokens"
+                )
             text = text[-most:]
         fitted = req if text is req.context else replace(req, context=text)
         ctx, cands = self.encode(fitted)
@@ -118,8 +129,10 @@ class Scorer:
         if len(ctx) + room <= limit:
             return fitted, ctx, cands
         if self.truncate == "none":
-            raise LlmlabError(f"prompt of item {name} is {len(ctx)} tokens, which with its {room}-token answer is "
-                              f"longer than the model's context of {limit} tokens")
+            raise LlmlabError(
+                f"prompt of item {name} is {len(ctx)} tokens, which with its {room}-token answer is "
+                f"longer than the model's context of {limit} tokens"
+            )
         fitted = replace(req, context=self._cut_left(text, len(ctx), room, name))
         return (fitted, *self.encode(fitted))
 
@@ -131,8 +144,10 @@ class Scorer:
             return len(self.tok(text[cut:], add_special_tokens=True).input_ids) + room <= limit
 
         if not fits(len(text)):
-            raise LlmlabError(f"item {name}: its {room}-token answer leaves no room for a prompt in the model's "
-                              f"context of {limit} tokens")
+            raise LlmlabError(
+                f"item {name}: its {room}-token answer leaves no room for a prompt in the model's "
+                f"context of {limit} tokens"
+            )
         lo, hi = 0, len(text)  # text[lo:] does not fit, text[hi:] fits
         guess = min(max(len(text) * (n_tokens + room - limit) // n_tokens, 1), len(text) - 1)
         step = max(len(text) // 256, 1)
@@ -159,8 +174,8 @@ class Scorer:
         order = sorted(range(len(requests)), key=lambda i: -len(encoded[i][0]))
         results: list[Scored | None] = [None] * len(requests)
         for start in range(0, len(order), self.batch_size):
-            idx = order[start:start + self.batch_size]
-            batch = [(encoded[i][0][len(prefix):], encoded[i][1], requests[i].max_new_tokens) for i in idx]
+            idx = order[start : start + self.batch_size]
+            batch = [(encoded[i][0][len(prefix) :], encoded[i][1], requests[i].max_new_tokens) for i in idx]
             for i, res in zip(idx, self._score_batch(batch, len(prefix), prefix_cache)):
                 res.context_tokens = len(encoded[i][0])
                 results[i] = res
@@ -192,20 +207,22 @@ class Scorer:
         lens = torch.tensor([len(ctx) for ctx, _, _ in batch])
         ids = torch.full((b, int(lens.max())), self.pad_id, dtype=torch.long)
         for r, (ctx, _, _) in enumerate(batch):
-            ids[r, :len(ctx)] = torch.tensor(ctx)
+            ids[r, : len(ctx)] = torch.tensor(ctx)
         keep = torch.unique(lens - 1)
         cache = None
         if prefix_cache is not None:
             cache = copy.deepcopy(prefix_cache)
             cache.batch_repeat_interleave(b)
-        out = self.model(input_ids=ids.to(self.device), cache=cache, use_cache=True,
-                         logits_to_keep=keep.to(self.device))
+        out = self.model(
+            input_ids=ids.to(self.device), cache=cache, use_cache=True, logits_to_keep=keep.to(self.device)
+        )
         self.stats["forward_tokens"] += int(lens.sum())
         rows = torch.searchsorted(keep, lens - 1).to(self.device)
         last = out.logits[torch.arange(b, device=self.device), rows].float().log_softmax(-1)
         # Later forwards append after each row's own last token: mask out the padding, continue the positions.
-        mask = torch.cat([torch.ones(b, n_prefix, dtype=torch.long),
-                          (torch.arange(ids.shape[1]) < lens[:, None]).long()], dim=1).to(self.device)
+        mask = torch.cat(
+            [torch.ones(b, n_prefix, dtype=torch.long), (torch.arange(ids.shape[1]) < lens[:, None]).long()], dim=1
+        ).to(self.device)
         last_pos = (n_prefix + lens - 1).to(self.device)
         results = [Scored() for _ in batch]
         self._score_candidates(batch, results, last, out.cache, mask, last_pos)
@@ -225,18 +242,21 @@ class Scorer:
             src = torch.tensor([rows[k][0] for k in sel], device=self.device)
             feed = torch.full((len(sel), longest - 1), self.pad_id, dtype=torch.long)
             for j, k in enumerate(sel):
-                feed[j, :len(rows[k][1]) - 1] = torch.tensor(rows[k][1][:-1])
+                feed[j, : len(rows[k][1]) - 1] = torch.tensor(rows[k][1][:-1])
             feed = feed.to(self.device)
             sub = copy.deepcopy(cache)
             sub.batch_select_indices(src)
             sub_mask = torch.cat([mask[src], torch.ones_like(feed)], dim=1)
             sub_pos = last_pos[src, None] + 1 + torch.arange(longest - 1, device=self.device)
-            logp = self.model(input_ids=feed, attention_mask=sub_mask, position_ids=sub_pos, cache=sub,
-                              use_cache=True).logits.float().log_softmax(-1)
+            logp = (
+                self.model(input_ids=feed, attention_mask=sub_mask, position_ids=sub_pos, cache=sub, use_cache=True)
+                .logits.float()
+                .log_softmax(-1)
+            )
             self.stats["forward_tokens"] += int(sum(len(rows[k][1]) - 1 for k in sel))
             for j, k in enumerate(sel):
                 tgt = torch.tensor(rows[k][1][1:], device=self.device)
-                rest[k] = logp[j, :len(tgt)].gather(-1, tgt[:, None]).sum().item()
+                rest[k] = logp[j, : len(tgt)].gather(-1, tgt[:, None]).sum().item()
         for k, (r, c) in enumerate(rows):
             results[r].first_logprob.append(firsts[k])
             results[r].loglik.append(firsts[k] + rest[k])
@@ -258,8 +278,9 @@ class Scorer:
                 break
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             last_pos = last_pos + 1
-            res = self.model(input_ids=nxt[:, None], attention_mask=mask, position_ids=last_pos[:, None],
-                             cache=cache, use_cache=True)
+            res = self.model(
+                input_ids=nxt[:, None], attention_mask=mask, position_ids=last_pos[:, None], cache=cache, use_cache=True
+            )
             self.stats["forward_tokens"] += len(batch)
             cache, logits = res.cache, res.logits[:, -1]
         gen = torch.stack(out, dim=1).tolist()

@@ -51,8 +51,9 @@ class SlurmLauncher(SubmititSlurmLauncher):
 
     # ------------------------------------------------------------------------------------ in the job (compute node)
 
-    def __call__(self, sweep_overrides: list[str], job_dir_key: str, job_num: int, job_id: str,
-                 singleton_state: dict) -> JobReturn:
+    def __call__(
+        self, sweep_overrides: list[str], job_dir_key: str, job_num: int, job_id: str, singleton_state: dict
+    ) -> JobReturn:
         submitit_usr2 = signal.getsignal(signal.SIGUSR2)  # checkpoint_and_try_requeue, installed by submitit
         interrupts.install()  # SIGINT, SIGTERM, SIGUSR2: raised between training steps, after a checkpoint
         if restart_count() > 0:
@@ -60,16 +61,20 @@ class SlurmLauncher(SubmititSlurmLauncher):
         try:
             return super().__call__(sweep_overrides, job_dir_key, job_num, job_id, singleton_state)
         except interrupts.Preempted:
-            print(f"llmlab: job #{job_num} preempted or near its time limit (SIGUSR2): checkpointed, requeueing",
-                  flush=True)
+            print(
+                f"llmlab: job #{job_num} preempted or near its time limit (SIGUSR2): checkpointed, requeueing",
+                flush=True,
+            )
             if callable(submitit_usr2):
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)  # `scontrol requeue` sends one: we are leaving anyway
                 submitit_usr2(signal.SIGUSR2, None)  # pickles this call again, requeues, exits (rank 0)
             raise SystemExit(interrupts.exit_code(interrupts.Preempted())) from None
         except KeyboardInterrupt as e:  # no result file: SLURM requeues the job, or reports it cancelled
             what = "SIGTERM" if isinstance(e, interrupts.Terminated) else "SIGINT"
-            print(f"llmlab: job #{job_num} interrupted ({what}); it continues from its checkpoint when it runs again",
-                  flush=True)
+            print(
+                f"llmlab: job #{job_num} interrupted ({what}); it continues from its checkpoint when it runs again",
+                flush=True,
+            )
             raise SystemExit(interrupts.exit_code(e)) from None
 
     def _pin_sweep_dir(self) -> None:
@@ -84,8 +89,9 @@ class SlurmLauncher(SubmititSlurmLauncher):
         sweep = str(self.config.hydra.sweep.dir)
         pinned = f"hydra.sweep.dir={hydra_value(sweep)}"
         with read_write(self.config.hydra), open_dict(self.config.hydra):
-            hydra_overrides = [o for o in self.config.hydra.overrides.hydra
-                               if not o.lstrip("+").startswith("hydra.sweep.dir=")]
+            hydra_overrides = [
+                o for o in self.config.hydra.overrides.hydra if not o.lstrip("+").startswith("hydra.sweep.dir=")
+            ]
             self.config.hydra.overrides.hydra = [*hydra_overrides, pinned]
 
     # ------------------------------------------------------------------------------------ in the launching process
@@ -95,11 +101,13 @@ class SlurmLauncher(SubmititSlurmLauncher):
 
         assert self.config is not None and len(job_overrides) > 0
         params = dict(self.params)
-        executor = submitit.AutoExecutor(cluster="slurm", folder=params["submitit_folder"],
-                                         slurm_max_num_timeout=params["max_num_timeout"])
+        executor = submitit.AutoExecutor(
+            cluster="slurm", folder=params["submitit_folder"], slurm_max_num_timeout=params["max_num_timeout"]
+        )
         shared = set(OmegaConf.structured(BaseQueueConf).keys())  # the keys submitit takes without "slurm_"
-        executor.update_parameters(**{k if k in shared else f"slurm_{k}": v for k, v in params.items()
-                                      if k not in _EXECUTOR_KEYS})
+        executor.update_parameters(
+            **{k if k in shared else f"slurm_{k}": v for k, v in params.items() if k not in _EXECUTOR_KEYS}
+        )
         sweep = Path(str(self.config.hydra.sweep.dir))
         sweep.mkdir(parents=True, exist_ok=True)
         log.info(f"SLURM sweep output dir: {sweep}")
@@ -121,14 +129,26 @@ class SlurmLauncher(SubmititSlurmLauncher):
         except (UncompletedJobError, FailedJobError) as e:
             state = job.state
             detail = str(e).strip().splitlines()[-1] if isinstance(e, FailedJobError) and str(e).strip() else ""
-            error = f"SLURM job {job.job_id} ended {state} without a result" + (f" ({detail})" if detail else "") + \
-                f"; log: {job.paths.stderr}"
+            error = (
+                f"SLURM job {job.job_id} ended {state} without a result"
+                + (f" ({detail})" if detail else "")
+                + f"; log: {job.paths.stderr}"
+            )
         record = sweep / ".jobs" / f"{num}.json"
         if not record.exists():
             from llmlab.tracking import write_json
 
-            write_json(record, {"num": num, "overrides": list(overrides), "dir": str(sweep / str(num)),
-                                "status": "failed", "error": error, "slurm_state": state})
+            write_json(
+                record,
+                {
+                    "num": num,
+                    "overrides": list(overrides),
+                    "dir": str(sweep / str(num)),
+                    "status": "failed",
+                    "error": error,
+                    "slurm_state": state,
+                },
+            )
         else:  # the run recorded its own outcome (e.g. it failed, then the job could not save its result)
             error = json.loads(record.read_text()).get("error") or error
         ret = JobReturn(overrides=list(overrides), status=JobStatus.FAILED)

@@ -73,8 +73,8 @@ class PromptLookup:
             tail = seq[-n:]
             for source, last in ((seq, len(seq) - n - 1), *((o, len(o) - n) for o in self.outputs)):
                 for start in range(last, -1, -1):
-                    if source[start:start + n] == tail and start + n < len(source):
-                        return source[start + n:start + n + k]
+                    if source[start : start + n] == tail and start + n < len(source):
+                        return source[start + n : start + n + k]
         return []
 
 
@@ -96,8 +96,9 @@ def crop_to(cache, length: int) -> None:
 
 
 @torch.inference_mode()
-def greedy(model: PreTrainedModel, prompt: list[int], done: Callable[[list[int]], bool],
-           prefix: PrefixCache | None = None) -> tuple[list[int], DecodeStats]:
+def greedy(
+    model: PreTrainedModel, prompt: list[int], done: Callable[[list[int]], bool], prefix: PrefixCache | None = None
+) -> tuple[list[int], DecodeStats]:
     """Plain greedy decoding with a KV cache, one target forward per token."""
     t0, stats, gen = time.perf_counter(), DecodeStats(), []
     with grouped_query_sdpa(model):  # the same attention path as `speculative` for the prompt's forward
@@ -114,9 +115,14 @@ def greedy(model: PreTrainedModel, prompt: list[int], done: Callable[[list[int]]
 
 
 @torch.inference_mode()
-def speculative(target: PreTrainedModel, draft: PreTrainedModel | PromptLookup, prompt: list[int],
-                done: Callable[[list[int]], bool], n_draft: int = 8,
-                prefix: PrefixCache | None = None) -> tuple[list[int], DecodeStats]:
+def speculative(
+    target: PreTrainedModel,
+    draft: PreTrainedModel | PromptLookup,
+    prompt: list[int],
+    done: Callable[[list[int]], bool],
+    n_draft: int = 8,
+    prefix: PrefixCache | None = None,
+) -> tuple[list[int], DecodeStats]:
     """Speculative greedy decoding; returns exactly what `greedy(target, ...)` returns (up to float ties)."""
     with grouped_query_sdpa(target):
         gen, stats = _speculative(target, draft, prompt, done, n_draft, prefix)

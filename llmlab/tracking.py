@@ -36,8 +36,10 @@ class DiskFullError(LlmlabError):
 
 
 def _disk_full(path: Path, exc: OSError) -> DiskFullError:
-    return DiskFullError(f"disk full while writing {path} ({os.strerror(exc.errno)}); "
-                         "the previous version of the file, if any, is intact")
+    return DiskFullError(
+        f"disk full while writing {path} ({os.strerror(exc.errno)}); "
+        "the previous version of the file, if any, is intact"
+    )
 
 
 def notice(message: str) -> None:
@@ -129,10 +131,15 @@ def resume_jsonl(path: str | Path) -> list[dict]:
 
 def git_sha() -> str | None:
     try:
-        out = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=5)
-        dirty = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        out = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         return None
     return (out.stdout.strip() + ("-dirty" if dirty else "")) if out.returncode == 0 else None
@@ -142,8 +149,12 @@ def versions() -> dict[str, str]:
     import torch
     import transformers
 
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "llmlab": __import__("llmlab").__version__}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "llmlab": __import__("llmlab").__version__,
+    }
 
 
 def record_failure(path: str | Path, overrides: list[str], error: str, details: str = "") -> None:
@@ -153,8 +164,11 @@ def record_failure(path: str | Path, overrides: list[str], error: str, details: 
     if int(os.environ.get("RANK", 0)) != 0:
         return
     try:
-        meta = json.loads((path / "meta.json").read_text()) if (path / "meta.json").is_file() else \
-            {"overrides": overrides, "command": " ".join(sys.argv), "host": platform.node()}
+        meta = (
+            json.loads((path / "meta.json").read_text())
+            if (path / "meta.json").is_file()
+            else {"overrides": overrides, "command": " ".join(sys.argv), "host": platform.node()}
+        )
         if meta.get("status") == "completed" and (path / "results.json").is_file():
             notice(f"{path} completed; an error after it ({error}) does not change its status")
             return
@@ -175,8 +189,14 @@ class RunDir:
     given explicitly) is refused while another process holds it, and refused when the results-relevant config differs
     from the `config.yaml` already there (`llmlab.fingerprint`). A resumed run counts its attempts in meta.json."""
 
-    def __init__(self, path: str | Path, cfg: DictConfig, overrides: list[str] | None = None,
-                 is_main: bool | None = None, fresh: bool = False):
+    def __init__(
+        self,
+        path: str | Path,
+        cfg: DictConfig,
+        overrides: list[str] | None = None,
+        is_main: bool | None = None,
+        fresh: bool = False,
+    ):
         self.path = Path(path)
         self.is_main = int(os.environ.get("RANK", 0)) == 0 if is_main is None else is_main
         self.meta: dict[str, Any] = {}
@@ -193,18 +213,28 @@ class RunDir:
             changed = fingerprint.changed_keys(_read_yaml(previous), config, free)
             if changed:
                 shown = ", ".join(changed[:8]) + (f" and {len(changed) - 8} more" if len(changed) > 8 else "")
-                raise LlmlabError(f"cannot resume {self.path}: it holds results of a different config ({shown} "
-                                  "changed); use a new run directory")
+                raise LlmlabError(
+                    f"cannot resume {self.path}: it holds results of a different config ({shown} "
+                    "changed); use a new run directory"
+                )
         try:
             attempt = int(json.loads((self.path / "meta.json").read_text()).get("attempt", 1)) + 1
         except (OSError, ValueError):  # a new run directory
             attempt = 1
-        self.meta = {"status": "running", "seed": int(cfg.seed), "overrides": overrides or [],
-                     "command": " ".join(sys.argv), "git_sha": git_sha(), "versions": versions(),
-                     "host": platform.node(), "pid": os.getpid(), "attempt": attempt,
-                     "fingerprint": fingerprint.fingerprint(config, free),
-                     "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-                     "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        self.meta = {
+            "status": "running",
+            "seed": int(cfg.seed),
+            "overrides": overrides or [],
+            "command": " ".join(sys.argv),
+            "git_sha": git_sha(),
+            "versions": versions(),
+            "host": platform.node(),
+            "pid": os.getpid(),
+            "attempt": attempt,
+            "fingerprint": fingerprint.fingerprint(config, free),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
         atomic_write(self.path / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(config)))
         write_json(self.path / "meta.json", self.meta)
 
@@ -268,8 +298,9 @@ def claim(path: Path, fresh: bool) -> tuple[Path, Any]:
         except OSError:
             lock.close()
             if not fresh:
-                raise LlmlabError(f"run directory {candidate} is in use by another process; wait for it or use "
-                                  "a new run directory") from None
+                raise LlmlabError(
+                    f"run directory {candidate} is in use by another process; wait for it or use a new run directory"
+                ) from None
             continue
         if fresh and (candidate / "meta.json").exists():  # an earlier run of the same second, now finished
             lock.close()
@@ -306,10 +337,17 @@ class Tracker:
         id_file = run_dir.file("wandb_id")
         run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
         atomic_write(id_file, run_id)
-        kwargs = dict(project=log.project, entity=log.entity, dir=str(run_dir.path), resume="allow", name=name,
-                      group=log.group or group, tags=[*log.tags, *cfg.tags],
-                      config=OmegaConf.to_container(cfg, resolve=True),
-                      settings=wandb.Settings(quiet=True, reinit="create_new"))  # sub-runs coexist
+        kwargs = dict(
+            project=log.project,
+            entity=log.entity,
+            dir=str(run_dir.path),
+            resume="allow",
+            name=name,
+            group=log.group or group,
+            tags=[*log.tags, *cfg.tags],
+            config=OmegaConf.to_container(cfg, resolve=True),
+            settings=wandb.Settings(quiet=True, reinit="create_new"),
+        )  # sub-runs coexist
         mode, reason, first_id = log.mode, None, run_id
         if mode == "online" and not _wandb_logged_in(wandb):
             mode, reason = "offline", "not logged in"
@@ -327,8 +365,7 @@ class Tracker:
             notice(f"W&B unavailable ({reason}); metrics are kept in {run_dir.path} only")
         elif reason:
             new = f" as new run {run_id}" if run_id != first_id else ""
-            notice(f"W&B {reason}: logging offline{new} into {run_dir.path / 'wandb'} "
-                   "(upload later with `wandb sync`)")
+            notice(f"W&B {reason}: logging offline{new} into {run_dir.path / 'wandb'} (upload later with `wandb sync`)")
         elif mode == "online":  # the id is known online now: a later fallback starts afresh
             run_dir.file("wandb_offline_id").unlink(missing_ok=True)
 
@@ -353,8 +390,9 @@ class Tracker:
             import wandb
 
             cols = list(rows[0])
-            self._call(lambda: self.run.log({key: wandb.Table(columns=cols,
-                                                             data=[[r.get(c) for c in cols] for r in rows])}))
+            self._call(
+                lambda: self.run.log({key: wandb.Table(columns=cols, data=[[r.get(c) for c in cols] for r in rows])})
+            )
 
     def finish(self, exit_code: int = 0) -> None:
         if self.run is not None:

@@ -7,8 +7,14 @@ import os
 import pytest
 import torch
 
-os.environ.update(WANDB_MODE="disabled", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-                  HF_HUB_DISABLE_TELEMETRY="1", OMP_NUM_THREADS="1")
+os.environ.update(
+    WANDB_MODE="disabled",
+    HF_HUB_OFFLINE="1",
+    HF_DATASETS_OFFLINE="1",
+    TOKENIZERS_PARALLELISM="false",
+    HF_HUB_DISABLE_TELEMETRY="1",
+    OMP_NUM_THREADS="1",
+)
 torch.set_num_threads(1)  # tiny models: threads only add overhead, and CI has 2 shared cores
 
 

@@ -14,8 +14,14 @@ TINY = ["model=tiny-random", "hardware=cpu", "logger=none"]
 
 def run_cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     """`llmlab ARGS` in a real subprocess (the installed console script's module)."""
-    return subprocess.run([sys.executable, "-m", "llmlab.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})}, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "llmlab.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        cwd=REPO,
+    )
 
 
 def compose(overrides: list[str]):

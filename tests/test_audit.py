@@ -22,13 +22,14 @@ from llmlab.errors import LlmlabError
 from tests.helpers import REPO, TINY, compose, runner_setup
 
 BINARY = b"\x80\xff\xfe\x00\x1b[2J" + bytes(range(256)) * 4  # not UTF-8, NUL and control bytes
-UNICODE = "\ufeff\u202eü\U0001F600\u0301\x00\u2028" * 8  # valid UTF-8, but nothing any loader expects
+UNICODE = "\ufeff\u202eü\U0001f600\u0301\x00\u2028" * 8  # valid UTF-8, but nothing any loader expects
 TRUNCATED_JSON = '[{"input": "a/NER", "output": "Spo'
 ESCAPE = "../" * 8 + "escaped"  # deep enough to leave any run directory these tests make
 DEEP = "d1/d2/d3/d4/d5/d6/d7/d8/d9"  # run directories sit this deep in tmp_path, so an escape stays inside it
 
 
 # ---- helpers ------------------------------------------------------------------------------------------------------
+
 
 def tree(root: Path) -> set[Path]:
     return set(root.rglob("*"))
@@ -83,8 +84,14 @@ def run_runner(tmp_path: Path, *overrides: str):
 def cli(sandbox: Path, *args: str, timeout: int = 240) -> subprocess.CompletedProcess:
     """`llmlab ARGS` in a subprocess whose cwd, outputs and cache are in the sandbox."""
     env = {**os.environ, "LLMLAB_OUTPUTS": str(sandbox / "outputs"), "LLMLAB_CACHE": str(sandbox / "cache")}
-    return subprocess.run([sys.executable, "-m", "llmlab.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env, cwd=sandbox / "cwd")
+    return subprocess.run(
+        [sys.executable, "-m", "llmlab.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=sandbox / "cwd",
+    )
 
 
 def assert_cli_error(res: subprocess.CompletedProcess, needle: str) -> None:
@@ -106,8 +113,22 @@ def outside_run_dirs(sandbox: Path) -> list[Path]:
 
 # ---- configs: every runner rejects a bad key and a bad type at compose time -----------------------------------------
 
-METHODS = ["icl", "finetune", "icl_vs_ft", "circuit_shift", "pretrain", "lm_eval", "position_probe", "info_flow",
-           "verbalizer", "mre_ablation", "cot", "mcts", "mcts_rap", "sc_mcts"]
+METHODS = [
+    "icl",
+    "finetune",
+    "icl_vs_ft",
+    "circuit_shift",
+    "pretrain",
+    "lm_eval",
+    "position_probe",
+    "info_flow",
+    "verbalizer",
+    "mre_ablation",
+    "cot",
+    "mcts",
+    "mcts_rap",
+    "sc_mcts",
+]
 
 
 def first_int_field(method: str) -> str:
@@ -127,9 +148,11 @@ def test_every_method_rejects_an_unknown_key_and_a_wrong_type(method):
     from llmlab.cli import one_line as cli_line
 
     key = first_int_field(method)
-    for override, needle in ((f"method.bogus_key{method}=1", f"Key 'bogus_key{method}' not in"),
-                             (f'method.{key}="ünï🙂"', "could not be converted to Integer"),
-                             (f"method.{key}=1e999", "could not be converted to Integer")):
+    for override, needle in (
+        (f"method.bogus_key{method}=1", f"Key 'bogus_key{method}' not in"),
+        (f'method.{key}="ünï🙂"', "could not be converted to Integer"),
+        (f"method.{key}=1e999", "could not be converted to Integer"),
+    ):
         with pytest.raises((HydraException, OmegaConfBaseException)) as info:
             compose(["logger=none", f"method={method}", override])
         msg = cli_line(info.value)
@@ -156,18 +179,42 @@ RUNNER_ERRORS = [
     (["dataset.task=" + ESCAPE], "unknown implicit task"),
     (["dataset.n_test=-3"], "non-negative integer"),
     (["dataset=file", f"dataset.path={ESCAPE}.jsonl"], "dataset file not found"),
-    (["method=icl_vs_ft", f"method.tasks=[{ESCAPE}]", "method.shots=[0]", "method.report_k=0", "method.seeds=[0]",
-      "method.run_arms=[]"], "cannot be used as a file name"),
-    (["method=icl_vs_ft", "method.tasks=[bool]", "method.shots=[0]", "method.report_k=0", "method.seeds=[0]",
-      f"method.run_arms=[{ESCAPE}]"], "unknown arm"),
+    (
+        [
+            "method=icl_vs_ft",
+            f"method.tasks=[{ESCAPE}]",
+            "method.shots=[0]",
+            "method.report_k=0",
+            "method.seeds=[0]",
+            "method.run_arms=[]",
+        ],
+        "cannot be used as a file name",
+    ),
+    (
+        [
+            "method=icl_vs_ft",
+            "method.tasks=[bool]",
+            "method.shots=[0]",
+            "method.report_k=0",
+            "method.seeds=[0]",
+            f"method.run_arms=[{ESCAPE}]",
+        ],
+        "unknown arm",
+    ),
     (["method=finetune", f"method.tasks=[{ESCAPE}]"], "unknown implicit task"),
     (["method=circuit_shift", "dataset=implicit/bool", f"method.finetuned={ESCAPE}"], "is not a directory"),
-    (["method=pretrain", "model=lm-tiny", "dataset=corpus/pydoc", "dataset.block_size=100000000000000"],
-     "fewer than block_size + 1"),
-    (["method=pretrain", "model=rwkv4-tiny", "dataset=corpus/shakespeare", f"dataset.files=[{ESCAPE}/*.txt]"],
-     "no files match"),
-    (["method=lm_eval", "model=lm-tiny", "dataset=corpus/pydoc", f"method.model_dir={ESCAPE}"],
-     "is not a saved scratch model"),
+    (
+        ["method=pretrain", "model=lm-tiny", "dataset=corpus/pydoc", "dataset.block_size=100000000000000"],
+        "fewer than block_size + 1",
+    ),
+    (
+        ["method=pretrain", "model=rwkv4-tiny", "dataset=corpus/shakespeare", f"dataset.files=[{ESCAPE}/*.txt]"],
+        "no files match",
+    ),
+    (
+        ["method=lm_eval", "model=lm-tiny", "dataset=corpus/pydoc", f"method.model_dir={ESCAPE}"],
+        "is not a saved scratch model",
+    ),
     (["method=position_probe", "model=lm-tiny", "method.n_classes=1"], "method.n_classes must be >= 2"),
     (["method=info_flow", "dataset=mre/scnm", "method.conditions=[../x]"], "method.conditions must include gold"),
     (["method=verbalizer", "dataset=mre/scnm", "method.shots=[-1]"], "method.shots must be"),
@@ -178,8 +225,10 @@ RUNNER_ERRORS = [
     (["method=cot", "dataset=blocksworld/generated", "dataset.options.step=1000000000000"], "no problem with"),
     (["method=cot", "dataset=blocksworld/generated", "dataset.options.blocks=[100000]"], "options.blocks must be"),
     (["method=cot", "dataset=blocksworld/step_2", f"dataset.path={ESCAPE}"], "blocksworld data not found"),
-    (["method=cot", "dataset=blocksworld/generated", "method.draft.kind=model", f"method.draft.model={ESCAPE}"],
-     "cannot be used as a file name"),
+    (
+        ["method=cot", "dataset=blocksworld/generated", "method.draft.kind=model", f"method.draft.model={ESCAPE}"],
+        "cannot be used as a file name",
+    ),
     (["method=mcts", "dataset=blocksworld/generated", "method.batch_size=0"], "method.batch_size must be >= 1"),
 ]
 
@@ -189,11 +238,14 @@ def test_runner_rejects_bad_values_in_one_line_inside_its_run_dir(tmp_path, over
     assert needle in one_line(run_runner, tmp_path, *overrides)
 
 
-@pytest.mark.parametrize("overrides,needle", [
-    (["method.scoring=[../../x]"], "method.scoring must be one of generate, loglik, got '../../x'"),
-    (["method=finetune", "method.peft=../lora"], "method.peft must be one of none, lora, got '../lora'"),
-    (["method=mcts", "dataset=blocksworld/generated", "method.simulate=../x"], "method.simulate must be one of"),
-])
+@pytest.mark.parametrize(
+    "overrides,needle",
+    [
+        (["method.scoring=[../../x]"], "method.scoring must be one of generate, loglik, got '../../x'"),
+        (["method=finetune", "method.peft=../lora"], "method.peft must be one of none, lora, got '../lora'"),
+        (["method=mcts", "dataset=blocksworld/generated", "method.simulate=../x"], "method.simulate must be one of"),
+    ],
+)
 def test_choice_values_are_refused_with_the_config_before_any_runner(overrides, needle):
     from llmlab.config import validate_config
 
@@ -201,9 +253,17 @@ def test_choice_values_are_refused_with_the_config_before_any_runner(overrides, 
 
 
 def test_names_tags_and_unicode_in_config_strings_write_only_into_the_run_dir(tmp_path):
-    res = run_runner(tmp_path, f"dataset.name={ESCAPE}", f"model.name={ESCAPE}", f"tags=[{ESCAPE}]",
-                     f"logger.tags=[{ESCAPE}]", 'dataset.header="ünï🙂\u202e "', "method.limit=1",
-                     "method.shots=1", "method.batch_size=100000000000000000000")
+    res = run_runner(
+        tmp_path,
+        f"dataset.name={ESCAPE}",
+        f"model.name={ESCAPE}",
+        f"tags=[{ESCAPE}]",
+        f"logger.tags=[{ESCAPE}]",
+        'dataset.header="ünï🙂\u202e "',
+        "method.limit=1",
+        "method.shots=1",
+        "method.batch_size=100000000000000000000",
+    )
     assert res["dataset"] == ESCAPE and res["metrics"]["pattern"]["n"] == 1
 
 
@@ -246,8 +306,7 @@ def test_jsonl_dataset_with_unicode_content_runs(tmp_path):
     rows = build_split("bool", "test_pattern", 2, 0).to_list()
     rows = [{**r, "question": "ünï🙂\u202e" + r["question"], "id": f"🙂/{ESCAPE}/{i}"} for i, r in enumerate(rows)]
     path = write(tmp_path / "in" / "u.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    res = run_runner(tmp_path, "dataset=file", f"dataset.path={path}", f"dataset.pool_path={path}",
-                     "method.shots=1")
+    res = run_runner(tmp_path, "dataset=file", f"dataset.path={path}", f"dataset.pool_path={path}", "method.shots=1")
     assert res["metrics"]["pattern"]["n"] == 2
 
 
@@ -279,10 +338,14 @@ def bw_root(tmp_path) -> Path:
     """A minimal valid Blocksworld data folder (one easy step-2 problem, its prompt file)."""
     root = tmp_path / "bw"
     write(root / "planbench" / "p.pddl", PDDL)
-    write(root / "llm-reasoners/data/split_v2/split_v2_step_2_data.json",
-          json.dumps([["p.pddl", "(unstack b c)\n(stack b d)\n", 2]]))
-    write(root / "llm-reasoners/prompts/pool_prompt_v2_step_2.json",
-          json.dumps({"intro": "i", "example_pool": [], "self-eval": "s"}))
+    write(
+        root / "llm-reasoners/data/split_v2/split_v2_step_2_data.json",
+        json.dumps([["p.pddl", "(unstack b c)\n(stack b d)\n", 2]]),
+    )
+    write(
+        root / "llm-reasoners/prompts/pool_prompt_v2_step_2.json",
+        json.dumps({"intro": "i", "example_pool": [], "self-eval": "s"}),
+    )
     return root
 
 
@@ -297,8 +360,11 @@ def test_blocksworld_valid_folder_loads(bw_root):
 def test_blocksworld_files(bw_root, target, kind):
     from llmlab.blocksworld.data import load_prompts, load_split
 
-    path = {"split": "llm-reasoners/data/split_v2/split_v2_step_2_data.json", "pddl": "planbench/p.pddl",
-            "prompts": "llm-reasoners/prompts/pool_prompt_v2_step_2.json"}[target]
+    path = {
+        "split": "llm-reasoners/data/split_v2/split_v2_step_2_data.json",
+        "pddl": "planbench/p.pddl",
+        "prompts": "llm-reasoners/prompts/pool_prompt_v2_step_2.json",
+    }[target]
     shape = {"split": '[["p.pddl", 5, 2]]', "pddl": "(:objects a)(:init)(:goal (and (on a ü)))", "prompts": "[1]"}
     if kind == "missing":
         (bw_root / path).unlink()
@@ -338,8 +404,13 @@ def test_mre_file_lines_and_unicode(tmp_path):
     good = {"input": "Ünï 🙂 text\u202e/NER", "output": "Spörts/NER/:Person;Ünï"}
     rows, _ = read_records(write(tmp_path / "u.jsonl", json.dumps(good, ensure_ascii=False) + "\n"))
     assert rows[0]["tl"] == "Spörts"
-    lines = [json.dumps(good), json.dumps({"input": 5, "output": None}), json.dumps([good]), '{"input": "a/N',
-             json.dumps({"input": "x/NER", "output": f"{ESCAPE}/NER/"})]
+    lines = [
+        json.dumps(good),
+        json.dumps({"input": 5, "output": None}),
+        json.dumps([good]),
+        '{"input": "a/N',
+        json.dumps({"input": "x/NER", "output": f"{ESCAPE}/NER/"}),
+    ]
     for i, bad in enumerate(lines[1:], 2):
         assert ":2:" in one_line(read_records, write(tmp_path / f"b{i}.jsonl", lines[0] + "\n" + bad + "\n"))
 
@@ -351,20 +422,28 @@ def hf_dir(tmp_path_factory) -> Path:
     from llmlab.models.loading import load_model
 
     path = tmp_path_factory.mktemp("hf") / "model"
-    model, tok = load_model(compose(TINY).model, Hardware(torch.device("cpu"), torch.float32), path.parent,
-                            reuse=False)
+    model, tok = load_model(compose(TINY).model, Hardware(torch.device("cpu"), torch.float32), path.parent, reuse=False)
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path
 
 
-LOCAL_MODEL_DAMAGE = [("missing dir", None, None), ("empty dir", "*", None), ("config.json", "truncated", None),
-                      ("config.json", "binary", None), ("config.json", "list", "[1]"),
-                      ("config.json", "unknown type", json.dumps({"model_type": "ünï"})),
-                      ("config.json", "huge", json.dumps({"model_type": "llama", "hidden_size": 10**12,
-                                                          "vocab_size": 10**9, "num_hidden_layers": 1})),
-                      ("model.safetensors", "binary", None), ("model.safetensors", "empty", None),
-                      ("tokenizer.json", "truncated", None)]
+LOCAL_MODEL_DAMAGE = [
+    ("missing dir", None, None),
+    ("empty dir", "*", None),
+    ("config.json", "truncated", None),
+    ("config.json", "binary", None),
+    ("config.json", "list", "[1]"),
+    ("config.json", "unknown type", json.dumps({"model_type": "ünï"})),
+    (
+        "config.json",
+        "huge",
+        json.dumps({"model_type": "llama", "hidden_size": 10**12, "vocab_size": 10**9, "num_hidden_layers": 1}),
+    ),
+    ("model.safetensors", "binary", None),
+    ("model.safetensors", "empty", None),
+    ("tokenizer.json", "truncated", None),
+]
 
 
 @pytest.mark.parametrize("name,kind,content", LOCAL_MODEL_DAMAGE, ids=[f"{n}-{k}" for n, k, _ in LOCAL_MODEL_DAMAGE])
@@ -385,11 +464,17 @@ def test_local_model_directory(tmp_path, hf_dir, name, kind, content):
         one_line(load_model, cfg, Hardware(torch.device("cpu"), torch.float32), tmp_path / "cache", reuse=False)
 
 
-@pytest.mark.parametrize("config,weights", [(TRUNCATED_JSON, b""), (BINARY, b""), ("[1]", b""),
-                                            (json.dumps({"family": "rwkv"}), b""),
-                                            (json.dumps({"family": "lm", "lm": {"bogus": 1}}), b""),
-                                            (json.dumps({"family": "rwkv", "vocab_size": 4, "train_len": 8,
-                                                         "rwkv": {}}), BINARY)])
+@pytest.mark.parametrize(
+    "config,weights",
+    [
+        (TRUNCATED_JSON, b""),
+        (BINARY, b""),
+        ("[1]", b""),
+        (json.dumps({"family": "rwkv"}), b""),
+        (json.dumps({"family": "lm", "lm": {"bogus": 1}}), b""),
+        (json.dumps({"family": "rwkv", "vocab_size": 4, "train_len": 8, "rwkv": {}}), BINARY),
+    ],
+)
 def test_saved_scratch_model_directory(tmp_path, config, weights):
     from llmlab.models.recurrent import is_saved_scratch_model
     from llmlab.models.scratch import load_scratch_model
@@ -410,12 +495,14 @@ def test_rwkv_checkpoint_files(tmp_path, suffix, content):
 
 # ---- model outputs that match nothing: failed steps, not crashes ---------------------------------------------------
 
+
 def garbage_texts(n: int = 200) -> list[str]:
     rng = random.Random(0)
-    alphabet = "abc:;/\n[]() 01-.éü🙂\u202e\x00" + "".join(chr(c) for c in range(0x370, 0x3a0))
+    alphabet = "abc:;/\n[]() 01-.éü🙂\u202e\x00" + "".join(chr(c) for c in range(0x370, 0x3A0))
     words = ["stack", "unstack", "pick up", "put down", "red", "blue", "NER", "/", ":", ";", "[PLAN END]", "9" * 400]
-    return [UNICODE, BINARY.decode("latin-1"), ""] + ["".join(rng.choice(words + list(alphabet))
-                                                              for _ in range(rng.randint(1, 40))) for _ in range(n)]
+    return [UNICODE, BINARY.decode("latin-1"), ""] + [
+        "".join(rng.choice(words + list(alphabet)) for _ in range(rng.randint(1, 40))) for _ in range(n)
+    ]
 
 
 def test_blocksworld_action_parsing_of_garbage():
@@ -447,8 +534,9 @@ def test_answer_extraction_of_garbage():
     rows = [r for task in ("expression", "bool") for r in build_split(task, "test_pattern", 2, 0).to_list()]
     for text in garbage_texts(50):
         for row in rows:
-            s = Scored(loglik=[0.0] * len(row["candidates"]), first_logprob=[0.0] * len(row["candidates"]),
-                       generated=text)
+            s = Scored(
+                loglik=[0.0] * len(row["candidates"]), first_logprob=[0.0] * len(row["candidates"]), generated=text
+            )
             pred = prediction(row, "pattern", s, ["generate", "loglik"])
             assert isinstance(pred["strict"], bool) and isinstance(pred["loose"], bool)
 
@@ -462,7 +550,7 @@ def test_mre_ablation_scores_unparseable_generations_as_wrong():
 
     class Garbage:
         def score(self, reqs):
-            return [Scored(loglik=[0.0, -1.0], generated=t) for t in texts[:len(reqs)]]
+            return [Scored(loglik=[0.0, -1.0], generated=t) for t in texts[: len(reqs)]]
 
     for cond in ("wl_only", "joint", "tl_only"):
         metrics, preds = evaluate(Garbage(), rows, cond, ["Nature", "Sports"], "NER", 8)
@@ -485,8 +573,14 @@ def test_cot_plan_that_matches_nothing_is_a_failed_problem(tmp_path, monkeypatch
 
     monkeypatch.setattr(cot, "load_model", load_model)
     monkeypatch.setattr(cot, "greedy", fake_greedy)
-    res = run_runner(tmp_path, "method=cot", "dataset=blocksworld/generated", "dataset.options.n=2",
-                     "dataset.options.pool=2", "method.shots=1")
+    res = run_runner(
+        tmp_path,
+        "method=cot",
+        "dataset=blocksworld/generated",
+        "dataset.options.n=2",
+        "dataset.options.pool=2",
+        "method.shots=1",
+    )
     preds = [json.loads(ln) for ln in (tmp_path / DEEP / "run/predictions.jsonl").read_text().splitlines()]
     assert res["metrics"]["blocksworld/generated"]["accuracy"] == 0.0
     assert preds[0]["plan"][0] is None and preds[0]["reason"] == "step 1 is not an action"
@@ -494,14 +588,24 @@ def test_cot_plan_that_matches_nothing_is_a_failed_problem(tmp_path, monkeypatch
 
 
 def test_mcts_with_a_world_model_that_writes_garbage_finishes(tmp_path):
-    res = run_runner(tmp_path, "method=mcts", "dataset=blocksworld/generated", "dataset.options.n=1",
-                     "dataset.options.pool=2", "method.shots=1", "method.n_iters=1", "method.node_text=generate",
-                     "method.node_max_new_tokens=8", "method.reward.components=[ll]")
+    res = run_runner(
+        tmp_path,
+        "method=mcts",
+        "dataset=blocksworld/generated",
+        "dataset.options.n=1",
+        "dataset.options.pool=2",
+        "method.shots=1",
+        "method.n_iters=1",
+        "method.node_text=generate",
+        "method.node_max_new_tokens=8",
+        "method.reward.components=[ll]",
+    )
     assert res["metrics"]["blocksworld/generated"]["n"] == 1
     assert list((tmp_path / DEEP / "run/trees").glob("*.json"))
 
 
 # ---- resumed runs and reports over truncated files ------------------------------------------------------------------
+
 
 def test_icl_resumes_over_a_torn_partial_predictions_file(tmp_path):
     run = tmp_path / DEEP / "run"
@@ -510,9 +614,14 @@ def test_icl_resumes_over_a_torn_partial_predictions_file(tmp_path):
     assert res["metrics"]["pattern"]["n"] == 2 and not (run / "predictions.partial.jsonl").exists()
 
 
-RESULTS = {"truncated": '{"metrics": {"pattern": {"strict": 0.', "binary": BINARY, "unicode": UNICODE,
-           "list": "[1, 2]", "metrics list": '{"metrics": {"pattern": [1]}}',
-           "metrics text": '{"metrics": {"pattern": {"strict": "ü", "n": 1}}}'}
+RESULTS = {
+    "truncated": '{"metrics": {"pattern": {"strict": 0.',
+    "binary": BINARY,
+    "unicode": UNICODE,
+    "list": "[1, 2]",
+    "metrics list": '{"metrics": {"pattern": [1]}}',
+    "metrics text": '{"metrics": {"pattern": {"strict": "ü", "n": 1}}}',
+}
 
 
 @pytest.mark.parametrize("kind", RESULTS)
@@ -530,8 +639,10 @@ def test_report_ignores_truncated_metrics_and_predictions(tmp_path):
     from llmlab.report import report
 
     run = tmp_path / "sweep/0"
-    write(run / "results.json", json.dumps({"runner": "icl", "shots": 0, "seed": 0,
-                                            "metrics": {"pattern": {"strict": 0.5, "n": 2}}}))
+    write(
+        run / "results.json",
+        json.dumps({"runner": "icl", "shots": 0, "seed": 0, "metrics": {"pattern": {"strict": 0.5, "n": 2}}}),
+    )
     write(run / "metrics.jsonl", '{"step": 1, "loss": 0.')
     write(run / "predictions.jsonl", BINARY)
     write(run / "predictions.partial.jsonl", TRUNCATED_JSON)
@@ -554,10 +665,21 @@ def test_mre_report_on_damaged_results(tmp_path, content):
 
 CLI_CASES = [
     (["method=mcts", "dataset=blocksworld/generated", "method.bogus=1"], "Key 'bogus' not in 'MCTSConfig'"),
-    (["method=icl_vs_ft", f"method.tasks=[bool,{ESCAPE}]", "method.shots=[0]", "method.report_k=0",
-      "method.seeds=[0]", "method.run_arms=[]"], "method.tasks must be one of"),
-    (["method=verbalizer", "dataset=mre/file", "dataset.path={binary}", "dataset.pool_path={binary}"],
-     "not valid UTF-8"),
+    (
+        [
+            "method=icl_vs_ft",
+            f"method.tasks=[bool,{ESCAPE}]",
+            "method.shots=[0]",
+            "method.report_k=0",
+            "method.seeds=[0]",
+            "method.run_arms=[]",
+        ],
+        "method.tasks must be one of",
+    ),
+    (
+        ["method=verbalizer", "dataset=mre/file", "dataset.path={binary}", "dataset.pool_path={binary}"],
+        "not valid UTF-8",
+    ),
 ]
 
 
@@ -573,8 +695,13 @@ def test_cli_bad_input_is_one_line_and_confined(sandbox, args, needle):
 def test_cli_report_on_a_binary_results_file(sandbox):
     write(sandbox / "outputs/sweep/0/results.json", BINARY)
     with confined(sandbox, sandbox / "outputs/sweep"):
-        res = subprocess.run([sys.executable, "-m", "llmlab.cli", "report", str(sandbox / "outputs/sweep")],
-                             capture_output=True, text=True, timeout=120, cwd=sandbox / "cwd")
+        res = subprocess.run(
+            [sys.executable, "-m", "llmlab.cli", "report", str(sandbox / "outputs/sweep")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=sandbox / "cwd",
+        )
     assert_cli_error(res, "not UTF-8")
 
 
@@ -613,33 +740,55 @@ def unsafe_calls(source: str, name: str = "<src>") -> list[str]:
             kw = {k.arg: k.value for k in node.keywords}
             if isinstance(f, ast.Name) and f.id in ("eval", "exec", "compile"):
                 found.append(f"{where} calls {f.id}()")
-            if isinstance(f, ast.Attribute) and f.attr == "load" and isinstance(f.value, ast.Name) \
-                    and f.value.id == "torch":
+            if (
+                isinstance(f, ast.Attribute)
+                and f.attr == "load"
+                and isinstance(f.value, ast.Name)
+                and f.value.id == "torch"
+            ):
                 ok = isinstance(kw.get("weights_only"), ast.Constant) and kw["weights_only"].value is True
                 found += [] if ok else [f"{where} torch.load without weights_only=True"]
-            if isinstance(f, ast.Attribute) and f.attr in ("unsafe_load", "full_load") or (
-                    isinstance(f, ast.Attribute) and f.attr == "load" and isinstance(f.value, ast.Name)
-                    and f.value.id == "yaml"):
+            if (
+                isinstance(f, ast.Attribute)
+                and f.attr in ("unsafe_load", "full_load")
+                or (
+                    isinstance(f, ast.Attribute)
+                    and f.attr == "load"
+                    and isinstance(f.value, ast.Name)
+                    and f.value.id == "yaml"
+                )
+            ):
                 found.append(f"{where} yaml loader")
             for key in ("trust_remote_code", "allow_pickle", "shell"):
                 if isinstance(kw.get(key), ast.Constant) and kw[key].value is True:
                     found.append(f"{where} {key}=True")
         elif isinstance(node, ast.Dict):
             for k, v in zip(node.keys, node.values):
-                if isinstance(k, ast.Constant) and k.value == "trust_remote_code" and \
-                        isinstance(v, ast.Constant) and v.value is True:
+                if (
+                    isinstance(k, ast.Constant)
+                    and k.value == "trust_remote_code"
+                    and isinstance(v, ast.Constant)
+                    and v.value is True
+                ):
                     found.append(f"{where} 'trust_remote_code': True")
     return found
 
 
 def test_the_scanner_finds_what_it_looks_for():
-    bad = ("import pickle\nfrom dill import loads\nimport marshal\neval(x)\nexec(y)\ncompile(s, 'f', 'exec')\n"
-           "torch.load(p)\ntorch.load(p, weights_only=False)\nf(trust_remote_code=True)\n"
-           "d = {'trust_remote_code': True}\nnp.load(p, allow_pickle=True)\nyaml.load(s)\n"
-           "subprocess.run(c, shell=True)\n")
+    bad = (
+        "import pickle\nfrom dill import loads\nimport marshal\neval(x)\nexec(y)\ncompile(s, 'f', 'exec')\n"
+        "torch.load(p)\ntorch.load(p, weights_only=False)\nf(trust_remote_code=True)\n"
+        "d = {'trust_remote_code': True}\nnp.load(p, allow_pickle=True)\nyaml.load(s)\n"
+        "subprocess.run(c, shell=True)\n"
+    )
     assert len(unsafe_calls(bad)) == 13
-    assert unsafe_calls("re.compile('x')\nmodel.eval()\ntorch.load(p, weights_only=True)\nf(trust_remote_code=cfg.t)\n"
-                        "OmegaConf.load(p)\n") == []
+    assert (
+        unsafe_calls(
+            "re.compile('x')\nmodel.eval()\ntorch.load(p, weights_only=True)\nf(trust_remote_code=cfg.t)\n"
+            "OmegaConf.load(p)\n"
+        )
+        == []
+    )
 
 
 def test_package_source_has_no_unsafe_deserialisation_or_remote_code():
@@ -647,12 +796,16 @@ def test_package_source_has_no_unsafe_deserialisation_or_remote_code():
     assert len(files) > 50
     found = [f for path in files for f in unsafe_calls(path.read_text(), str(path.relative_to(REPO)))]
     assert found == []
-    yaml_true = [str(p.relative_to(REPO)) for p in (REPO / "conf").rglob("*.yaml")
-                 if "trust_remote_code: true" in p.read_text().lower()]
+    yaml_true = [
+        str(p.relative_to(REPO))
+        for p in (REPO / "conf").rglob("*.yaml")
+        if "trust_remote_code: true" in p.read_text().lower()
+    ]
     assert yaml_true == []
 
 
 # ---- trust_remote_code reaches transformers only when asked ----------------------------------------------------------
+
 
 @pytest.fixture
 def fake_transformers(monkeypatch):
@@ -665,6 +818,7 @@ def fake_transformers(monkeypatch):
         def from_pretrained(where, **kwargs):
             calls.append((kind, str(where), kwargs))
             return mock.MagicMock()
+
         return SimpleNamespace(from_pretrained=from_pretrained)
 
     monkeypatch.setattr(loading, "AutoTokenizer", recorder("tokenizer"))
@@ -673,15 +827,19 @@ def fake_transformers(monkeypatch):
     return calls
 
 
-@pytest.mark.parametrize("overrides,expected", [
-    (["model=qwen1.5-0.5b"], False),
-    (["model=qwen1.5-0.5b", "model.trust_remote_code=true"], True),
-    (["model=llama3.1-8b", "model.revision=main"], False),
-    (["model=local", "model.path={dir}"], False),
-    (["model=smollm2-135m"], False),  # GGUF conversion, then the converted directory
-])
-def test_trust_remote_code_reaches_transformers_only_when_asked(tmp_path, monkeypatch, fake_transformers, overrides,
-                                                                 expected):
+@pytest.mark.parametrize(
+    "overrides,expected",
+    [
+        (["model=qwen1.5-0.5b"], False),
+        (["model=qwen1.5-0.5b", "model.trust_remote_code=true"], True),
+        (["model=llama3.1-8b", "model.revision=main"], False),
+        (["model=local", "model.path={dir}"], False),
+        (["model=smollm2-135m"], False),  # GGUF conversion, then the converted directory
+    ],
+)
+def test_trust_remote_code_reaches_transformers_only_when_asked(
+    tmp_path, monkeypatch, fake_transformers, overrides, expected
+):
     import llmlab.models.loading as loading
     from llmlab.hardware import Hardware
 

@@ -30,8 +30,9 @@ def test_icl_scoring_bench_agrees_with_lm_eval(tmp_path):
     assert [len(qs) for qs in queries["per_query"].values()] == [3, 3]
     assert queries["fixed"]["relation"][0].context[:200] == queries["fixed"]["relation"][1].context[:200]
 
-    res = bench.run_benchmark(queries, Scorer(model, tok, batch_size=4), lm, Scorer(model16, tok16, batch_size=4),
-                              warmup=1)
+    res = bench.run_benchmark(
+        queries, Scorer(model, tok, batch_size=4), lm, Scorer(model16, tok16, batch_size=4), warmup=1
+    )
 
     assert set(res) == {"modes", "tokenization"}
     assert set(res["modes"]) == {"per_query", "fixed", "bf16"}

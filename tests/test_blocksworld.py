@@ -37,14 +37,18 @@ def test_pddl_and_planbench_text():
     p = parse_pddl(PDDL, "x")
     assert p.blocks == ("a", "b", "c", "d") and ("on", "b", "c") in p.init
     init, goal = problem_texts(p)
-    assert init == ("the blue block is clear, the yellow block is clear, the hand is empty, the blue block is on top "
-                    "of the orange block, the orange block is on top of the red block, the red block is on the table "
-                    "and the yellow block is on the table")
+    assert init == (
+        "the blue block is clear, the yellow block is clear, the hand is empty, the blue block is on top "
+        "of the orange block, the orange block is on top of the red block, the red block is on the table "
+        "and the yellow block is on the table"
+    )
     assert goal == "the blue block is on top of the yellow block and the orange block is on top of the red block"
     plan = parse_pddl_plan("(unstack b c)\n(stack b d)\n", p.blocks)
     assert validate(p, plan).valid
-    assert [action_text(a) for a in plan] == ["unstack the blue block from on top of the orange block",
-                                              "stack the blue block on top of the yellow block"]
+    assert [action_text(a) for a in plan] == [
+        "unstack the blue block from on top of the orange block",
+        "stack the blue block on top of the yellow block",
+    ]
 
 
 def test_simulator_preconditions():
@@ -55,20 +59,24 @@ def test_simulator_preconditions():
     assert sorted(legal_actions(s, p.blocks)) == [("put-down", "b"), ("stack", "b", "c"), ("stack", "b", "d")]
 
 
-@pytest.mark.parametrize("text,needle", [
-    (PDDL.replace("(:goal (and (on b d) (on c a)))", ""), "missing section(s) goal"),
-    (PDDL.replace("(on b c)", "(on b z)"), "bad init atom"),
-    (PDDL.replace("(on b d) (on c a)", "(on b d) (on d b)"), "goal unreachable"),
-    (PDDL.replace("(on b d) (on c a)", "(on b d) (on c d)"), "goal unreachable"),
-])
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        (PDDL.replace("(:goal (and (on b d) (on c a)))", ""), "missing section(s) goal"),
+        (PDDL.replace("(on b c)", "(on b z)"), "bad init atom"),
+        (PDDL.replace("(on b d) (on c a)", "(on b d) (on d b)"), "goal unreachable"),
+        (PDDL.replace("(on b d) (on c a)", "(on b d) (on c d)"), "goal unreachable"),
+    ],
+)
 def test_bad_pddl_is_one_line_error(text, needle):
     with pytest.raises(LlmlabError) as info:
         parse_pddl(text, "bad.pddl")
     assert needle in str(info.value) and "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("plan,needle", [("(pick-up z)", "unknown block"), ("(fly a)", "unknown action"),
-                                         ("(stack a)", "unknown action")])
+@pytest.mark.parametrize(
+    "plan,needle", [("(pick-up z)", "unknown block"), ("(fly a)", "unknown action"), ("(stack a)", "unknown action")]
+)
 def test_bad_gold_plan_is_one_line_error(plan, needle):
     with pytest.raises(LlmlabError) as info:
         parse_pddl_plan(plan, ("a", "b"), "split.json item 0")
@@ -125,9 +133,9 @@ def test_mutated_gold_plans_fail():
         plan = parse_pddl_plan("\n".join(row["gold_plan"]), p.blocks)
         assert len(optimal_plan(p)) == len(plan)  # gold plans are optimal
         for i in range(len(plan)):
-            assert not validate(p, plan[:i] + plan[i + 1:]).valid  # removed (shorter than optimal)
+            assert not validate(p, plan[:i] + plan[i + 1 :]).valid  # removed (shorter than optimal)
         for i in range(len(plan) - 1):
-            swapped = plan[:i] + [plan[i + 1], plan[i]] + plan[i + 2:]
+            swapped = plan[:i] + [plan[i + 1], plan[i]] + plan[i + 2 :]
             assert not validate(p, swapped).valid  # swapped neighbours
         illegal = [("stack", plan[0][1], plan[0][1])] + plan[1:]
         assert not validate(p, illegal).valid  # made illegal
@@ -188,7 +196,8 @@ def test_cot_runner_end_to_end_and_resume(tmp_path, monkeypatch):
 def test_cot_runner_on_a_planbench_split(tmp_path):
     from llmlab.runners import cot
 
-    cfg, ctx = runner_setup(tmp_path, "method=cot", "dataset=blocksworld/step_2", "method.limit=1",
-                            "method.max_new_tokens=4")
+    cfg, ctx = runner_setup(
+        tmp_path, "method=cot", "dataset=blocksworld/step_2", "method.limit=1", "method.max_new_tokens=4"
+    )
     result = cot.run(cfg, ctx)
     assert result["metrics"]["blocksworld/step_2"]["n"] == 1

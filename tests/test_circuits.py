@@ -33,7 +33,7 @@ def test_spearman_handles_ties_like_the_textbook():
     a, b = np.array([1.0, 2.0, 2.0, 3.0]), np.array([1.0, 2.0, 3.0, 4.0])
     ra = np.array([0.0, 1.5, 1.5, 3.0]) - 1.5
     rb = np.arange(4.0) - 1.5
-    rho = (ra * rb).sum() / np.sqrt((ra ** 2).sum() * (rb ** 2).sum())
+    rho = (ra * rb).sum() / np.sqrt((ra**2).sum() * (rb**2).sum())
     assert spearman_shift(a, b) == pytest.approx(1 - rho)
 
 

@@ -54,8 +54,9 @@ def lookup(node, key: str):
     return node
 
 
-@pytest.mark.parametrize("group,option", [(g, o) for g in ("model", "dataset", "method", "logger", "experiment")
-                                          for o in options(g)])
+@pytest.mark.parametrize(
+    "group,option", [(g, o) for g in ("model", "dataset", "method", "logger", "experiment") for o in options(g)]
+)
 def test_every_option_composes_resolved_and_states_only_what_differs_from_its_schema(group, option):
     from omegaconf import OmegaConf
 
@@ -64,10 +65,15 @@ def test_every_option_composes_resolved_and_states_only_what_differs_from_its_sc
 
     cfg = compose([f"{group}={option}", *REQUIRED.get(f"{group}/{option}", [])])
     config.validate_config(cfg)
-    composed = {key: OmegaConf.to_container(cfg[key], resolve=True, throw_on_missing=True)
-                for key in ("model", "dataset", "method", "logger", "tags")}
-    defaults = {**schema_defaults(config.RootConfig), "method": schema_defaults(RUNNERS[cfg.method.runner].schema),
-                **{g: schema_defaults(getattr(config, name)) for g, name in GROUP_SCHEMAS.items()}}
+    composed = {
+        key: OmegaConf.to_container(cfg[key], resolve=True, throw_on_missing=True)
+        for key in ("model", "dataset", "method", "logger", "tags")
+    }
+    defaults = {
+        **schema_defaults(config.RootConfig),
+        "method": schema_defaults(RUNNERS[cfg.method.runner].schema),
+        **{g: schema_defaults(getattr(config, name)) for g, name in GROUP_SCHEMAS.items()},
+    }
     stated = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / group / f"{option}.yaml"), resolve=False)
     stated.pop("defaults", None)
     if group == "experiment":
@@ -129,8 +135,10 @@ def choice_cases() -> list[tuple[list[str], str, tuple[str, ...], bool, type]]:
     cases = []
     base = compose([])
     data = OmegaConf.to_container(base, resolve=False)
-    for name, schema in [("", config.RootConfig), *((f"{g}.", getattr(config, s)) for g, s in
-                                                    {**GROUP_SCHEMAS, "hardware": "HardwareConfig"}.items())]:
+    for name, schema in [
+        ("", config.RootConfig),
+        *((f"{g}.", getattr(config, s)) for g, s in {**GROUP_SCHEMAS, "hardware": "HardwareConfig"}.items()),
+    ]:
         cases += [([], *c) for c in choice_keys(schema, name, data)]
     for runner, entry in sorted(RUNNERS.items()):
         overrides = [f"method={runner}", *REQUIRED.get(f"method/{runner}", [])]
@@ -159,8 +167,13 @@ def test_every_choice_field_of_every_schema_is_refused_outside_its_choices():
         message = str(info.value)
         assert "\n" not in message and message.startswith(f"{key} must be one of {', '.join(choices)}, got "), message
         checked.add(schema)
-    with_choices = {obj for obj in vars(config).values() if isinstance(obj, type) and dataclasses.is_dataclass(obj)
-                    and any("choices" in f.metadata for f in dataclasses.fields(obj))}
+    with_choices = {
+        obj
+        for obj in vars(config).values()
+        if isinstance(obj, type)
+        and dataclasses.is_dataclass(obj)
+        and any("choices" in f.metadata for f in dataclasses.fields(obj))
+    }
     assert with_choices - checked == set(), "a schema with choice fields that no composed config reaches"
     assert len(cases) >= 50
 
@@ -168,18 +181,42 @@ def test_every_choice_field_of_every_schema_is_refused_outside_its_choices():
 # Text fields that are not a fixed choice: names, paths, ids, free labels (a new str field is one or the other).
 FREE_TEXT = {
     "MethodConfig.runner",  # the runner registry's name, checked when the run starts (with the registered ones)
-    "ModelConfig.name", "ModelConfig.hub_id", "ModelConfig.revision", "ModelConfig.path", "ModelConfig.package",
-    "ModelConfig.module", "ModelConfig.gguf_file", "ModelConfig.adapter",
+    "ModelConfig.name",
+    "ModelConfig.hub_id",
+    "ModelConfig.revision",
+    "ModelConfig.path",
+    "ModelConfig.package",
+    "ModelConfig.module",
+    "ModelConfig.gguf_file",
+    "ModelConfig.adapter",
     "LMArch.gamma",  # alibi or a positive number
-    "DatasetConfig.name", "DatasetConfig.task", "DatasetConfig.variants", "DatasetConfig.path",  # task: per source
-    "DatasetConfig.pool_path", "DatasetConfig.header", "DatasetConfig.files", "DatasetConfig.hub_id",
-    "DatasetConfig.hub_config", "DatasetConfig.hub_splits", "DatasetConfig.text_field",
-    "HardwareConfig.name", "HardwareConfig.device",  # cuda:N
-    "LoggerConfig.name", "LoggerConfig.project", "LoggerConfig.entity", "LoggerConfig.group", "LoggerConfig.tags",
-    "RootConfig.cache_dir", "RootConfig.output_dir", "RootConfig.tags",
+    "DatasetConfig.name",
+    "DatasetConfig.task",
+    "DatasetConfig.variants",
+    "DatasetConfig.path",  # task: per source
+    "DatasetConfig.pool_path",
+    "DatasetConfig.header",
+    "DatasetConfig.files",
+    "DatasetConfig.hub_id",
+    "DatasetConfig.hub_config",
+    "DatasetConfig.hub_splits",
+    "DatasetConfig.text_field",
+    "HardwareConfig.name",
+    "HardwareConfig.device",  # cuda:N
+    "LoggerConfig.name",
+    "LoggerConfig.project",
+    "LoggerConfig.entity",
+    "LoggerConfig.group",
+    "LoggerConfig.tags",
+    "RootConfig.cache_dir",
+    "RootConfig.output_dir",
+    "RootConfig.tags",
     "LoraSpec.target_modules",  # module names of the model
     "IclVsFtConfig.run_arms",  # keys of method.arms, checked by the runner
-    "CircuitShiftConfig.finetuned", "LMEvalConfig.model_dir", "DraftConfig.model", "AmateurConfig.model",
+    "CircuitShiftConfig.finetuned",
+    "LMEvalConfig.model_dir",
+    "DraftConfig.model",
+    "AmateurConfig.model",
 }
 
 

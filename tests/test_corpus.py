@@ -10,8 +10,24 @@ from llmlab.config import DatasetConfig
 from llmlab.data import corpus as C
 from llmlab.errors import LlmlabError
 
-WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "seven", "wizards", "quietly",
-         "hex", "jolly", "bumpkins"]
+WORDS = [
+    "the",
+    "quick",
+    "brown",
+    "fox",
+    "jumps",
+    "over",
+    "a",
+    "lazy",
+    "dog",
+    "while",
+    "seven",
+    "wizards",
+    "quietly",
+    "hex",
+    "jolly",
+    "bumpkins",
+]
 
 
 def write_docs(root, n=10, words=300):
@@ -32,8 +48,9 @@ def test_files_are_split_by_document_deterministically(tmp_path):
     train, val = C.read_split(cfg)
     assert len(train) == 8 and len(val) == 2 and not set(train) & set(val)
     assert C.read_split(cfg) == (train, val)
-    other = {C.read_split(dataset(files=[str(root / "*.txt")], val_fraction=0.2, split_seed=s))[1][0]
-             for s in range(1, 6)}
+    other = {
+        C.read_split(dataset(files=[str(root / "*.txt")], val_fraction=0.2, split_seed=s))[1][0] for s in range(1, 6)
+    }
     assert len(other) > 1  # the split seed picks the held-out documents
 
 
@@ -82,13 +99,16 @@ def test_bpe_is_trained_once_and_cached(tmp_path, monkeypatch):
     assert [p.name for p in (tmp_path / "cache" / "tokenizers").iterdir()] == [corpus.tokenizer_file.name]
 
 
-@pytest.mark.parametrize("kw,needle", [
-    ({"files": ["/nonexistent/dir/*.txt"]}, "no files match"),
-    ({"files": []}, "needs dataset.files"),
-    ({"block_size": 100_000}, "fewer than block_size"),
-    ({"tokenizer": "words"}, "unknown dataset.tokenizer"),
-    ({"source": "corpus_hub", "hub_id": "nobody/no-such-corpus"}, "cannot load nobody/no-such-corpus"),
-])
+@pytest.mark.parametrize(
+    "kw,needle",
+    [
+        ({"files": ["/nonexistent/dir/*.txt"]}, "no files match"),
+        ({"files": []}, "needs dataset.files"),
+        ({"block_size": 100_000}, "fewer than block_size"),
+        ({"tokenizer": "words"}, "unknown dataset.tokenizer"),
+        ({"source": "corpus_hub", "hub_id": "nobody/no-such-corpus"}, "cannot load nobody/no-such-corpus"),
+    ],
+)
 def test_bad_input_is_one_clear_line(tmp_path, kw, needle):
     root = write_docs(tmp_path / "docs", n=3, words=50)
     cfg = dataset(**{"files": [str(root / "*.txt")], **kw})

@@ -54,15 +54,18 @@ def test_missing_field(tmp_path, good_rows):
     assert "line 3" in msg and "missing field 'target'" in msg
 
 
-@pytest.mark.parametrize(("change", "expected"), [
-    ({"label": "1"}, "field 'label' must be int"),
-    ({"label": True}, "field 'label' must be int"),
-    ({"candidates": "True"}, "field 'candidates' must be list"),
-    ({"candidates": [" True", 1]}, "non-empty list of strings"),
-    ({"label": 5}, "label 5 out of range for 2 candidates"),
-    ({"label": -1}, "out of range"),
-    ({"answer_kind": "text"}, "answer_kind must be one of"),
-])
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"label": "1"}, "field 'label' must be int"),
+        ({"label": True}, "field 'label' must be int"),
+        ({"candidates": "True"}, "field 'candidates' must be list"),
+        ({"candidates": [" True", 1]}, "non-empty list of strings"),
+        ({"label": 5}, "label 5 out of range for 2 candidates"),
+        ({"label": -1}, "out of range"),
+        ({"answer_kind": "text"}, "answer_kind must be one of"),
+    ],
+)
 def test_bad_values(tmp_path, good_rows, change, expected):
     msg = _error(_write(tmp_path / "d.jsonl", [{**good_rows[0], **change}]))
     assert "line 1" in msg and expected in msg

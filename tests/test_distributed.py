@@ -19,13 +19,37 @@ from llmlab.errors import LlmlabError
 from tests.helpers import run_cli, runner_setup
 
 RTOL = 1e-5
-PRETRAIN = ["method=pretrain", "model=lm-tiny", "dataset=corpus/pydoc", "model.lm.n_layer=1", "model.lm.d_model=32",
-            "model.lm.n_head=2", "model.lm.ffn_hidden=64", "dataset.block_size=32", "method.micro_batch_size=4",
-            "method.grad_accum=2", "method.max_steps=4", "method.save_every=2", "method.warmup_steps=2",
-            "method.lr=3e-3", "method.eval_every=100", "method.log_every=1", "method.eval_blocks=4",
-            "method.eval_lengths=[1]", "method.sink_metrics=false"]
-FINETUNE = ["method=finetune", "dataset=implicit/bool", "method.lr=3e-3", "method.warmup_steps=1",
-            "method.micro_batch_size=1", "method.grad_accum=4", "method.max_steps=3", "method.save_every=2"]
+PRETRAIN = [
+    "method=pretrain",
+    "model=lm-tiny",
+    "dataset=corpus/pydoc",
+    "model.lm.n_layer=1",
+    "model.lm.d_model=32",
+    "model.lm.n_head=2",
+    "model.lm.ffn_hidden=64",
+    "dataset.block_size=32",
+    "method.micro_batch_size=4",
+    "method.grad_accum=2",
+    "method.max_steps=4",
+    "method.save_every=2",
+    "method.warmup_steps=2",
+    "method.lr=3e-3",
+    "method.eval_every=100",
+    "method.log_every=1",
+    "method.eval_blocks=4",
+    "method.eval_lengths=[1]",
+    "method.sink_metrics=false",
+]
+FINETUNE = [
+    "method=finetune",
+    "dataset=implicit/bool",
+    "method.lr=3e-3",
+    "method.warmup_steps=1",
+    "method.micro_batch_size=1",
+    "method.grad_accum=4",
+    "method.max_steps=3",
+    "method.save_every=2",
+]
 CLI = ["hardware=cpu", "hardware.threads=1", "logger=none"]
 TINY_DATA = ["model=tiny-random", "dataset.n_test=10", "dataset.n_icl_pool=50", "dataset.n_train_ft=20"]
 
@@ -102,7 +126,7 @@ def test_fsdp_trains_and_checkpoints_like_one_process(tmp_path, one_rank_group):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
         step, losses = resume(root, model, opt, sched, {}), []
         while step < steps:
-            micro = [(data[j * 4:(j + 1) * 4], 4 * 16) for j in range(2)]
+            micro = [(data[j * 4 : (j + 1) * 4], 4 * 16) for j in range(2)]
             losses += train_step(trained, opt, sched, micro, 1.0, torch.device("cpu"), None, 1e4, step + 1)
             step += 1
             save_checkpoint(root, step, model, opt, sched, {})
@@ -144,10 +168,22 @@ def test_pretrain_on_two_processes_follows_one_process(tmp_path, outputs):
     assert len(runs) == 1 and out.stdout.count("run directory:") == 1  # the parent's directory, one rank reporting
     run = runs[0]
     assert_same_trajectory(curve(run), one)  # also: rank 1 appended no rows
-    written = {".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml", "config.yaml", "meta.json",
-               "metrics.jsonl", "results.json", "model/config.json", "model/model.safetensors"}
-    written |= {f"checkpoints/step-00000{s}/{f}" for s in (2, 4) for f in ("signature.json", "state.pt",
-                                                                           "trainable.safetensors")}
+    written = {
+        ".hydra/config.yaml",
+        ".hydra/hydra.yaml",
+        ".hydra/overrides.yaml",
+        "config.yaml",
+        "meta.json",
+        "metrics.jsonl",
+        "results.json",
+        "model/config.json",
+        "model/model.safetensors",
+    }
+    written |= {
+        f"checkpoints/step-00000{s}/{f}"
+        for s in (2, 4)
+        for f in ("signature.json", "state.pt", "trainable.safetensors")
+    }
     assert files(run) - {"cli.log", ".lock"} == written  # Hydra's (parent's) log and the run's claim aside
     results = json.loads((run / "results.json").read_text())
     assert results["timing"]["world_size"] == 2 and results["train_tokens"] == 4 * 4 * 2 * 32
@@ -162,6 +198,11 @@ def test_finetune_on_two_processes_follows_one_process(tmp_path, outputs):
     out = run_cli(*CLI, *TINY_DATA, *FINETUNE, "hardware.nproc=2", f"hydra.run.dir={run}")
     assert out.returncode == 0, out.stderr[-3000:]
     assert_same_trajectory(curve(run), one)  # micro-batches of 1 dealt round-robin: 2 of the 4 per rank
-    assert {"model/config.json", "model/model.safetensors", "results.json", "checkpoints/step-000002/state.pt",
-            "checkpoints/step-000003/state.pt"} <= files(run)
+    assert {
+        "model/config.json",
+        "model/model.safetensors",
+        "results.json",
+        "checkpoints/step-000002/state.pt",
+        "checkpoints/step-000003/state.pt",
+    } <= files(run)
     assert json.loads((run / "results.json").read_text())["timing"]["world_size"] == 2

@@ -19,13 +19,39 @@ import yaml
 
 from tests.helpers import REPO, TINY, run_cli
 
-FAST_LM = ["method=pretrain", "model=lm-tiny", "dataset=corpus/pydoc", "model.lm.n_layer=1", "model.lm.d_model=32",
-           "model.lm.n_head=2", "model.lm.ffn_hidden=64", "dataset.block_size=32", "method.micro_batch_size=4",
-           "method.grad_accum=2", "method.warmup_steps=2", "method.eval_every=1000", "method.log_every=10",
-           "method.eval_blocks=4", "method.eval_lengths=[1]", "method.sink_blocks=1", "hardware=cpu", "logger=none",
-           "method.max_steps=300", "method.save_every=20"]
-FAST_FT = [*TINY, "method=finetune", "dataset=implicit/bool", "method.lr=3e-3", "method.warmup_steps=1",
-           "method.grad_accum=2", "method.micro_batch_size=2", "method.max_steps=60", "method.save_every=5"]
+FAST_LM = [
+    "method=pretrain",
+    "model=lm-tiny",
+    "dataset=corpus/pydoc",
+    "model.lm.n_layer=1",
+    "model.lm.d_model=32",
+    "model.lm.n_head=2",
+    "model.lm.ffn_hidden=64",
+    "dataset.block_size=32",
+    "method.micro_batch_size=4",
+    "method.grad_accum=2",
+    "method.warmup_steps=2",
+    "method.eval_every=1000",
+    "method.log_every=10",
+    "method.eval_blocks=4",
+    "method.eval_lengths=[1]",
+    "method.sink_blocks=1",
+    "hardware=cpu",
+    "logger=none",
+    "method.max_steps=300",
+    "method.save_every=20",
+]
+FAST_FT = [
+    *TINY,
+    "method=finetune",
+    "dataset=implicit/bool",
+    "method.lr=3e-3",
+    "method.warmup_steps=1",
+    "method.grad_accum=2",
+    "method.micro_batch_size=2",
+    "method.max_steps=60",
+    "method.save_every=5",
+]
 
 
 def stderr_lines(res) -> list[str]:
@@ -33,6 +59,7 @@ def stderr_lines(res) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------- (a) a failing sweep job
+
 
 def test_a_failing_job_is_recorded_the_sweep_goes_on_and_resume_reruns_only_it(outputs):
     args = ["-m", *TINY, "method.limit=1", "method.shots=0,5000,1"]  # job 1: more shots than the pool
@@ -61,13 +88,20 @@ def test_a_failing_job_is_recorded_the_sweep_goes_on_and_resume_reruns_only_it(o
 
 # ------------------------------------------------------------------------------------------- (b) kill -9, resume=auto
 
+
 def kill_then_resume(outputs: Path, tmp_path: Path, args: list[str]) -> tuple[dict, dict, Path, Path]:
     """Run `args` uninterrupted (own outputs root) and, alongside, the same command killed with SIGKILL at a random
     moment after its first checkpoint; then the killed command again with resume=auto. Both results and run dirs."""
     cli = [sys.executable, "-m", "llmlab.cli", *args]
     env = {**os.environ, "LLMLAB_CACHE": str(tmp_path / "cache")}
-    reference = subprocess.Popen(cli, cwd=REPO, env={**env, "LLMLAB_OUTPUTS": str(tmp_path / "reference")},
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    reference = subprocess.Popen(
+        cli,
+        cwd=REPO,
+        env={**env, "LLMLAB_OUTPUTS": str(tmp_path / "reference")},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     victim = subprocess.Popen(cli, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while not list(outputs.glob("runs/*/*/checkpoints/step-*")) and victim.poll() is None and time.time() < deadline:
@@ -98,20 +132,23 @@ def test_pretrain_killed_then_resumed_matches_an_uninterrupted_run(outputs, tmp_
     resumed, ref, run, ref_run = kill_then_resume(outputs, tmp_path, FAST_LM)
     assert resumed["train"]["loss"] == ref["train"]["loss"] and resumed["val"] == ref["val"]  # exact on CPU
     assert resumed["metrics"] == ref["metrics"] and resumed["steps"] == ref["steps"] == 300
-    assert same_bytes(run / "checkpoints/step-000300/trainable.safetensors",
-                      ref_run / "checkpoints/step-000300/trainable.safetensors")
+    assert same_bytes(
+        run / "checkpoints/step-000300/trainable.safetensors", ref_run / "checkpoints/step-000300/trainable.safetensors"
+    )
 
 
 @pytest.mark.slow  # three CLI processes (two at once), ~60 s on 2 cores: peft's import dominates
 def test_finetune_killed_then_resumed_matches_an_uninterrupted_run(outputs, tmp_path):
     resumed, ref, run, ref_run = kill_then_resume(outputs, tmp_path, FAST_FT)
     assert resumed["final_loss"] == ref["final_loss"] and resumed["steps"] == ref["steps"] == 60
-    assert same_bytes(run / "checkpoints/step-000060/trainable.safetensors",
-                      ref_run / "checkpoints/step-000060/trainable.safetensors")
+    assert same_bytes(
+        run / "checkpoints/step-000060/trainable.safetensors", ref_run / "checkpoints/step-000060/trainable.safetensors"
+    )
 
 
-def make_run(root: Path, name: str, overrides: list[str], mtime: float, status: str | None = "running",
-             pid: int = 0) -> Path:
+def make_run(
+    root: Path, name: str, overrides: list[str], mtime: float, status: str | None = "running", pid: int = 0
+) -> Path:
     run = root / "runs" / "2026-01-01" / name
     (run / ".hydra").mkdir(parents=True)
     (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
@@ -146,12 +183,14 @@ def test_resume_auto_finds_the_newest_unfinished_run_of_the_same_command(tmp_pat
     sweep.mkdir(parents=True)
     key = ["hydra.sweeper.params.seed=0,1", "method.shots=0,4"]
     (sweep / "sweep.json").write_text(json.dumps({"status": "failed", "key": key, "host": "elsewhere", "pid": 1}))
-    assert resume_overrides(["-m", "method.shots=0,4", "hydra.sweeper.params.seed=0,1", "resume=auto",
-                             "hydra/launcher=joblib"]) == [f"hydra.sweep.dir={sweep}"]
+    assert resume_overrides(
+        ["-m", "method.shots=0,4", "hydra.sweeper.params.seed=0,1", "resume=auto", "hydra/launcher=joblib"]
+    ) == [f"hydra.sweep.dir={sweep}"]
     assert resume_overrides(["-m", "method.shots=0,4", "resume=auto"]) == []  # another grid
 
 
 # ---------------------------------------------------------------------------------------------------- (c) W&B trouble
+
 
 class FakeRun:
     def __init__(self, fail_log: bool = False):
@@ -175,8 +214,9 @@ def fake_wandb(monkeypatch, fail_modes=(), logged_in=True, fail_log=False):
             raise RuntimeError(f"cannot reach the server ({mode})\nretry later")
         return FakeRun(fail_log)
 
-    module = types.SimpleNamespace(init=init, login=lambda prompt, verify: logged_in, run=None,
-                                   Settings=lambda **kw: kw, Table=None)
+    module = types.SimpleNamespace(
+        init=init, login=lambda prompt, verify: logged_in, run=None, Settings=lambda **kw: kw, Table=None
+    )
     monkeypatch.setitem(sys.modules, "wandb", module)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     return calls
@@ -187,8 +227,12 @@ def tracker(tmp_path, mode="online"):
 
     from llmlab.tracking import Tracker
 
-    cfg = OmegaConf.create({"logger": {"backend": "wandb", "mode": mode, "project": "p", "entity": None,
-                                       "group": None, "tags": []}, "tags": []})
+    cfg = OmegaConf.create(
+        {
+            "logger": {"backend": "wandb", "mode": mode, "project": "p", "entity": None, "group": None, "tags": []},
+            "tags": [],
+        }
+    )
     run_dir = types.SimpleNamespace(path=tmp_path, file=lambda name: tmp_path / name)
     return Tracker(cfg, run_dir, name="t")
 
@@ -235,11 +279,29 @@ def test_wandb_failing_altogether_never_stops_the_run(tmp_path, monkeypatch, cap
 @pytest.mark.slow  # the simulated W&B failures above run by default
 def test_wandb_online_without_an_api_key_runs_offline_through_the_cli(outputs, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}  # WANDB_MODE unset, no API key
-    env.update(HOME=str(tmp_path / "home"), NETRC=str(tmp_path / "no-netrc"),
-               **{f"WANDB_{k}_DIR": str(tmp_path / k.lower()) for k in ("CACHE", "CONFIG", "DATA")})
-    res = subprocess.run([sys.executable, "-m", "llmlab.cli", "model=tiny-random", "hardware=cpu", "logger=wandb",
-                          "logger.mode=online", "method.limit=1", "method.shots=1"], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=300)
+    env.update(
+        HOME=str(tmp_path / "home"),
+        NETRC=str(tmp_path / "no-netrc"),
+        **{f"WANDB_{k}_DIR": str(tmp_path / k.lower()) for k in ("CACHE", "CONFIG", "DATA")},
+    )
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "llmlab.cli",
+            "model=tiny-random",
+            "hardware=cpu",
+            "logger=wandb",
+            "logger.mode=online",
+            "method.limit=1",
+            "method.shots=1",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     ours = [ln for ln in res.stderr.splitlines() if ln.startswith("llmlab:")]
     assert len(ours) == 1 and "W&B not logged in" in ours[0], res.stderr[-3000:]
@@ -248,6 +310,7 @@ def test_wandb_online_without_an_api_key_runs_offline_through_the_cli(outputs, t
 
 
 # ------------------------------------------------------------------------------------------------------ (d) disk full
+
 
 def enospc(fd):
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -285,8 +348,13 @@ def test_the_cli_reports_a_full_disk_in_one_line_and_keeps_the_previous_results(
     run = outputs / "run"
     run.mkdir(parents=True)
     (run / "results.json").write_text('{"previous": true}\n')
-    res = subprocess.run([sys.executable, "-c", FULL_ON_RESULTS, *TINY, "method.limit=1", "method.shots=1",
-                          f"hydra.run.dir={run}"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [sys.executable, "-c", FULL_ON_RESULTS, *TINY, "method.limit=1", "method.shots=1", f"hydra.run.dir={run}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 2, res.stderr[-3000:]
     ours = [ln for ln in res.stderr.splitlines() if ln.startswith("llmlab:")]
     assert ours == [stderr_lines(res)[-1]] and "Traceback" not in res.stderr

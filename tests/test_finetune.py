@@ -12,8 +12,16 @@ from llmlab.errors import LlmlabError
 from llmlab.runners import finetune
 from tests.helpers import runner_setup
 
-FAST = ["method=finetune", "dataset=implicit/bool", "method.lr=3e-3", "method.warmup_steps=1", "method.grad_accum=2",
-        "method.micro_batch_size=2", "method.max_steps=6", "method.save_every=2"]
+FAST = [
+    "method=finetune",
+    "dataset=implicit/bool",
+    "method.lr=3e-3",
+    "method.warmup_steps=1",
+    "method.grad_accum=2",
+    "method.micro_batch_size=2",
+    "method.max_steps=6",
+    "method.save_every=2",
+]
 
 
 def losses(run_dir):
@@ -32,8 +40,9 @@ def test_loss_decreases_and_a_model_is_saved(tmp_path, peft):
     saved = ctx.run_dir.file("model")
     assert (saved / ("adapter_config.json" if peft == "lora" else "config.json")).is_file()
     if peft == "lora":
-        assert all("lora_" in k for k in load_file(ctx.run_dir.file("checkpoints") / "step-000012"
-                                                   / "trainable.safetensors"))
+        assert all(
+            "lora_" in k for k in load_file(ctx.run_dir.file("checkpoints") / "step-000012" / "trainable.safetensors")
+        )
 
 
 def test_resume_after_a_kill_is_bitwise_equal(tmp_path, monkeypatch):
@@ -87,8 +96,8 @@ def test_answer_only_loss_masks_the_prompt():
 
     tok = byte_tokenizer()
     row = {"ft_text": "Q? A: True", "target": " True"}
-    (ids, labels), = finetune.encode([row], tok, 64, "answer")
-    assert labels[:len("Q? A:")] == [finetune.IGNORE] * len("Q? A:") and labels[-5:] == ids[-5:]
+    ((ids, labels),) = finetune.encode([row], tok, 64, "answer")
+    assert labels[: len("Q? A:")] == [finetune.IGNORE] * len("Q? A:") and labels[-5:] == ids[-5:]
 
 
 def test_a_full_fine_tune_is_evaluated_by_the_icl_runner(tmp_path):
@@ -96,8 +105,14 @@ def test_a_full_fine_tune_is_evaluated_by_the_icl_runner(tmp_path):
 
     cfg, ctx = runner_setup(tmp_path / "ft", *FAST, "method.max_steps=2")
     finetune.run(cfg, ctx)
-    cfg2, ctx2 = runner_setup(tmp_path / "eval", "model=local", f"model.path={ctx.run_dir.file('model')}",
-                              "dataset=implicit/bool", "method.shots=0", "method.limit=3")
+    cfg2, ctx2 = runner_setup(
+        tmp_path / "eval",
+        "model=local",
+        f"model.path={ctx.run_dir.file('model')}",
+        "dataset=implicit/bool",
+        "method.shots=0",
+        "method.limit=3",
+    )
     assert icl.run(cfg2, ctx2)["metrics"]["pattern"]["n"] == 3
 
 
@@ -107,8 +122,9 @@ def test_a_lora_adapter_is_evaluated_on_its_base(tmp_path):
     cfg, ctx = runner_setup(tmp_path / "ft", *FAST, "method.peft=lora", "method.max_steps=2")
     finetune.run(cfg, ctx)
     adapter = ctx.run_dir.file("model")
-    cfg2, ctx2 = runner_setup(tmp_path / "eval", f"model.adapter={adapter}", "dataset=implicit/bool",
-                              "method.shots=0", "method.limit=3")
+    cfg2, ctx2 = runner_setup(
+        tmp_path / "eval", f"model.adapter={adapter}", "dataset=implicit/bool", "method.shots=0", "method.limit=3"
+    )
     assert icl.run(cfg2, ctx2)["metrics"]["pattern"]["n"] == 3
     cfg3, ctx3 = runner_setup(tmp_path / "bad", f"model.adapter={tmp_path}", "method.limit=1")
     with pytest.raises(LlmlabError, match="not a LoRA adapter"):

@@ -10,15 +10,24 @@ def test_help_lists_the_commands_and_every_group_with_its_options():
     assert res.returncode == 0, res.stderr[-2000:]
     text = res.stdout
     assert text.startswith("llmlab: one command-line lab") and "powered by hydra" not in text.lower()
-    for command in ("llmlab report", "llmlab -m", "resume=auto", "--cfg job", "hydra/launcher=slurm",
-                    "hydra.launcher.partition", "hydra/sweeper=optuna", "hparams_search=pretrain_lr", "experiments/"):
+    for command in (
+        "llmlab report",
+        "llmlab -m",
+        "resume=auto",
+        "--cfg job",
+        "hydra/launcher=slurm",
+        "hydra.launcher.partition",
+        "hydra/sweeper=optuna",
+        "hparams_search=pretrain_lr",
+        "experiments/",
+    ):
         assert command in text, command
     lines = text.splitlines()
 
     def options(group: str) -> str:
         i = next(i for i, ln in enumerate(lines) if ln.startswith(f"  {group}: "))
         block = []
-        for ln in lines[i + 1:]:
+        for ln in lines[i + 1 :]:
             if not ln.startswith("      "):
                 break
             block.append(ln.strip())

@@ -77,7 +77,13 @@ def test_file_dataset_runs_like_the_generated_one(tmp_path):
     for name, split in (("rows", "test_counter"), ("demos", "icl_pool")):
         rows = build_split("bool", split, 6, seed=1).to_list()
         (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cfg, ctx = runner_setup(tmp_path, "dataset=file", f"dataset.path={tmp_path / 'rows.jsonl'}",
-                     f"dataset.pool_path={tmp_path / 'demos.jsonl'}", "dataset.header=Answer.", "method.shots=2")
+    cfg, ctx = runner_setup(
+        tmp_path,
+        "dataset=file",
+        f"dataset.path={tmp_path / 'rows.jsonl'}",
+        f"dataset.pool_path={tmp_path / 'demos.jsonl'}",
+        "dataset.header=Answer.",
+        "method.shots=2",
+    )
     res = icl.run(cfg, ctx)
     assert res["metrics"]["counter"]["n"] == 6 and "pattern" not in res["metrics"]

@@ -23,8 +23,21 @@ from llmlab.data.implicit.code_reading import render
 from llmlab.errors import LlmlabError
 
 SPLITS = ("train_ft", "icl_pool", "test_pattern", "test_counter")
-FIELDS = {"id": str, "task": str, "split": str, "variant": str, "question": str, "answer": str, "target": str,
-          "candidates": list, "label": int, "demo": str, "ft_text": str, "answer_kind": str, "meta": str}
+FIELDS = {
+    "id": str,
+    "task": str,
+    "split": str,
+    "variant": str,
+    "question": str,
+    "answer": str,
+    "target": str,
+    "candidates": list,
+    "label": int,
+    "demo": str,
+    "ft_text": str,
+    "answer_kind": str,
+    "meta": str,
+}
 N = 60
 
 
@@ -34,8 +47,15 @@ def rows(task: str, split: str, faithful: bool = False, n: int = N, seed: int = 
 
 
 # ---- a tiny AST interpreter (no eval/exec): arithmetic, booleans and the pure function1 subset -------------------
-BINOPS = {ast.Add: op.add, ast.Sub: op.sub, ast.Mult: op.mul, ast.Div: op.truediv, ast.FloorDiv: op.floordiv,
-          ast.Mod: op.mod, ast.Pow: op.pow}
+BINOPS = {
+    ast.Add: op.add,
+    ast.Sub: op.sub,
+    ast.Mult: op.mul,
+    ast.Div: op.truediv,
+    ast.FloorDiv: op.floordiv,
+    ast.Mod: op.mod,
+    ast.Pow: op.pow,
+}
 CMPOPS = {ast.Lt: op.lt, ast.Gt: op.gt, ast.LtE: op.le, ast.GtE: op.ge, ast.Eq: op.eq, ast.NotEq: op.ne}
 FUNCS = {"abs": abs, "min": min, "max": max, "sum": sum, "range": range, "len": len}
 
@@ -177,8 +197,14 @@ def solve_parity(q: str, faithful: bool) -> tuple[str, str]:
     return str(seq.count("X") % 2 == 1), str(seq[-1] == "X")
 
 
-SOLVERS = {"expression": solve_expression, "bool": solve_bool, "relation": solve_relation, "algebra": solve_algebra,
-           "code": solve_code, "parity": solve_parity}
+SOLVERS = {
+    "expression": solve_expression,
+    "bool": solve_bool,
+    "relation": solve_relation,
+    "algebra": solve_algebra,
+    "code": solve_code,
+    "parity": solve_parity,
+}
 
 
 # ---- tests ---------------------------------------------------------------------------------------------------------
@@ -239,9 +265,17 @@ def test_shortcuts(task):
     assert acc("test_counter") <= ceiling
 
 
-@pytest.mark.parametrize(("task", "split"), [("bool", "test_pattern"), ("bool", "test_counter"),
-                                             ("relation", "test_pattern"), ("relation", "train_ft"),
-                                             ("parity", "test_pattern"), ("parity", "test_counter")])
+@pytest.mark.parametrize(
+    ("task", "split"),
+    [
+        ("bool", "test_pattern"),
+        ("bool", "test_counter"),
+        ("relation", "test_pattern"),
+        ("relation", "train_ft"),
+        ("parity", "test_pattern"),
+        ("parity", "test_counter"),
+    ],
+)
 def test_balanced_labels(task, split):
     assert sum(r["label"] for r in rows(task, split, n=200)) == 100
 
@@ -318,11 +352,15 @@ def test_bool_modes():
         assert r["demo"] == "0\n" if r["answer"] == "0" else r["demo"] == r["question"] + "1"
     # faithful default = released `randoms` (no suffix, ~60% True); the shortcut variant can be asked for explicitly
     assert all(json.loads(r["meta"])["bool_variant"] == "random" for r in faithful)
-    assert all(r["question"].split("\n")[0].endswith(("or True", "and False"))
-               for r in rows("bool", "test_pattern", True, bool_variant="shortcut"))
+    assert all(
+        r["question"].split("\n")[0].endswith(("or True", "and False"))
+        for r in rows("bool", "test_pattern", True, bool_variant="shortcut")
+    )
     assert 0.5 < sum(r["label"] for r in rows("bool", "test_pattern", True, n=200)) / 200 < 0.75
-    assert not any(r["question"].split("\n")[0].endswith(("or True", "and False"))
-                   for r in rows("bool", "test_pattern", False, bool_variant="random"))
+    assert not any(
+        r["question"].split("\n")[0].endswith(("or True", "and False"))
+        for r in rows("bool", "test_pattern", False, bool_variant="random")
+    )
 
 
 def test_faithful_quirks():
@@ -356,7 +394,8 @@ def test_code_bank():
             continue
         pure += 1
         for c, d in ((2, 1), (5, 7), (9, 9)):
-            f1 = {n.name: n for n in ast.parse(render(snip, c, d, False, True)).body
-                  if isinstance(n, ast.FunctionDef)}["function1"]
+            f1 = {n.name: n for n in ast.parse(render(snip, c, d, False, True)).body if isinstance(n, ast.FunctionDef)}[
+                "function1"
+            ]
             assert all(call(f1, x) == snip.ref(x, c, d) for x in range(11)), snip.body
     assert pure >= 60

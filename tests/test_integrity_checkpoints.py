@@ -23,16 +23,41 @@ from tests.helpers import compose, runner_setup
 
 CPU = Hardware(torch.device("cpu"), torch.float32)
 SIGNATURE = {"model": "linear"}
-FAST_FT = ["method=finetune", "dataset=implicit/bool", "method.lr=3e-3", "method.warmup_steps=1",
-           "method.grad_accum=2", "method.micro_batch_size=2", "method.max_steps=6", "method.save_every=2"]
-FAST_LM = ["method=pretrain", "model=lm-tiny", "dataset=corpus/pydoc", "model.lm.n_layer=1", "model.lm.d_model=32",
-           "model.lm.n_head=2", "model.lm.ffn_hidden=64", "dataset.block_size=32", "method.micro_batch_size=4",
-           "method.grad_accum=2", "method.max_steps=6", "method.save_every=2", "method.warmup_steps=2",
-           "method.lr=3e-3", "method.eval_every=100", "method.log_every=1", "method.eval_blocks=4",
-           "method.eval_lengths=[1,2]", "method.sink_blocks=2"]
+FAST_FT = [
+    "method=finetune",
+    "dataset=implicit/bool",
+    "method.lr=3e-3",
+    "method.warmup_steps=1",
+    "method.grad_accum=2",
+    "method.micro_batch_size=2",
+    "method.max_steps=6",
+    "method.save_every=2",
+]
+FAST_LM = [
+    "method=pretrain",
+    "model=lm-tiny",
+    "dataset=corpus/pydoc",
+    "model.lm.n_layer=1",
+    "model.lm.d_model=32",
+    "model.lm.n_head=2",
+    "model.lm.ffn_hidden=64",
+    "dataset.block_size=32",
+    "method.micro_batch_size=4",
+    "method.grad_accum=2",
+    "method.max_steps=6",
+    "method.save_every=2",
+    "method.warmup_steps=2",
+    "method.lr=3e-3",
+    "method.eval_every=100",
+    "method.log_every=1",
+    "method.eval_blocks=4",
+    "method.eval_lengths=[1,2]",
+    "method.sink_blocks=2",
+]
 
 
 # ---- resume(): newest to oldest, past unreadable checkpoints ---------------------------------------------------------
+
 
 def tiny_training(seed: int = 0):
     torch.manual_seed(seed)
@@ -64,7 +89,7 @@ def two_checkpoints(tmp_path):
 
 
 def truncate(path: Path) -> None:
-    path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
 
 
 CORRUPT = {
@@ -128,6 +153,7 @@ def test_pretrain_resumes_from_the_newest_readable_checkpoint(tmp_path, capsys):
 
 # ---- LoRA adapters: one-line refusals -------------------------------------------------------------------------------
 
+
 def adapter_model_cfg(adapter: Path):
     return compose(["model=tiny-random", f"model.adapter={adapter}"]).model
 
@@ -152,7 +178,7 @@ def pickled_weights(path: Path) -> None:
 BAD_ADAPTERS = {
     "pickled_bin": (pickled_weights, "adapter_model.safetensors"),
     "no_weights": (lambda p: (p / "adapter_model.safetensors").unlink(), "adapter_model.safetensors"),
-    "garbled_config": (lambda p: (p / "adapter_config.json").write_bytes(b"{\"r\": 2,\xff"), "cannot be loaded"),
+    "garbled_config": (lambda p: (p / "adapter_config.json").write_bytes(b'{"r": 2,\xff'), "cannot be loaded"),
     "truncated_weights": (lambda p: truncate(p / "adapter_model.safetensors"), "cannot be loaded"),
 }
 
@@ -172,6 +198,7 @@ def test_a_good_adapter_still_loads(adapter, tmp_path):
 
 
 # ---- temporary names: per process -----------------------------------------------------------------------------------
+
 
 def test_checkpoints_leave_other_processes_temporary_directories_alone(two_checkpoints, monkeypatch):
     root, _ = two_checkpoints
@@ -215,8 +242,9 @@ def setup(tmp_path, runner: str):
 
 
 def logged_steps(run_dir) -> list[int]:
-    return [r["step"] for r in map(json.loads, run_dir.file("metrics.jsonl").read_text().splitlines())
-            if "train/loss" in r]
+    return [
+        r["step"] for r in map(json.loads, run_dir.file("metrics.jsonl").read_text().splitlines()) if "train/loss" in r
+    ]
 
 
 def final_weights(ctx) -> dict:
@@ -247,10 +275,12 @@ def signals_installed():
         signal.signal(s, handler)
 
 
-@pytest.mark.parametrize(("runner", "signame"), [("pretrain", "SIGTERM"), ("pretrain", "SIGINT"),
-                                                 ("finetune", "SIGTERM")])
+@pytest.mark.parametrize(
+    ("runner", "signame"), [("pretrain", "SIGTERM"), ("pretrain", "SIGINT"), ("finetune", "SIGTERM")]
+)
 def test_a_signal_ends_the_run_after_the_step_with_a_checkpoint_and_resume_is_exact(
-        tmp_path, monkeypatch, signals_installed, runner, signame):
+    tmp_path, monkeypatch, signals_installed, runner, signame
+):
     signum = getattr(signal, signame)
     cfg, ctx = setup(tmp_path / "a", runner)
     RUNNERS[runner][0].run(cfg, ctx)
@@ -285,6 +315,7 @@ def test_each_step_is_logged_once_after_a_kill_and_resume(tmp_path, monkeypatch,
 
 
 # ---- GGUF conversion: stale temporary directories --------------------------------------------------------------------
+
 
 def test_a_conversion_removes_the_stale_temporary_directories_of_its_model_only(tmp_path, monkeypatch):
     class Fake:

@@ -26,8 +26,12 @@ def closed_port() -> int:
 
 
 def wandb_cfg(mode: str = "online"):
-    return OmegaConf.create({"logger": {"backend": "wandb", "mode": mode, "project": "p", "entity": None,
-                                        "group": None, "tags": []}, "tags": []})
+    return OmegaConf.create(
+        {
+            "logger": {"backend": "wandb", "mode": mode, "project": "p", "entity": None, "group": None, "tags": []},
+            "tags": [],
+        }
+    )
 
 
 def fake_run_dir(path):
@@ -104,8 +108,9 @@ def test_wandb_online_init_failure_falls_back_offline_under_a_fresh_id(tmp_path,
             raise RuntimeError("run initialization has timed out after 90.0 sec")
         return types.SimpleNamespace(log=lambda *a, **k: None, finish=lambda exit_code=0: None)
 
-    module = types.SimpleNamespace(init=init, login=lambda prompt, verify: True, run=None,
-                                   Settings=lambda **kw: kw, Table=None)
+    module = types.SimpleNamespace(
+        init=init, login=lambda prompt, verify: True, run=None, Settings=lambda **kw: kw, Table=None
+    )
     monkeypatch.setitem(sys.modules, "wandb", module)
     (tmp_path / "wandb_id").write_text("oldonline123")
     from llmlab.tracking import Tracker
@@ -168,8 +173,9 @@ def test_parse_pddl_ignores_semicolon_comments():
 
 # ------------------------------------------------------------------------------------------ 14. fp64 `lm` forward
 
-COMBOS = [(a, p, i) for a in ("softmax", "stablemask") for p in ("rope", "alibi", "none")
-          for i in ("sdpa", "reference")]
+COMBOS = [
+    (a, p, i) for a in ("softmax", "stablemask") for p in ("rope", "alibi", "none") for i in ("sdpa", "reference")
+]
 
 
 @pytest.mark.parametrize("attention,position,impl", COMBOS)
@@ -177,8 +183,16 @@ def test_lm_forward_in_fp64(attention, position, impl):
     from llmlab.config import LMArch
     from llmlab.models.lm import LM
 
-    arch = LMArch(n_layer=2, d_model=32, n_head=4, ffn_hidden=48, max_seq_len=64, attention=attention,
-                  position=position, attn_impl=impl)
+    arch = LMArch(
+        n_layer=2,
+        d_model=32,
+        n_head=4,
+        ffn_hidden=48,
+        max_seq_len=64,
+        attention=attention,
+        position=position,
+        attn_impl=impl,
+    )
     torch.manual_seed(0)
     model = LM(arch, 50, 16).eval()
     ids = torch.randint(0, 50, (2, 20), generator=torch.Generator().manual_seed(1))
@@ -196,11 +210,13 @@ def test_lm_forward_in_fp64(attention, position, impl):
 
 # --------------------------------------------------------------------------- 15. implicit/bool with faithful=true
 
+
 def bool_rows(*overrides: str) -> list[dict]:
     from llmlab.data.loading import load_eval_data
 
-    cfg = compose(["dataset=implicit/bool", "dataset.n_test=40", "dataset.n_icl_pool=4", "dataset.n_train_ft=4",
-                   *overrides])
+    cfg = compose(
+        ["dataset=implicit/bool", "dataset.n_test=40", "dataset.n_icl_pool=4", "dataset.n_train_ft=4", *overrides]
+    )
     return load_eval_data(cfg.dataset, 0).tests["pattern"].to_list()
 
 
@@ -214,8 +230,10 @@ def test_bool_config_variant_follows_faithful():
     faithful = bool_rows("dataset.faithful=true")
     assert {json.loads(r["meta"])["bool_variant"] for r in faithful} == {"random"}  # the released `randoms`
     assert not any(shortcut_suffix(r) for r in faithful)
-    assert faithful == load_implicit("bool", 0, faithful=True, n_test=40, n_train_ft=4, n_icl_pool=4)[
-        "test_pattern"].to_list()  # the CLI and the Python API agree
+    assert (
+        faithful
+        == load_implicit("bool", 0, faithful=True, n_test=40, n_train_ft=4, n_icl_pool=4)["test_pattern"].to_list()
+    )  # the CLI and the Python API agree
 
     clean = bool_rows()
     assert {json.loads(r["meta"])["bool_variant"] for r in clean} == {"shortcut"} and all(map(shortcut_suffix, clean))

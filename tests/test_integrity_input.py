@@ -20,15 +20,18 @@ def left_behind(outputs: Path) -> list[Path]:
     return sorted(outputs.rglob("*")) if outputs.exists() else []
 
 
-@pytest.mark.parametrize("override,needle", [
-    ("++method.shot=0", "Key 'shot' not in 'ICLConfig' (key: method.shot); did you mean 'shots'?"),
-    ("+model.nope=1", "Key 'nope' not in 'ModelConfig' (key: model.nope)"),
-    ("++model.tiny.nope=1", "Key 'nope' not in 'TinyArch' (key: model.tiny.nope)"),
-    ("+dataset.nope=1", "Key 'nope' not in 'DatasetConfig' (key: dataset.nope)"),
-    ("++hardware.nope=1", "Key 'nope' not in 'HardwareConfig' (key: hardware.nope)"),
-    ("+logger.nope=1", "Key 'nope' not in 'LoggerConfig' (key: logger.nope)"),
-    ("+nope=1", "Key 'nope' not in 'RootConfig' (key: nope)"),
-])
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ("++method.shot=0", "Key 'shot' not in 'ICLConfig' (key: method.shot); did you mean 'shots'?"),
+        ("+model.nope=1", "Key 'nope' not in 'ModelConfig' (key: model.nope)"),
+        ("++model.tiny.nope=1", "Key 'nope' not in 'TinyArch' (key: model.tiny.nope)"),
+        ("+dataset.nope=1", "Key 'nope' not in 'DatasetConfig' (key: dataset.nope)"),
+        ("++hardware.nope=1", "Key 'nope' not in 'HardwareConfig' (key: hardware.nope)"),
+        ("+logger.nope=1", "Key 'nope' not in 'LoggerConfig' (key: logger.nope)"),
+        ("+nope=1", "Key 'nope' not in 'RootConfig' (key: nope)"),
+    ],
+)
 def test_plus_keys_outside_the_schema_are_refused(override, needle, outputs):
     res = run_cli(*SMALL, override)
     assert_cli_error(res, needle)
@@ -56,16 +59,18 @@ def test_run_directory_that_cannot_be_made_is_one_line_naming_it(outputs, tmp_pa
     assert_cli_error(run_cli(*SMALL, f"hydra.run.dir={run_dir}"), str(run_dir))
 
 
-@pytest.mark.parametrize("override,needle", [
-    ("hardware.threads=0", "hardware.threads must be >= 1"),
-    ("hardware.threads=-3", "hardware.threads must be >= 1"),
-    ("method.limit=-1", "method.limit must be >= 1"),
-    ("dataset.n_test=0", "dataset.n_test must be >= 1"),
-    ("logger.mode=bogus", "logger.mode must be one of online, offline, disabled, got 'bogus'"),
-    ("method.shots=${nope}", "cannot resolve method.shots: Interpolation key 'nope' not found"),
-])
-def test_out_of_range_values_and_missing_interpolations_are_refused_before_the_run_directory(override, needle,
-                                                                                             outputs):
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ("hardware.threads=0", "hardware.threads must be >= 1"),
+        ("hardware.threads=-3", "hardware.threads must be >= 1"),
+        ("method.limit=-1", "method.limit must be >= 1"),
+        ("dataset.n_test=0", "dataset.n_test must be >= 1"),
+        ("logger.mode=bogus", "logger.mode must be one of online, offline, disabled, got 'bogus'"),
+        ("method.shots=${nope}", "cannot resolve method.shots: Interpolation key 'nope' not found"),
+    ],
+)
+def test_out_of_range_values_and_missing_interpolations_are_refused_before_the_run_directory(override, needle, outputs):
     assert_cli_error(run_cli(*SMALL, override), needle)
     assert not left_behind(outputs)
 

@@ -27,8 +27,13 @@ def file_rows(tmp_path, questions: list[str]) -> list:
         row["question"] = q
     path = tmp_path / "rows.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return rows, ["dataset=file", f"dataset.path={path}", "dataset.variants=[pattern]", "method.shots=0",
-                  f"model.tiny.max_position_embeddings={SHORT}"]
+    return rows, [
+        "dataset=file",
+        f"dataset.path={path}",
+        "dataset.variants=[pattern]",
+        "method.shots=0",
+        f"model.tiny.max_position_embeddings={SHORT}",
+    ]
 
 
 def guard(monkeypatch, module, most: int):
@@ -47,6 +52,7 @@ def guard(monkeypatch, module, most: int):
 
 
 # ---- 9. prompts longer than the context -------------------------------------------------------------------------
+
 
 def test_overlong_prompt_is_one_line_error_naming_item_before_scoring(tmp_path, monkeypatch):
     from llmlab.runners import icl
@@ -140,7 +146,7 @@ def test_scorer_fits_every_request_to_the_context(tiny):
     assert len(tok(fitted[1].context).input_ids) == SHORT - 4  # 122 two-byte characters and " Answer:"
     huge = Request("ab" * 3_000_000 + "?", [" yes"], 2)
     (cut_huge,), n = Scorer(model, tok, truncate="left").fit([huge])
-    assert n == 1 and cut_huge.context == huge.context[-(SHORT - 4):]  # " yes" is 4 tokens
+    assert n == 1 and cut_huge.context == huge.context[-(SHORT - 4) :]  # " yes" is 4 tokens
     scored = Scorer(model, tok, truncate="left").score([huge, ok])
     assert scored[0].context_tokens == SHORT - 4 and len(scored[1].loglik) == 2
     with pytest.raises(LlmlabError, match="leaves no room for a prompt"):
@@ -150,6 +156,7 @@ def test_scorer_fits_every_request_to_the_context(tiny):
 
 
 # ---- 10. limit-first, bounded data generation -------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("task", ["expression", "code", "bool", "relation", "algebra", "parity"])
 def test_limited_draw_is_the_full_draws_first_rows(task):
@@ -194,22 +201,32 @@ def test_icl_with_a_limit_draws_only_the_rows_it_evaluates(tmp_path, monkeypatch
     from llmlab.runners import icl
 
     calls = guard(monkeypatch, relation, 20_000)
-    cfg, ctx = runner_setup(tmp_path, "dataset=implicit/relation", "dataset.n_test=20000", "method.limit=2",
-                            "method.shots=1")
+    cfg, ctx = runner_setup(
+        tmp_path, "dataset=implicit/relation", "dataset.n_test=20000", "method.limit=2", "method.shots=1"
+    )
     res = icl.run(cfg, ctx)
     assert res["metrics"]["pattern"]["n"] == res["metrics"]["counter"]["n"] == 2
     assert calls["n"] <= 20 + 50 + 2 * 2 + 10  # train_ft + pool + the limited test rows (+ a few rejected draws)
 
 
-@pytest.mark.parametrize(("task", "sizes", "message"), [
-    ("bool", dict(n_test=100_000_000), "100000000 rows asked, more than the maximum of 1000000 per split"),
-    ("bool", dict(n_icl_pool=10**6 + 1), "more than the maximum"),
-    ("algebra", dict(n_test=60_000), "has 50400 distinct pattern questions, fewer than the 62000 asked for "
-                                     "(train_ft + icl_pool + test_pattern)"),
-    ("code", dict(n_test=50_000), "has 42152 distinct counter questions, fewer than the 50000 asked for "
-                                  "(test_counter)"),
-    ("parity", dict(n_train_ft=900_000, n_icl_pool=200_000), "distinct pattern questions"),
-])
+@pytest.mark.parametrize(
+    ("task", "sizes", "message"),
+    [
+        ("bool", dict(n_test=100_000_000), "100000000 rows asked, more than the maximum of 1000000 per split"),
+        ("bool", dict(n_icl_pool=10**6 + 1), "more than the maximum"),
+        (
+            "algebra",
+            dict(n_test=60_000),
+            "has 50400 distinct pattern questions, fewer than the 62000 asked for (train_ft + icl_pool + test_pattern)",
+        ),
+        (
+            "code",
+            dict(n_test=50_000),
+            "has 42152 distinct counter questions, fewer than the 50000 asked for (test_counter)",
+        ),
+        ("parity", dict(n_train_ft=900_000, n_icl_pool=200_000), "distinct pattern questions"),
+    ],
+)
 def test_sizes_that_cannot_be_honoured_fail_fast(monkeypatch, task, sizes, message):
     from llmlab.data import implicit
 
@@ -238,8 +255,10 @@ def test_question_spaces_bound_what_the_generators_draw():
     for mod, opts in ((algebra, {}), (code_reading, {}), (parity, {})):
         for variant in ("pattern", "counter"):
             rng = random.Random(0)
-            drawn = {mod.generate(rng, Ctx(variant, "test_" + variant, False, i % 2 == 0, opts))["question"]
-                     for i in range(20_000)}
+            drawn = {
+                mod.generate(rng, Ctx(variant, "test_" + variant, False, i % 2 == 0, opts))["question"]
+                for i in range(20_000)
+            }
             assert len(drawn) <= mod.space(variant, False, opts)
     assert algebra.space("pattern", False, {}) == 25 * 9 * (256 - 32)  # ordered independent coefficient pairs
     assert parity.space("counter", True, {}) == 2**21 - 2**12

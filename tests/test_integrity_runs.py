@@ -22,20 +22,46 @@ from llmlab.tracking import RunDir, read_jsonl, record_failure, resume_jsonl
 from tests.helpers import REPO, TINY, run_cli
 
 ICL = [*TINY, "dataset=implicit/bool", "method.shots=2", "dataset.n_icl_pool=50"]
-FAST_LM = ["method=pretrain", "model=lm-tiny", "dataset=corpus/pydoc", "model.lm.n_layer=1", "model.lm.d_model=32",
-           "model.lm.n_head=2", "model.lm.ffn_hidden=64", "dataset.block_size=32", "method.micro_batch_size=4",
-           "method.grad_accum=2", "method.warmup_steps=2", "method.eval_every=1000", "method.log_every=10",
-           "method.eval_blocks=4", "method.eval_lengths=[1]", "method.sink_blocks=1", "hardware=cpu", "logger=none",
-           "method.max_steps=300", "method.save_every=20"]
+FAST_LM = [
+    "method=pretrain",
+    "model=lm-tiny",
+    "dataset=corpus/pydoc",
+    "model.lm.n_layer=1",
+    "model.lm.d_model=32",
+    "model.lm.n_head=2",
+    "model.lm.ffn_hidden=64",
+    "dataset.block_size=32",
+    "method.micro_batch_size=4",
+    "method.grad_accum=2",
+    "method.warmup_steps=2",
+    "method.eval_every=1000",
+    "method.log_every=10",
+    "method.eval_blocks=4",
+    "method.eval_lengths=[1]",
+    "method.sink_blocks=1",
+    "hardware=cpu",
+    "logger=none",
+    "method.max_steps=300",
+    "method.save_every=20",
+]
 
 
 def cfg_of(**values):
-    return OmegaConf.create({"seed": 0, "output_dir": "x", "resume": "never", "logger": {"backend": "none"},
-                             "hardware": {"threads": 1}, "method": {"runner": "icl", "shots": 0, "batch_size": 8},
-                             **values})
+    return OmegaConf.create(
+        {
+            "seed": 0,
+            "output_dir": "x",
+            "resume": "never",
+            "logger": {"backend": "none"},
+            "hardware": {"threads": 1},
+            "method": {"runner": "icl", "shots": 0, "batch_size": 8},
+            **values,
+        }
+    )
 
 
 # ------------------------------------------------------------------------------- 1. resume only what this config wrote
+
 
 def test_resume_with_a_changed_result_relevant_value_is_refused_naming_the_key(tmp_path):
     RunDir(tmp_path / "run", cfg_of()).finish("interrupted")
@@ -57,11 +83,13 @@ def test_the_cli_refuses_to_mix_shots_in_one_run_directory(tmp_path):
     assert res.returncode == 2
     assert res.stderr.strip().splitlines() == [
         f"llmlab: error: cannot resume {run}: it holds results of a different config (method.shots changed); "
-        "use a new run directory"]
+        "use a new run directory"
+    ]
     assert (run / "predictions.jsonl").read_bytes() == before
 
 
 # ------------------------------------------------------------------------------------ 2. one run directory per process
+
 
 def test_a_directory_held_by_a_live_run_is_not_shared(tmp_path):
     first = RunDir(tmp_path / "run", cfg_of(), fresh=True)
@@ -76,8 +104,9 @@ def test_a_directory_held_by_a_live_run_is_not_shared(tmp_path):
 
 def test_identical_commands_started_in_the_same_second_get_their_own_directories(outputs):
     cli = [sys.executable, "-m", "llmlab.cli", *ICL, "dataset.n_test=4"]
-    procs = [subprocess.Popen(cli, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(3)]
+    procs = [
+        subprocess.Popen(cli, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)
+    ]
     for p in procs:
         out, err = p.communicate(timeout=300)
         assert p.returncode == 0, err[-2000:]
@@ -93,6 +122,7 @@ def test_identical_commands_started_in_the_same_second_get_their_own_directories
 
 # ------------------------------------------------------------------------------------------ 4./5. signals and stdout
 
+
 def test_sigterm_inside_a_deferred_block_is_raised_when_it_ends():
     interrupts.install()
     steps = []
@@ -105,8 +135,12 @@ def test_sigterm_inside_a_deferred_block_is_raised_when_it_ends():
 
 
 def test_a_closed_stdout_does_not_fail_a_finished_run(outputs):
-    proc = subprocess.Popen([sys.executable, "-m", "llmlab.cli", *ICL, "dataset.n_test=4"], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llmlab.cli", *ICL, "dataset.n_test=4"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     proc.stdout.close()  # as `llmlab ... | head -0`: every print meets a broken pipe
     err = proc.stderr.read().decode()
     proc.wait(timeout=300)
@@ -124,6 +158,7 @@ def test_a_late_failure_never_marks_a_completed_run_failed(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------- 6. torn writes
+
 
 def test_a_torn_last_line_is_cut_before_new_rows_are_appended(tmp_path):
     path = tmp_path / "predictions.partial.jsonl"
@@ -145,9 +180,13 @@ def test_metrics_are_cut_back_to_the_resumed_step(tmp_path):
 
 # ------------------------------------------------------------------ fault injection: kill -9, SIGINT, SIGTERM, resume
 
+
 def tree_hashes(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def this_attempt(run: Path, pid: int) -> bool:
@@ -169,13 +208,21 @@ def interrupt_and_resume(tmp_path: Path, args: list[str], started) -> tuple[Path
     (earlier_run,) = outputs.glob("runs/*/*")
     before = tree_hashes(earlier_run)
     cli = [sys.executable, "-m", "llmlab.cli", *args, "resume=auto"]
-    reference = subprocess.Popen(cli, cwd=REPO, env={**env, "LLMLAB_OUTPUTS": str(tmp_path / "reference")},
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    reference = subprocess.Popen(
+        cli,
+        cwd=REPO,
+        env={**env, "LLMLAB_OUTPUTS": str(tmp_path / "reference")},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     run = None
-    for sig, code, status in ((signal.SIGKILL, -9, "running"), (signal.SIGINT, 130, "interrupted"),
-                              (signal.SIGTERM, 143, "interrupted")):
-        victim = subprocess.Popen(cli, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                  text=True)
+    for sig, code, status in (
+        (signal.SIGKILL, -9, "running"),
+        (signal.SIGINT, 130, "interrupted"),
+        (signal.SIGTERM, 143, "interrupted"),
+    ):
+        victim = subprocess.Popen(cli, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         deadline = time.time() + 300
         while victim.poll() is None and time.time() < deadline:
             found = [r for r in outputs.glob("runs/*/*") if r != earlier_run]
@@ -201,8 +248,11 @@ def interrupt_and_resume(tmp_path: Path, args: list[str], started) -> tuple[Path
 
 
 def test_icl_stopped_three_ways_then_resumed_gives_the_uninterrupted_predictions(tmp_path):
-    run, ref = interrupt_and_resume(tmp_path, [*ICL, "dataset.n_test=160", "method.batch_size=16"],
-                                    lambda r: (r / "predictions.partial.jsonl").exists())
+    run, ref = interrupt_and_resume(
+        tmp_path,
+        [*ICL, "dataset.n_test=160", "method.batch_size=16"],
+        lambda r: (r / "predictions.partial.jsonl").exists(),
+    )
     resumed, uninterrupted = (read_jsonl(d / "predictions.jsonl") for d in (run, ref))
     strip = [{k: v for k, v in p.items() if k != "loglik"} for p in resumed]
     assert strip == [{k: v for k, v in p.items() if k != "loglik"} for p in uninterrupted]
@@ -217,6 +267,8 @@ def test_pretrain_stopped_three_ways_then_resumed_is_bit_identical(tmp_path):
     final = "checkpoints/step-000300/trainable.safetensors"
     assert (run / final).read_bytes() == (ref / final).read_bytes()
     # each step logged once after three resumes: the same rows as the uninterrupted run (timings aside)
-    rows = [[(r["step"], r.get("train/loss"), r.get("val/loss")) for r in read_jsonl(d / "metrics.jsonl")]
-            for d in (run, ref)]
+    rows = [
+        [(r["step"], r.get("train/loss"), r.get("val/loss")) for r in read_jsonl(d / "metrics.jsonl")]
+        for d in (run, ref)
+    ]
     assert rows[0] == rows[1]

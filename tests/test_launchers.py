@@ -15,10 +15,25 @@ import pytest
 
 from tests.helpers import REPO, TINY, compose, run_cli
 
-FAST_LM = ["method=pretrain", "model=lm-tiny", "dataset=corpus/pydoc", "model.lm.n_layer=1", "model.lm.d_model=32",
-           "model.lm.n_head=2", "model.lm.ffn_hidden=64", "dataset.block_size=32", "method.micro_batch_size=4",
-           "method.grad_accum=2", "method.warmup_steps=2", "method.eval_every=1000", "method.log_every=1",
-           "method.eval_blocks=4", "method.eval_lengths=[1]", "method.sink_blocks=1", "hardware=cpu"]
+FAST_LM = [
+    "method=pretrain",
+    "model=lm-tiny",
+    "dataset=corpus/pydoc",
+    "model.lm.n_layer=1",
+    "model.lm.d_model=32",
+    "model.lm.n_head=2",
+    "model.lm.ffn_hidden=64",
+    "dataset.block_size=32",
+    "method.micro_batch_size=4",
+    "method.grad_accum=2",
+    "method.warmup_steps=2",
+    "method.eval_every=1000",
+    "method.log_every=1",
+    "method.eval_blocks=4",
+    "method.eval_lengths=[1]",
+    "method.sink_blocks=1",
+    "hardware=cpu",
+]
 
 
 def sbatch_script(monkeypatch, tmp_path, *overrides: str, jobs: int = 2) -> tuple[str, Path]:
@@ -29,8 +44,11 @@ def sbatch_script(monkeypatch, tmp_path, *overrides: str, jobs: int = 2) -> tupl
     import llmlab.launch  # noqa: F401  (its resolver and callback)
 
     monkeypatch.setattr(slurm.SlurmExecutor, "affinity", staticmethod(lambda: 2))  # "srun is on the PATH"
-    monkeypatch.setattr(slurm.SlurmExecutor, "_make_submission_command",
-                        lambda self, path: [sys.executable, "-c", "print('Submitted batch job 4242')"])
+    monkeypatch.setattr(
+        slurm.SlurmExecutor,
+        "_make_submission_command",
+        lambda self, path: [sys.executable, "-c", "print('Submitted batch job 4242')"],
+    )
     monkeypatch.setattr(slurm.SlurmJob, "results", lambda self: ["done"])
     cfg = compose(["hydra/launcher=slurm", *overrides, f"hydra.sweep.dir={tmp_path / 'sweep'}"])
     launcher = hydra.utils.instantiate(cfg.hydra.launcher)
@@ -41,13 +59,29 @@ def sbatch_script(monkeypatch, tmp_path, *overrides: str, jobs: int = 2) -> tupl
 
 
 def test_the_slurm_script_takes_its_resources_from_the_launcher_config(monkeypatch, tmp_path):
-    text, folder = sbatch_script(monkeypatch, tmp_path, "hardware=gpu", "hydra.launcher.partition=a100",
-                                 "hydra.launcher.timeout_min=90", "hydra.launcher.mem_gb=48",
-                                 "hydra.launcher.gpus_per_node=2", "hydra.launcher.cpus_per_task=12")
+    text, folder = sbatch_script(
+        monkeypatch,
+        tmp_path,
+        "hardware=gpu",
+        "hydra.launcher.partition=a100",
+        "hydra.launcher.timeout_min=90",
+        "hydra.launcher.mem_gb=48",
+        "hydra.launcher.gpus_per_node=2",
+        "hydra.launcher.cpus_per_task=12",
+    )
     lines = set(text.splitlines())
-    assert {"#SBATCH --partition=a100", "#SBATCH --time=90", "#SBATCH --mem=48GB", "#SBATCH --gpus-per-node=2",
-            "#SBATCH --cpus-per-task=12", "#SBATCH --ntasks-per-node=1", "#SBATCH --array=0-1%2",
-            "#SBATCH --requeue", "#SBATCH --signal=USR2@120", "#SBATCH --job-name=llmlab"} <= lines, text
+    assert {
+        "#SBATCH --partition=a100",
+        "#SBATCH --time=90",
+        "#SBATCH --mem=48GB",
+        "#SBATCH --gpus-per-node=2",
+        "#SBATCH --cpus-per-task=12",
+        "#SBATCH --ntasks-per-node=1",
+        "#SBATCH --array=0-1%2",
+        "#SBATCH --requeue",
+        "#SBATCH --signal=USR2@120",
+        "#SBATCH --job-name=llmlab",
+    } <= lines, text
     assert "-m submitit.core._submit" in text
 
     # A requeue (preemption, time limit) submits the same call again: same overrides, job number and sweep dir.
@@ -66,8 +100,7 @@ def test_the_slurm_defaults_follow_the_hardware_option(monkeypatch, tmp_path):
     cpu, _ = sbatch_script(monkeypatch, tmp_path / "cpu", "hardware=cpu", jobs=1)
     assert "--gpus-per-node" not in cpu and "#SBATCH --cpus-per-task=4" in cpu.splitlines()
     multi, _ = sbatch_script(monkeypatch, tmp_path / "multi", "hardware=multi_gpu", "hardware.nproc=4", jobs=1)
-    assert {"#SBATCH --gpus-per-node=4", "#SBATCH --cpus-per-task=16", "#SBATCH --mem=128GB"} <= set(
-        multi.splitlines())
+    assert {"#SBATCH --gpus-per-node=4", "#SBATCH --cpus-per-task=16", "#SBATCH --mem=128GB"} <= set(multi.splitlines())
 
 
 def test_slurm_resources_are_no_longer_in_the_hardware_group():
@@ -129,14 +162,19 @@ def test_a_requeued_slurm_job_reuses_its_run_directory(monkeypatch, tmp_path):
     time.sleep(1.1)
     launcher._pin_sweep_dir()
     assert [o for o in launcher.config.hydra.overrides.hydra if o.startswith("hydra.sweep.dir=")] == [
-        f"hydra.sweep.dir={original}"]
+        f"hydra.sweep.dir={original}"
+    ]
 
 
 def test_visible_gpus_follow_cuda_visible_devices(monkeypatch):
     from llmlab.launch import visible_gpus
 
-    for value, gpus in [("3,5", ["3", "5"]), ("", []), ("2,-1,4", ["2"]), ("GPU-ab12, GPU-cd34", ["GPU-ab12",
-                                                                                                "GPU-cd34"])]:
+    for value, gpus in [
+        ("3,5", ["3", "5"]),
+        ("", []),
+        ("2,-1,4", ["2"]),
+        ("GPU-ab12, GPU-cd34", ["GPU-ab12", "GPU-cd34"]),
+    ]:
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", value)
         assert visible_gpus() == gpus
 
@@ -178,8 +216,14 @@ def test_pin_gpu_sets_cuda_visible_devices_once_per_process(monkeypatch, tmp_pat
 
 @pytest.mark.slow  # loky workers each import torch: 50-70 s on 2 cores
 def test_joblib_runs_jobs_in_parallel_workers_with_one_gpu_each(outputs):
-    res = run_cli("-m", "hydra/launcher=joblib", *TINY, "method.limit=1", "method.shots=0,1,2",
-                  env={"CUDA_VISIBLE_DEVICES": "3,5"})
+    res = run_cli(
+        "-m",
+        "hydra/launcher=joblib",
+        *TINY,
+        "method.limit=1",
+        "method.shots=0,1,2",
+        env={"CUDA_VISIBLE_DEVICES": "3,5"},
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert "n_jobs=2" in res.stdout + res.stderr  # one worker per visible GPU
     metas = [json.loads(p.read_text()) for p in outputs.rglob("meta.json")]
@@ -202,8 +246,9 @@ def logged_steps(run: Path) -> list[int]:
 @pytest.mark.slow  # the sbatch-script test above covers the launcher config in the default run
 def test_submitit_local_runs_a_tiny_job_end_to_end(outputs):
     sweep = outputs / "sweep"
-    res = run_cli("-m", "hydra/launcher=submitit_local", f"hydra.sweep.dir={sweep}", *TINY, "method.limit=1",
-                  "method.shots=1")
+    res = run_cli(
+        "-m", "hydra/launcher=submitit_local", f"hydra.sweep.dir={sweep}", *TINY, "method.limit=1", "method.shots=1"
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     meta = json.loads((sweep / "0" / "meta.json").read_text())
     assert meta["status"] == "completed" and meta["pid"] != json.loads((sweep / "sweep.json").read_text())["pid"]
@@ -218,10 +263,25 @@ def test_submitit_local_job_is_requeued_after_preemption_and_resumes(outputs):
     sweep = outputs / "sweep"
     wb = {f"WANDB_{k}_DIR": str(outputs.parent / k.lower()) for k in ("CACHE", "CONFIG", "DATA")}
     env = {**os.environ, "LLMLAB_CACHE": str(outputs.parent / "cache"), "WANDB_MODE": "offline", **wb}
-    proc = subprocess.Popen([sys.executable, "-m", "llmlab.cli", "-m", "hydra/launcher=submitit_local",
-                             f"hydra.sweep.dir={sweep}", *FAST_LM, "method.max_steps=300", "method.save_every=20",
-                             "logger=wandb"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "llmlab.cli",
+            "-m",
+            "hydra/launcher=submitit_local",
+            f"hydra.sweep.dir={sweep}",
+            *FAST_LM,
+            "method.max_steps=300",
+            "method.save_every=20",
+            "logger=wandb",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     run = sweep / "0"
     deadline = time.time() + 240
     while max(logged_steps(run), default=0) < 25 and proc.poll() is None and time.time() < deadline:
@@ -263,7 +323,7 @@ def test_the_tasks_of_a_slurm_step_rendezvous_at_its_first_host(monkeypatch, tmp
     cmd = distributed.torchrun_command(4, ["seed=1"], "/runs/x")
     assert "--standalone" not in cmd
     at = cmd.index("--nnodes")
-    assert cmd[at:at + 8] == ["--nnodes", "2", "--node_rank", "1", "--master_addr", "gpu07", "--master_port", "24242"]
+    assert cmd[at : at + 8] == ["--nnodes", "2", "--node_rank", "1", "--master_addr", "gpu07", "--master_port", "24242"]
     assert cmd[cmd.index("--nproc_per_node") + 1] == "4"
     monkeypatch.setenv("RANK", "3")  # inside a rank: no further launch
     assert distributed.job_tasks() == (1, 0)

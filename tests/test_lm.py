@@ -46,8 +46,9 @@ def test_dense_weights_match_the_papers_formula_with_and_without_alibi(horizon):
     q, k, v = (torch.randn(1, 4, 8, 8, generator=gen, dtype=torch.float64) for _ in range(3))
     gamma = alibi_slopes(4).double()
     probs, pseudo = attention_probs(q, k, gamma=gamma, horizon=horizon)
-    torch.testing.assert_close((probs.double() @ v), stablemask_reference(q, k, v, gamma, horizon=horizon),
-                               atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(
+        (probs.double() @ v), stablemask_reference(q, k, v, gamma, horizon=horizon), atol=1e-6, rtol=1e-5
+    )
     # ALiBi: S = (A - m (i - j)) * C + P, P[i, j] = -j * gamma for i < j < H (H = 8 here), softmax, times C
     if horizon is None:
         bias = score_bias(8, 8, gamma, None, q.device)
@@ -66,12 +67,16 @@ def test_rope_refuses_sequences_past_max_seq_len_alibi_does_not():
     assert model(position="alibi")(torch.zeros(1, 65, dtype=torch.long)).shape == (1, 65, 50)
 
 
-@pytest.mark.parametrize("kw,needle", [({"attention": "linear"}, "attention must be one of"),
-                                       ({"gamma": "fast"}, "gamma must be 'alibi' or a positive number"),
-                                       ({"gamma": "-1"}, "gamma must be > 0"),
-                                       ({"n_head": 3}, "must split into 3 heads"),
-                                       ({"attn_impl": "triton", "attention": "stablemask", "position": "alibi"},
-                                        "triton supports position rope")])
+@pytest.mark.parametrize(
+    "kw,needle",
+    [
+        ({"attention": "linear"}, "attention must be one of"),
+        ({"gamma": "fast"}, "gamma must be 'alibi' or a positive number"),
+        ({"gamma": "-1"}, "gamma must be > 0"),
+        ({"n_head": 3}, "must split into 3 heads"),
+        ({"attn_impl": "triton", "attention": "stablemask", "position": "alibi"}, "triton supports position rope"),
+    ],
+)
 def test_bad_architectures_are_clear_errors(kw, needle):
     with pytest.raises(LlmlabError, match=needle):
         model(**kw)
@@ -84,8 +89,9 @@ def tiny_corpus(n_tokens=2000) -> Corpus:
 
 def test_extrapolation_reports_perplexity_per_length():
     m = model(attention="stablemask", position="rope")
-    rows = lm_eval.extrapolation(m, tiny_corpus(), 16, [1, 2, 8], max_blocks=4, batch_size=4,
-                                 device=torch.device("cpu"))
+    rows = lm_eval.extrapolation(
+        m, tiny_corpus(), 16, [1, 2, 8], max_blocks=4, batch_size=4, device=torch.device("cpu")
+    )
     assert [r["length"] for r in rows] == [16, 32, 128]
     assert all(r["ppl"] > 1 and r["bpb"] > 0 for r in rows[:2]) and "max_seq_len" in rows[2]["skipped"]
     windowed = lm_eval.extrapolation(m, tiny_corpus(), 16, [2], 4, 4, torch.device("cpu"), window=8)
@@ -114,11 +120,13 @@ def test_sink_metrics_on_a_tiny_model(attention):
 def test_the_position_probe_runs_and_softmax_rope_is_at_chance():
     base = LMArch(position="rope")
     arch = probe_arch(base, "softmax", n_layer=1, d_model=16, n_head=2, seq_len=16)
-    res = train_probe(arch, "bucket", 16, 4, steps=3, batch_size=4, lr=1e-2, seed=0, eval_batches=2,
-                      device=torch.device("cpu"))
+    res = train_probe(
+        arch, "bucket", 16, 4, steps=3, batch_size=4, lr=1e-2, seed=0, eval_batches=2, device=torch.device("cpu")
+    )
     assert res["accuracy"] == pytest.approx(chance("bucket", 16, 4)) == 0.25
-    sm = train_probe(dataclasses.replace(arch, attention="stablemask"), "mod", 16, 4, 3, 4, 1e-2, 0, 2,
-                     torch.device("cpu"))
+    sm = train_probe(
+        dataclasses.replace(arch, attention="stablemask"), "mod", 16, 4, 3, 4, 1e-2, 0, 2, torch.device("cpu")
+    )
     assert 0 <= sm["accuracy"] <= 1 and math.isfinite(sm["final_loss"])
 
 
@@ -126,6 +134,10 @@ def test_the_position_probe_runs_and_softmax_rope_is_at_chance():
 def test_stablemask_learns_absolute_position_and_softmax_cannot():
     """Spec S1 (shortened): 2 layers, D = 64, 4 heads, RoPE, N = 64, 8 buckets."""
     base = LMArch(position="rope")
-    results = {a: train_probe(probe_arch(base, a, 2, 64, 4, 64), "bucket", 64, 8, 200, 32, 1e-3, 0, 4,
-                              torch.device("cpu"))["accuracy"] for a in ("softmax", "stablemask")}
+    results = {
+        a: train_probe(probe_arch(base, a, 2, 64, 4, 64), "bucket", 64, 8, 200, 32, 1e-3, 0, 4, torch.device("cpu"))[
+            "accuracy"
+        ]
+        for a in ("softmax", "stablemask")
+    }
     assert results["softmax"] == pytest.approx(0.125) and results["stablemask"] >= 0.9

@@ -28,6 +28,7 @@ def tiny():
 
 # ---------------------------------------------------------------- UCT and back-propagation by hand
 
+
 def test_uct_by_hand():
     parent = Node(0, returns=[0.0] * 4)
     visited = Node(1, returns=[1.0, 3.0])  # Q = 2, N = 2
@@ -65,6 +66,7 @@ def test_refined_backprop_by_hand():
 
 
 # ---------------------------------------------------------------- search on toy worlds
+
 
 class ToyWorld:
     """Sequences over {a, b, c} of length 3; only b, c, a pays (scripted reward at the leaf)."""
@@ -143,6 +145,7 @@ def test_mcts_solves_blocksworld_with_an_oracle_reward():
 
 # ---------------------------------------------------------------- rewards
 
+
 def test_jsd_matches_a_direct_computation():
     g = torch.Generator().manual_seed(0)
     p = torch.randn(5, 11, generator=g).log_softmax(-1)
@@ -219,11 +222,11 @@ def test_action_scorer_matches_direct_forward(tiny):
         n_ctx = len(tok(ctx).input_ids)
         with torch.no_grad():
             out = model(input_ids=torch.tensor([ids]), output_hidden_states=True)
-        logp = out.logits[0, n_ctx - 1:-1].log_softmax(-1)
+        logp = out.logits[0, n_ctx - 1 : -1].log_softmax(-1)
         tgt = torch.tensor(ids[n_ctx:])
         assert s.ll == pytest.approx(float(logp.gather(-1, tgt[:, None]).sum()), abs=1e-3)
         with torch.no_grad():
-            early = model.lm_head(model.model.norm(out.hidden_states[1][0, n_ctx - 1:-1])).log_softmax(-1)
+            early = model.lm_head(model.model.norm(out.hidden_states[1][0, n_ctx - 1 : -1])).log_softmax(-1)
         assert s.jsd == pytest.approx(float(jsd(logp, early).mean()), abs=1e-4)
     from llmlab.scoring import Request, Scorer
 
@@ -232,6 +235,7 @@ def test_action_scorer_matches_direct_forward(tiny):
 
 
 # ---------------------------------------------------------------- model pairs and speculative decoding
+
 
 def test_early_exit_model_shares_weights_and_equals_hidden_state_exit(tiny):
     from llmlab.models.pairs import early_exit_model, lowp_copy, rtn_copy
@@ -260,8 +264,10 @@ def test_speculative_decoding_equals_plain_greedy(tiny, n_draft):
 
     model, tok = tiny
     draft = early_exit_model(model, 1)
-    for prompt in ("[STATE 0] I have that, the red block is clear.\n[ACTION] Pick up the red block.\n[CHANGE]",
-                   "hello"):
+    for prompt in (
+        "[STATE 0] I have that, the red block is clear.\n[ACTION] Pick up the red block.\n[CHANGE]",
+        "hello",
+    ):
         ids = tok(prompt).input_ids
         for stop in (stopper(tok, 30), stopper(tok, 30, ("e",))):
             plain, _ = greedy(model, ids, stop)
@@ -277,8 +283,10 @@ def test_prompt_lookup_and_prefix_cache_keep_greedy_output(tiny):
 
     model, tok = tiny
     head = "[STATE 0] I have that, the red block is clear, the blue block is on the table.\n"
-    prompts = [head + f"[ACTION] {a}.\n[CHANGE]" for a in ("Pick up the red block", "Pick up the blue block",
-                                                              "Put down the red block")]
+    prompts = [
+        head + f"[ACTION] {a}.\n[CHANGE]"
+        for a in ("Pick up the red block", "Pick up the blue block", "Put down the red block")
+    ]
     draft, cached, fresh = PromptLookup(ngram=4, history=8), PrefixCache(), PrefixCache()
     for prompt in prompts:
         ids = tok(prompt).input_ids
@@ -345,15 +353,27 @@ def test_grouped_query_sdpa_matches_default_attention_and_restores_the_flag(tiny
 
 # ---------------------------------------------------------------- runner
 
-MCTS_TINY = ("method=sc_mcts", "dataset=blocksworld/generated", "dataset.options.n=2", "method.n_iters=2",
-             "method.amateur.layer=1", "method.reward.prior_problems=1")
+MCTS_TINY = (
+    "method=sc_mcts",
+    "dataset=blocksworld/generated",
+    "dataset.options.n=2",
+    "method.n_iters=2",
+    "method.amateur.layer=1",
+    "method.reward.prior_problems=1",
+)
 
 
 def test_mcts_runner_end_to_end_with_trees_and_node_text(tmp_path):
     from llmlab.runners import mcts
 
-    cfg, ctx = runner_setup(tmp_path, *MCTS_TINY, "method.node_text=generate", "method.node_max_new_tokens=6",
-                            "method.draft.kind=early_exit", "method.draft.layer=1")
+    cfg, ctx = runner_setup(
+        tmp_path,
+        *MCTS_TINY,
+        "method.node_text=generate",
+        "method.node_max_new_tokens=6",
+        "method.draft.kind=early_exit",
+        "method.draft.layer=1",
+    )
     result = mcts.run(cfg, ctx)
     m = result["metrics"]["blocksworld/generated"]
     assert m["n"] == 2 and m["mean_s_per_node"] > 0 and 0 <= m["mean_acceptance"] <= 1
@@ -368,8 +388,14 @@ def test_mcts_runner_end_to_end_with_trees_and_node_text(tmp_path):
 def test_mcts_runner_with_fitted_regions(tmp_path):
     from llmlab.runners import mcts
 
-    cfg, ctx = runner_setup(tmp_path, *MCTS_TINY, "method.reward.normalise=multimode", "method.reward.fit_regions=true",
-                            "method.reward.prior_rollouts=4", "dataset.options.n=1")
+    cfg, ctx = runner_setup(
+        tmp_path,
+        *MCTS_TINY,
+        "method.reward.normalise=multimode",
+        "method.reward.fit_regions=true",
+        "method.reward.prior_rollouts=4",
+        "dataset.options.n=1",
+    )
     assert mcts.run(cfg, ctx)["metrics"]["blocksworld/generated"]["n"] == 1
     prior = json.loads((tmp_path / "run" / "reward_prior.json").read_text())
     for c in ("jsd", "ll", "se"):
@@ -380,8 +406,9 @@ def test_mcts_runner_with_fitted_regions(tmp_path):
 def test_mcts_runner_resumes_at_the_next_unsolved_problem(tmp_path, monkeypatch):
     from llmlab.runners import mcts
 
-    cfg, ctx = runner_setup(tmp_path, "method=mcts_rap", "dataset=blocksworld/generated", "dataset.options.n=3",
-                            "method.n_iters=1")
+    cfg, ctx = runner_setup(
+        tmp_path, "method=mcts_rap", "dataset=blocksworld/generated", "dataset.options.n=3", "method.n_iters=1"
+    )
     real, seen = mcts.solve, []
 
     def flaky(row, *args):
@@ -407,8 +434,10 @@ def test_an_unknown_backprop_is_refused_before_the_run():
         validate_config(compose([*MCTS_TINY, "method.backprop=foo"]))
 
 
-@pytest.mark.parametrize("override,needle", [("method.amateur.layer=7", "amateur.layer must be"),
-                                             ("method.reward.components=[ll,xx]", "reward.components")])
+@pytest.mark.parametrize(
+    "override,needle",
+    [("method.amateur.layer=7", "amateur.layer must be"), ("method.reward.components=[ll,xx]", "reward.components")],
+)
 def test_mcts_runner_bad_settings_are_one_line_errors(tmp_path, override, needle):
     from llmlab.runners import mcts
 
@@ -421,11 +450,12 @@ def test_tree_picture_from_a_dump(tmp_path):
     from llmlab.analysis.mcts_tree import layout, main
 
     node = {"expanded": True, "visits": 1, "q": 0.5}
-    nodes = [{**node, "id": 0, "parent": None, "depth": 0, "action": None},
-             {**node, "id": 1, "parent": 0, "depth": 1, "action": "('pick-up', 'a')"},
-             {**node, "id": 2, "parent": 0, "depth": 1, "action": "('unstack', 'b', 'a')", "expanded": False,
-              "visits": 0},
-             {**node, "id": 3, "parent": 1, "depth": 2, "action": "('stack', 'a', 'b')"}]
+    nodes = [
+        {**node, "id": 0, "parent": None, "depth": 0, "action": None},
+        {**node, "id": 1, "parent": 0, "depth": 1, "action": "('pick-up', 'a')"},
+        {**node, "id": 2, "parent": 0, "depth": 1, "action": "('unstack', 'b', 'a')", "expanded": False, "visits": 0},
+        {**node, "id": 3, "parent": 1, "depth": 2, "action": "('stack', 'a', 'b')"},
+    ]
     pos = layout(nodes)
     assert pos[0][0] == (pos[1][0] + pos[2][0]) / 2 and pos[3] == (pos[1][0], 2)
     src = tmp_path / "t.json"
@@ -443,7 +473,8 @@ def test_paired_runs_mcnemar(tmp_path):
     for name, flags in (("a", [1, 1, 0, 1]), ("b", [0, 1, 0, 0])):
         (tmp_path / name).mkdir()
         (tmp_path / name / "predictions.jsonl").write_text(
-            "".join(json.dumps({"id": f"p{i}", "correct": bool(f)}) + "\n" for i, f in enumerate(flags)))
+            "".join(json.dumps({"id": f"p{i}", "correct": bool(f)}) + "\n" for i, f in enumerate(flags))
+        )
     r = compare(tmp_path / "a", tmp_path / "b")
     assert (r["n"], r["acc_a"], r["acc_b"], r["only_a"], r["only_b"]) == (4, 0.75, 0.25, 2, 0)
     lo, hi = r["diff_ci95"]  # per-problem B - A = [-1, 0, 0, -1]: resampled means lie in [-1, 0]

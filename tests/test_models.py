@@ -34,13 +34,20 @@ def test_random_model_is_deterministic_per_seed(tmp_path):
     assert m1.config.vocab_size == len(tok) and m1.config.num_hidden_layers == 2
 
 
-@pytest.mark.parametrize("cfg,needle", [
-    (ModelConfig(name="x", source="pypi_gguf", package="not-installed", module="no_such_module_xyz", gguf_file="a"),
-     "is not installed"),
-    (ModelConfig(name="x", source="local", path="/no/such/dir"), "does not exist"),
-    (ModelConfig(name="x", source="hub", hub_id="no-org/no-such-model-xyz"), "not found"),
-    (ModelConfig(name="x", source="magic"), "unknown model.source"),
-])
+@pytest.mark.parametrize(
+    "cfg,needle",
+    [
+        (
+            ModelConfig(
+                name="x", source="pypi_gguf", package="not-installed", module="no_such_module_xyz", gguf_file="a"
+            ),
+            "is not installed",
+        ),
+        (ModelConfig(name="x", source="local", path="/no/such/dir"), "does not exist"),
+        (ModelConfig(name="x", source="hub", hub_id="no-org/no-such-model-xyz"), "not found"),
+        (ModelConfig(name="x", source="magic"), "unknown model.source"),
+    ],
+)
 def test_missing_models_raise_one_line_errors(cfg, needle, tmp_path):
     with pytest.raises(LlmlabError, match=needle) as info:
         model_dir(OmegaConf.structured(cfg), tmp_path)
@@ -68,5 +75,5 @@ def test_smollm2_converts_once_and_reloads_identically(tmp_path):
     assert (tmp_path / "models" / "smollm2-135m" / "model.safetensors").is_file()
     ids = tok("The capital of France is", return_tensors="pt").input_ids
     out = model.generate(ids, max_new_tokens=3, do_sample=False)
-    assert "Paris" in tok.decode(out[0, ids.shape[1]:])
+    assert "Paris" in tok.decode(out[0, ids.shape[1] :])
     assert sum(p.numel() for p in model.parameters()) == 134_515_008

@@ -16,18 +16,25 @@ from llmlab.errors import LlmlabError
 from tests.helpers import runner_setup
 
 HAND = [
-    ("Marlon Brando starred in On the Waterfront by Kazan./NER",
-     "Literature/NER/:Person;Marlon Brando:Product Name;On the Waterfront:Person;Kazan"),
+    (
+        "Marlon Brando starred in On the Waterfront by Kazan./NER",
+        "Literature/NER/:Person;Marlon Brando:Product Name;On the Waterfront:Person;Kazan",
+    ),
     ("Nothing to see here./NER", "Nature/NER/"),
-    ("The screen was not good. I love it./Sentiment Relation Word",
-     "negative/Sentiment Relation Word/:negative;good:positive;love"),
-    ("Kelvo Ran plays for Tamsik Club./Relation Extraction",
-     "Sports/Relation Extraction/:Kelvo Ran;plays_for;Tamsik Club"),
+    (
+        "The screen was not good. I love it./Sentiment Relation Word",
+        "negative/Sentiment Relation Word/:negative;good:positive;love",
+    ),
+    (
+        "Kelvo Ran plays for Tamsik Club./Relation Extraction",
+        "Sports/Relation Extraction/:Kelvo Ran;plays_for;Tamsik Club",
+    ),
     ("A review with no adjectives./Sentiment Adj", "positive/Sentiment Adj/"),
 ]
 
 
 # ---- format -----------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("inp,out", HAND)
 def test_hand_written_examples_round_trip(inp, out):
@@ -47,14 +54,17 @@ def test_parsed_fields():
     assert parse_output("Sports/Relation Extraction/:A;r;B:")[2] == [("A", "r", "B")]
 
 
-@pytest.mark.parametrize("out,needle", [
-    ("Literature NER :Person;X", "missing the 'TL/TASK/' separators"),
-    ("Literature/NER", "missing the '/' after the task word"),
-    ("Literature/Parsing/:Person;X", "unknown task word 'Parsing'"),
-    ("Literature/NER/Person;X", "must start with ':'"),
-    ("Literature/NER/:Person", "2 non-empty"),
-    ("Sports/Relation Extraction/:A;B", "3 non-empty"),
-])
+@pytest.mark.parametrize(
+    "out,needle",
+    [
+        ("Literature NER :Person;X", "missing the 'TL/TASK/' separators"),
+        ("Literature/NER", "missing the '/' after the task word"),
+        ("Literature/Parsing/:Person;X", "unknown task word 'Parsing'"),
+        ("Literature/NER/Person;X", "must start with ':'"),
+        ("Literature/NER/:Person", "2 non-empty"),
+        ("Sports/Relation Extraction/:A;B", "3 non-empty"),
+    ],
+)
 def test_malformed_outputs_say_what_is_wrong(out, needle):
     with pytest.raises(FormatError, match=needle):
         parse_output(out)
@@ -72,6 +82,7 @@ def test_malformed_inputs_and_unwritable_fields():
 
 
 # ---- files: errors name file and line ----------------------------------------------------------------------------
+
 
 def write_json_array(path, pairs):
     path.write_text("[\n" + ",\n".join(json.dumps({"input": i, "output": o}) for i, o in pairs) + "\n]\n")
@@ -111,8 +122,9 @@ def test_empty_file_and_unseen_test_label(tmp_path):
         read_records(tmp_path / "empty.json")
     train = write_json_array(tmp_path / "train.json", [("a b/NER", "Sports/NER/"), ("c d/NER", "Nature/NER/")])
     test = write_json_array(tmp_path / "test.json", [("e/NER", "Sports/NER/"), ("f/NER", "Politics/NER/")])
-    cfg, _ = runner_setup(tmp_path, "method=verbalizer", "dataset=mre/file", f"dataset.path={test}",
-                          f"dataset.pool_path={train}")
+    cfg, _ = runner_setup(
+        tmp_path, "method=verbalizer", "dataset=mre/file", f"dataset.path={test}", f"dataset.pool_path={train}"
+    )
     from llmlab.data.mre.loader import load_mre
 
     with pytest.raises(LlmlabError, match=r"test.json:3: test label 'Politics' does not occur in the training"):
@@ -135,6 +147,7 @@ def test_hub_offline_is_one_line(tmp_path, monkeypatch):
 
 
 # ---- synthetic generator ------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", sorted(SUBSETS))
 def test_generator_is_deterministic_valid_and_balanced(name):
@@ -185,6 +198,7 @@ def test_coupling_sets_agreement_rate():
 
 # ---- ablation rows --------------------------------------------------------------------------------------------------
 
+
 def test_ablation_conditions_follow_the_grammar():
     row = MreRecord("The soup was good.", "Sentiment Adj", "positive", [("positive", "good")]).as_row()
     other = MreRecord("Bad.", "Sentiment Adj", "negative", [("negative", "bad")]).as_row()
@@ -200,6 +214,7 @@ def test_ablation_conditions_follow_the_grammar():
 
 
 # ---- saliency ---------------------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def tiny64():
@@ -264,8 +279,12 @@ def test_batched_saliency_equals_per_example_and_naive(tiny64):
     from llmlab.analysis.saliency import attention_saliency, naive_saliency
 
     model, tok = tiny64
-    texts = ["Review: good\nSentiment:", "Review: the delivery was slow and bad\nSentiment:", "Text: x\nTopic:",
-             "Review: I love the battery, it lasts\nSentiment:"]
+    texts = [
+        "Review: good\nSentiment:",
+        "Review: the delivery was slow and bad\nSentiment:",
+        "Text: x\nTopic:",
+        "Review: I love the battery, it lasts\nSentiment:",
+    ]
     seqs = [tok(t).input_ids for t in texts]
     labels, gold = [40, 50], [0, 1, 1, 0]
     batched, logp_b = attention_saliency(model, seqs, labels, gold, batch_size=3, pad_id=tok.pad_token_id)
@@ -282,12 +301,15 @@ def test_batched_saliency_equals_per_example_and_naive(tiny64):
 
 # ---- verbalizer ---------------------------------------------------------------------------------------------------
 
+
 def test_knowledgeable_verbalizer_ranks_class_words():
     from llmlab.runners.verbalizer import build_verbalizer, log_mean_exp
 
-    rows = [{"tl": "positive", "wl": [["positive", "great"], ["positive", "good"]]}] * 3 + \
-           [{"tl": "negative", "wl": [["negative", "awful"], ["positive", "good"]]}] * 2 + \
-           [{"tl": "negative", "wl": [["negative", "slow"]]}]
+    rows = (
+        [{"tl": "positive", "wl": [["positive", "great"], ["positive", "good"]]}] * 3
+        + [{"tl": "negative", "wl": [["negative", "awful"], ["positive", "good"]]}] * 2
+        + [{"tl": "negative", "wl": [["negative", "slow"]]}]
+    )
     v = build_verbalizer(rows, ["negative", "positive"], top_k=5, rank="tfidf", words="spans", min_count=1)
     assert v["positive"] == ["positive", "great"]  # "good" is in both classes: tf-idf weight 0
     assert v["negative"] == ["negative", "awful", "slow"]
@@ -296,8 +318,7 @@ def test_knowledgeable_verbalizer_ranks_class_words():
     # pmi keeps a shared word in the class where it is over-represented (good: 3 of 5 in positive)
     pmi = build_verbalizer(rows, ["negative", "positive"], top_k=5, words="spans", min_count=1)
     assert pmi["positive"] == ["positive", "great", "good"] and pmi["negative"] == ["negative", "awful", "slow"]
-    words_only = build_verbalizer(rows, ["negative", "positive"], top_k=5, words="spans", min_count=1,
-                                  label_name=False)
+    words_only = build_verbalizer(rows, ["negative", "positive"], top_k=5, words="spans", min_count=1, label_name=False)
     assert words_only["positive"] == ["great", "good"]
     assert log_mean_exp([0.0, 0.0]) == pytest.approx(0.0)
 
@@ -317,7 +338,7 @@ def test_verbalizer_word_scores_are_label_word_logprobs(tmp_path):
         for p, g in zip(prompts, got):
             ctx_ids = tok(p).input_ids
             for w in words:
-                cont = tok(p + " " + w).input_ids[len(ctx_ids):]
+                cont = tok(p + " " + w).input_ids[len(ctx_ids) :]
                 with torch.no_grad():
                     logp = model(input_ids=torch.tensor([ctx_ids + cont])).logits[0].log_softmax(-1)
                 steps = cont[:1] if mode == "first_token" else cont
@@ -327,11 +348,19 @@ def test_verbalizer_word_scores_are_label_word_logprobs(tmp_path):
 
 # ---- runners in tiny mode ---------------------------------------------------------------------------------------
 
+
 def test_info_flow_runner_tiny(tmp_path):
     from llmlab.runners import info_flow
 
-    cfg, ctx = runner_setup(tmp_path, "method=info_flow", "dataset=mre/scpos_adj", "method.limit=3",
-                            "method.bootstrap=20", "dataset.n_train_ft=6", "dataset.n_icl_pool=1")
+    cfg, ctx = runner_setup(
+        tmp_path,
+        "method=info_flow",
+        "dataset=mre/scpos_adj",
+        "method.limit=3",
+        "method.bootstrap=20",
+        "dataset.n_train_ft=6",
+        "dataset.n_icl_pool=1",
+    )
     res = info_flow.run(cfg, ctx)
     gold = res["conditions"]["gold"]
     assert set(res["conditions"]) == {"gold", "shuffled", "none"}
@@ -360,8 +389,15 @@ def test_pair_masks_cover_disjoint_causal_sets():
 def test_ablation_runner_tiny(tmp_path):
     from llmlab.runners import mre_ablation
 
-    cfg, ctx = runner_setup(tmp_path, "method=mre_ablation", "dataset=mre/scnm", "dataset.n_train_ft=8",
-                            "method.limit=2", "method.max_new_tokens=4", "method.conditions=[tl_only,wl_only,joint]")
+    cfg, ctx = runner_setup(
+        tmp_path,
+        "method=mre_ablation",
+        "dataset=mre/scnm",
+        "dataset.n_train_ft=8",
+        "method.limit=2",
+        "method.max_new_tokens=4",
+        "method.conditions=[tl_only,wl_only,joint]",
+    )
     res = mre_ablation.run(cfg, ctx)
     assert set(res["conditions"]) == {"tl_only", "wl_only", "joint"}
     assert {"tl_macro_f1", "wl_f1", "all"} <= set(res["conditions"]["joint"])
@@ -372,8 +408,15 @@ def test_ablation_runner_tiny(tmp_path):
 def test_verbalizer_runner_tiny_without_label_names(tmp_path):
     from llmlab.runners import verbalizer
 
-    cfg, ctx = runner_setup(tmp_path, "method=verbalizer", "dataset=mre/scpos_rw", "method.limit=4",
-                            "method.shots=[0,1]", "method.label_name=false", "method.min_count=1")
+    cfg, ctx = runner_setup(
+        tmp_path,
+        "method=verbalizer",
+        "dataset=mre/scpos_rw",
+        "method.limit=4",
+        "method.shots=[0,1]",
+        "method.label_name=false",
+        "method.min_count=1",
+    )
     res = verbalizer.run(cfg, ctx)
     assert [r["shots"] for r in res["table"]] == [0, 1]
     assert all(0.0 <= r[arm]["macro_f1"] <= 1.0 for r in res["table"] for arm in ("baseline", "kv"))

@@ -15,12 +15,36 @@ import yaml
 
 from tests.helpers import REPO, TINY, run_cli
 
-SEARCH_FT = [*TINY, "method=finetune", "dataset=implicit/bool", "dataset.n_train_ft=16", "method.warmup_steps=1",
-             "method.grad_accum=1", "method.micro_batch_size=2", "method.max_steps=8", "method.save_every=100"]
-SMALL_LM = ["model.lm.n_layer=1", "model.lm.d_model=32", "model.lm.n_head=2", "model.lm.ffn_hidden=64",
-            "dataset.block_size=32", "method.micro_batch_size=4", "method.grad_accum=2", "method.eval_blocks=4",
-            "method.eval_lengths=[1]", "method.sink_blocks=1", "hardware=cpu", "logger=none", "method.log_every=1",
-            "method.max_steps=300", "method.eval_every=300", "method.save_every=50", "hydra.sweeper.n_trials=3"]
+SEARCH_FT = [
+    *TINY,
+    "method=finetune",
+    "dataset=implicit/bool",
+    "dataset.n_train_ft=16",
+    "method.warmup_steps=1",
+    "method.grad_accum=1",
+    "method.micro_batch_size=2",
+    "method.max_steps=8",
+    "method.save_every=100",
+]
+SMALL_LM = [
+    "model.lm.n_layer=1",
+    "model.lm.d_model=32",
+    "model.lm.n_head=2",
+    "model.lm.ffn_hidden=64",
+    "dataset.block_size=32",
+    "method.micro_batch_size=4",
+    "method.grad_accum=2",
+    "method.eval_blocks=4",
+    "method.eval_lengths=[1]",
+    "method.sink_blocks=1",
+    "hardware=cpu",
+    "logger=none",
+    "method.log_every=1",
+    "method.max_steps=300",
+    "method.eval_every=300",
+    "method.save_every=50",
+    "hydra.sweeper.n_trials=3",
+]
 
 
 def trials(sweep: Path) -> list:
@@ -38,8 +62,9 @@ def objective_of(run: Path, key: str) -> float:
 def test_a_three_trial_search_reports_its_best_trial(outputs):
     """Learning rates for a LoRA-free fine-tune of tiny-random: finetune's objective is its final training loss
     (minimised, llmlab/objectives.py)."""
-    res = run_cli("-m", "hydra/sweeper=optuna", *SEARCH_FT, "method.lr=tag(log,interval(1e-4,1e-1))",
-                  "hydra.sweeper.n_trials=3")
+    res = run_cli(
+        "-m", "hydra/sweeper=optuna", *SEARCH_FT, "method.lr=tag(log,interval(1e-4,1e-1))", "hydra.sweeper.n_trials=3"
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     (sweep,) = (outputs / "multirun").glob("*/*")
     done = trials(sweep)
@@ -64,8 +89,14 @@ def test_an_interrupted_search_resumes_its_study_with_resume_auto(outputs):
     trial: the same command with resume=auto reuses the sweep directory and its study, keeps the finished trial,
     tries the interrupted trial's parameters again (in a new job directory) and stops at three finished trials."""
     args = ["-m", "hparams_search=pretrain_lr", *SMALL_LM]
-    proc = subprocess.Popen([sys.executable, "-m", "llmlab.cli", *args], cwd=REPO, env=dict(os.environ),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llmlab.cli", *args],
+        cwd=REPO,
+        env=dict(os.environ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 240
     second = None
     while proc.poll() is None and time.time() < deadline:

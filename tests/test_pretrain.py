@@ -13,12 +13,30 @@ from llmlab.models.scratch import load_scratch_model
 from llmlab.runners import pretrain
 from tests.helpers import runner_setup
 
-TINY_LM = ["model=lm-tiny", "dataset=corpus/pydoc", "model.lm.n_layer=1", "model.lm.d_model=32", "model.lm.n_head=2",
-           "model.lm.ffn_hidden=64", "dataset.block_size=32"]
-FAST = ["method=pretrain", *TINY_LM, "method.micro_batch_size=4",
-        "method.grad_accum=2", "method.max_steps=6", "method.save_every=2", "method.warmup_steps=2", "method.lr=3e-3",
-        "method.eval_every=100", "method.log_every=1", "method.eval_blocks=4", "method.eval_lengths=[1,2]",
-        "method.sink_blocks=2"]
+TINY_LM = [
+    "model=lm-tiny",
+    "dataset=corpus/pydoc",
+    "model.lm.n_layer=1",
+    "model.lm.d_model=32",
+    "model.lm.n_head=2",
+    "model.lm.ffn_hidden=64",
+    "dataset.block_size=32",
+]
+FAST = [
+    "method=pretrain",
+    *TINY_LM,
+    "method.micro_batch_size=4",
+    "method.grad_accum=2",
+    "method.max_steps=6",
+    "method.save_every=2",
+    "method.warmup_steps=2",
+    "method.lr=3e-3",
+    "method.eval_every=100",
+    "method.log_every=1",
+    "method.eval_blocks=4",
+    "method.eval_lengths=[1,2]",
+    "method.sink_blocks=2",
+]
 
 
 def setup(tmp_path, *overrides, base=FAST):
@@ -81,8 +99,13 @@ def test_resume_refuses_a_changed_config(tmp_path):
 
 @pytest.mark.parametrize("inject", ["nan_loss", "huge_lr"])
 def test_the_watchdog_stops_on_nan_and_keeps_only_healthy_checkpoints(tmp_path, monkeypatch, inject):
-    cfg, ctx = setup(tmp_path, "method.save_every=1", "method.max_steps=6", "method.grad_accum=1",
-                     *(["method.lr=1e30", "method.warmup_steps=0"] if inject == "huge_lr" else []))
+    cfg, ctx = setup(
+        tmp_path,
+        "method.save_every=1",
+        "method.max_steps=6",
+        "method.grad_accum=1",
+        *(["method.lr=1e30", "method.warmup_steps=0"] if inject == "huge_lr" else []),
+    )
     if inject == "nan_loss":
         real, calls = torch.nn.functional.cross_entropy, []
 
@@ -124,9 +147,16 @@ def test_the_saved_model_is_evaluated_by_lm_eval(tmp_path):
 
     cfg, ctx = setup(tmp_path / "train", "method.max_steps=2", "method.eval_lengths=[1]", "method.sink_metrics=false")
     trained = pretrain.run(cfg, ctx)
-    cfg2, ctx2 = setup(tmp_path / "eval", "method=lm_eval", f"method.model_dir={ctx.run_dir.file('model')}",
-                       "method.eval_lengths=[1,2]", "method.eval_window=8", "method.eval_blocks=4",
-                       "method.sink_blocks=2", base=TINY_LM)
+    cfg2, ctx2 = setup(
+        tmp_path / "eval",
+        "method=lm_eval",
+        f"method.model_dir={ctx.run_dir.file('model')}",
+        "method.eval_lengths=[1,2]",
+        "method.eval_window=8",
+        "method.eval_blocks=4",
+        "method.sink_blocks=2",
+        base=TINY_LM,
+    )
     res = lm_eval.run(cfg2, ctx2)
     assert res["metrics"]["val"]["ppl@1x"] == pytest.approx(trained["val"]["ppl"], rel=1e-5)
     assert {"ppl@2x", "ppl@2x_w8", "first_token_mass"} <= set(res["metrics"]["val"])
@@ -138,9 +168,19 @@ def test_the_saved_model_is_evaluated_by_lm_eval(tmp_path):
 def test_the_position_probe_runner_compares_the_arms(tmp_path):
     from llmlab.runners import position_probe
 
-    cfg, ctx = setup(tmp_path, "method=position_probe", "method.steps=2", "method.seq_len=16", "method.n_classes=4",
-                     "method.d_model=16", "method.n_head=2", "method.n_layer=1", "method.batch_size=4",
-                     "method.eval_batches=1", base=TINY_LM)
+    cfg, ctx = setup(
+        tmp_path,
+        "method=position_probe",
+        "method.steps=2",
+        "method.seq_len=16",
+        "method.n_classes=4",
+        "method.d_model=16",
+        "method.n_head=2",
+        "method.n_layer=1",
+        "method.batch_size=4",
+        "method.eval_batches=1",
+        base=TINY_LM,
+    )
     res = position_probe.run(cfg, ctx)
     assert res["chance"] == 0.25 and set(res["arms"]) == {"softmax", "stablemask"}
     assert json.loads(ctx.run_dir.file("results.json").read_text())["metrics"]["softmax"]["accuracy"] == 0.25

@@ -14,9 +14,19 @@ from llmlab.report import report
 def write_run(path, shots, seed, acc):
     path.mkdir(parents=True)
     (path / "meta.json").write_text("{}")
-    (path / "results.json").write_text(json.dumps({
-        "runner": "icl", "model": "m", "task": "bool", "shots": shots, "seed": seed,
-        "metrics": {"pattern": {"n": 50, "strict": acc, "loglik": acc / 2}}, "timing": {"scoring_s": 1.0}}))
+    (path / "results.json").write_text(
+        json.dumps(
+            {
+                "runner": "icl",
+                "model": "m",
+                "task": "bool",
+                "shots": shots,
+                "seed": seed,
+                "metrics": {"pattern": {"n": 50, "strict": acc, "loglik": acc / 2}},
+                "timing": {"scoring_s": 1.0},
+            }
+        )
+    )
 
 
 def test_report_aggregates_seeds(tmp_path):
@@ -44,12 +54,23 @@ def test_single_seed_uses_item_interval(tmp_path):
 def test_field_that_is_null_in_one_run_and_an_object_in_another(tmp_path):
     """e.g. MCTS `scorer`: null for the random reward, an object otherwise; such fields are not grouping keys, while
     list-valued ones (`components`) are."""
-    for name, comps, scorer, acc in (("random", ["random"], None, 0.8), ("jsd", ["jsd"], {"calls": 3}, 0.6),
-                                     ("jsd_ll", ["jsd", "ll"], {"calls": 5}, 0.7)):
+    for name, comps, scorer, acc in (
+        ("random", ["random"], None, 0.8),
+        ("jsd", ["jsd"], {"calls": 3}, 0.6),
+        ("jsd_ll", ["jsd", "ll"], {"calls": 5}, 0.7),
+    ):
         (tmp_path / name).mkdir()
-        (tmp_path / name / "results.json").write_text(json.dumps({
-            "runner": "mcts", "components": comps, "scorer": scorer, "seed": 0,
-            "metrics": {"step_2": {"n": 10, "accuracy": acc}}}))
+        (tmp_path / name / "results.json").write_text(
+            json.dumps(
+                {
+                    "runner": "mcts",
+                    "components": comps,
+                    "scorer": scorer,
+                    "seed": 0,
+                    "metrics": {"step_2": {"n": 10, "accuracy": acc}},
+                }
+            )
+        )
     table, _ = report(tmp_path)
     rows = [line for line in table.splitlines() if "step_2 |" in line]
     assert len(rows) == 3 and "scorer" not in table  # list-valued fields separate arms, objects are left out
@@ -67,15 +88,26 @@ def test_pretrain_plots_from_run_directories(tmp_path):
     for i, (attention, seed) in enumerate([("softmax", 0), ("softmax", 1), ("stablemask", 0)]):
         run = tmp_path / "sweep" / str(i)
         run.mkdir(parents=True)
-        result = {"runner": "pretrain", "model": "lm-tiny", "attention": attention, "position": "rope", "seed": seed,
-                  "extrapolation": [{"multiple": m, "window": None, "ppl": 6.0 + m + seed} for m in (1, 2, 4)],
-                  "sink": {"mean": {"first_token_mass": 0.01 * (i + 1)}}}
+        result = {
+            "runner": "pretrain",
+            "model": "lm-tiny",
+            "attention": attention,
+            "position": "rope",
+            "seed": seed,
+            "extrapolation": [{"multiple": m, "window": None, "ppl": 6.0 + m + seed} for m in (1, 2, 4)],
+            "sink": {"mean": {"first_token_mass": 0.01 * (i + 1)}},
+        }
         (run / "results.json").write_text(json.dumps(result))
-        (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "train/loss": 3.0 - s / 100}) + "\n"
-                                                   for s in (10, 20)) + json.dumps({"step": 20, "val/loss": 2.5}))
+        (run / "metrics.jsonl").write_text(
+            "".join(json.dumps({"step": s, "train/loss": 3.0 - s / 100}) + "\n" for s in (10, 20))
+            + json.dumps({"step": 20, "val/loss": 2.5})
+        )
     runs = load([tmp_path / "sweep"], None)
     assert {k: len(v) for k, v in runs.items()} == {"lm-tiny softmax rope": 2, "lm-tiny stablemask rope": 1}
     assert main([str(tmp_path / "sweep"), "--out", str(tmp_path / "png")]) == 0
-    assert sorted(p.name for p in (tmp_path / "png").iterdir()) == ["attention_sink.png", "extrapolation.png",
-                                                                     "loss_curves.png"]
+    assert sorted(p.name for p in (tmp_path / "png").iterdir()) == [
+        "attention_sink.png",
+        "extrapolation.png",
+        "loss_curves.png",
+    ]
     assert main([str(tmp_path / "sweep"), "--out", str(tmp_path / "x"), "--arms", "nothing"]) == 2

@@ -53,9 +53,17 @@ def test_paired_conditions_share_their_draws():
 def write_run(root: Path, seed: int, shots: int, correct: list[bool]) -> None:
     root.mkdir(parents=True)
     acc = sum(correct) / len(correct)
-    (root / "results.json").write_text(json.dumps({"runner": "icl", "dataset": "implicit/bool", "shots": shots,
-                                                   "seed": seed, "metrics": {"pattern": {"n": len(correct),
-                                                                                         "strict": acc}}}))
+    (root / "results.json").write_text(
+        json.dumps(
+            {
+                "runner": "icl",
+                "dataset": "implicit/bool",
+                "shots": shots,
+                "seed": seed,
+                "metrics": {"pattern": {"n": len(correct), "strict": acc}},
+            }
+        )
+    )
     rows = "".join(json.dumps({"id": i, "variant": "pattern", "strict": c}) + "\n" for i, c in enumerate(correct))
     (root / "predictions.jsonl.gz").write_bytes(gzip.compress(rows.encode(), mtime=0))
 
@@ -120,8 +128,11 @@ def write_steps(root: Path, seed: int, rels: dict[str, float], n: int = 20) -> N
     for rel, share in rels.items():
         d = root / f"seed-{seed}" / rel
         d.mkdir(parents=True)
-        rows = [{"id": f"{v}-{i}", "variant": v, "strict": v == "pattern" and i < share * n}
-                for v in ("pattern", "counter") for i in range(n)]
+        rows = [
+            {"id": f"{v}-{i}", "variant": v, "strict": v == "pattern" and i < share * n}
+            for v in ("pattern", "counter")
+            for i in range(n)
+        ]
         (d / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         (d / "results.json").write_text("{}")
 
@@ -132,7 +143,8 @@ def test_the_icl_vs_ft_table_uses_the_finished_seeds_and_says_when_it_is_prelimi
     (root / "config.yaml").write_text(
         "model: {name: m}\ndataset: {n_test: 20, variants: [pattern, counter]}\n"
         "method: {tasks: [bool], shots: [0, 8], seeds: [0, 1], run_arms: [faithful], report_k: 8, metric: strict,"
-        " bootstrap: 200}\n")
+        " bootstrap: 200}\n"
+    )
     write_steps(root, 0, {"icl/bool/k-0": 0.5, "icl/bool/k-8": 0.95, "ft/faithful/eval/bool": 0.6})
     write_steps(root, 1, {"icl/bool/k-0": 0.5, "icl/bool/k-8": 0.9})  # its fine-tuning has not finished
     text = readme_tables.render_icl_vs_ft(tmp_path, "results/exp")

@@ -30,11 +30,27 @@ try:
 except ImportError:  # triton is optional
     wt = None
 
-TINY_RWKV = ["model=rwkv4-tiny", "dataset=corpus/pydoc", "model.rwkv.n_layer=2", "model.rwkv.d_model=32",
-             "model.rwkv.ffn_hidden=64", "dataset.block_size=32"]
-PRETRAIN = ["method=pretrain", *TINY_RWKV, "method.micro_batch_size=4", "method.max_steps=12",
-            "method.warmup_steps=2", "method.lr=3e-3", "method.eval_every=100", "method.log_every=1",
-            "method.eval_blocks=4", "method.eval_lengths=[1,2]", "method.save_every=100"]
+TINY_RWKV = [
+    "model=rwkv4-tiny",
+    "dataset=corpus/pydoc",
+    "model.rwkv.n_layer=2",
+    "model.rwkv.d_model=32",
+    "model.rwkv.ffn_hidden=64",
+    "dataset.block_size=32",
+]
+PRETRAIN = [
+    "method=pretrain",
+    *TINY_RWKV,
+    "method.micro_batch_size=4",
+    "method.max_steps=12",
+    "method.warmup_steps=2",
+    "method.lr=3e-3",
+    "method.eval_every=100",
+    "method.log_every=1",
+    "method.eval_blocks=4",
+    "method.eval_lengths=[1,2]",
+    "method.save_every=100",
+]
 
 
 def operands(b=2, t=64, c=8, dtype=torch.float64, key_scale=3.0, seed=0, grad=False):
@@ -138,9 +154,24 @@ def test_triton_refuses_a_context_it_cannot_index():
 
 @pytest.mark.skipif(TRITON_HERE or wt is None, reason="the Triton tests ran in this process")
 def test_triton_tests_in_subprocess():
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
-                           "triton_matches or triton_initial"], cwd=REPO_ROOT, capture_output=True, text=True,
-                          timeout=600, env={**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            __file__,
+            "-k",
+            "triton_matches or triton_initial",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 0 and " skipped" not in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
@@ -155,7 +186,7 @@ def test_parallel_sequential_and_rnn_mode_logits_agree():
         seq, _ = model.run(ids, impl="sequential")
         state, steps = None, []
         for t in range(ids.shape[1]):
-            logits, state = model.run(ids[:, t:t + 1], state)
+            logits, state = model.run(ids[:, t : t + 1], state)
             steps.append(logits)
     assert chunked.std() > 0.5  # not vacuous
     assert rel(seq, chunked) <= 1e-5 and rel(torch.cat(steps, 1), chunked) <= 1e-5
@@ -223,9 +254,19 @@ def test_fp16_overflow_is_an_error_not_nans():
 def test_official_checkpoint_layout_loads_and_bad_keys_are_named(tmp_path):
     model = random_model()
     sd = model.state_dict()
-    assert {"emb.weight", "blocks.0.ln0.weight", "blocks.0.ln1.bias", "blocks.1.att.time_decay",
-            "blocks.1.att.time_first", "blocks.1.att.time_mix_k", "blocks.1.att.key.weight",
-            "blocks.1.ffn.receptance.weight", "blocks.1.ffn.time_mix_r", "ln_out.weight", "head.weight"} <= set(sd)
+    assert {
+        "emb.weight",
+        "blocks.0.ln0.weight",
+        "blocks.0.ln1.bias",
+        "blocks.1.att.time_decay",
+        "blocks.1.att.time_first",
+        "blocks.1.att.time_mix_k",
+        "blocks.1.att.key.weight",
+        "blocks.1.ffn.receptance.weight",
+        "blocks.1.ffn.time_mix_r",
+        "ln_out.weight",
+        "head.weight",
+    } <= set(sd)
     assert sd["blocks.1.att.time_decay"].shape == (32,) and sd["blocks.1.att.time_mix_v"].shape == (1, 1, 32)
     assert sd["blocks.1.ffn.key.weight"].shape == (64, 32) and sd["blocks.1.ffn.value.weight"].shape == (32, 64)
     ids = torch.randint(0, 64, (1, 12))
@@ -278,8 +319,15 @@ def test_icl_runner_scores_a_saved_rwkv_model(trained, tmp_path):
     from llmlab.scoring import Request, Scorer
 
     model_dir = trained[1].run_dir.file("model")
-    cfg, ctx = runner_setup(tmp_path, "model=local", f"model.path={model_dir}", "dataset=implicit/bool",
-                            "method.shots=2", "method.limit=3", "method.batch_size=2")
+    cfg, ctx = runner_setup(
+        tmp_path,
+        "model=local",
+        f"model.path={model_dir}",
+        "dataset=implicit/bool",
+        "method.shots=2",
+        "method.limit=3",
+        "method.batch_size=2",
+    )
     res = icl.run(cfg, ctx)
     preds = [json.loads(x) for x in ctx.run_dir.file("predictions.jsonl").read_text().splitlines()]
     assert len(preds) == 6 and res["metrics"]["pattern"]["n"] == 3
@@ -305,7 +353,15 @@ def test_icl_runner_scores_a_saved_rwkv_model(trained, tmp_path):
 def test_decode_plot_from_bench_rows(tmp_path):
     from llmlab.bench.wkv import plot_decode
 
-    rows = [{"context": c, "rwkv_s_per_token": 0.03, "gpt_s_per_token": 0.04 * c / 128, "rwkv_state_bytes": 20480,
-             "gpt_kv_bytes": 8192 * c} for c in (128, 1024)]
+    rows = [
+        {
+            "context": c,
+            "rwkv_s_per_token": 0.03,
+            "gpt_s_per_token": 0.04 * c / 128,
+            "rwkv_state_bytes": 20480,
+            "gpt_kv_bytes": 8192 * c,
+        }
+        for c in (128, 1024)
+    ]
     plot_decode({"shape": {"n_layer": 2, "d_model": 64}, "rows": rows}, tmp_path / "d.png")
     assert (tmp_path / "d.png").stat().st_size > 1000

@@ -12,8 +12,13 @@ from llmlab.models.loading import load_model
 from llmlab.scoring import Request, Scorer
 
 SHARED = "Compute the value.\n(1+2)+(3-3)*(4)=3\n(5)+(2-2)*(7-1)=5\n(2+2)+(1-1)*(9)=4\n"
-QUERIES = [("(3)+(4-4)*(2)=", ["3", "12"]), ("(1+1)+(0)*(5+5)=", ["2", "17"]), ("(6-1)+(9-9)*(1)=", ["5", "17", "0"]),
-           ("Is it so? Answer:", [" True", " False"]), ("x", ["yz", "y"])]
+QUERIES = [
+    ("(3)+(4-4)*(2)=", ["3", "12"]),
+    ("(1+1)+(0)*(5+5)=", ["2", "17"]),
+    ("(6-1)+(9-9)*(1)=", ["5", "17", "0"]),
+    ("Is it so? Answer:", [" True", " False"]),
+    ("x", ["yz", "y"]),
+]
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +68,7 @@ def test_greedy_matches_hf_generate(tiny, batch_size):
     for req, res in zip(reqs, results):
         ids = torch.tensor([tok(req.context).input_ids])
         out = model.generate(ids, max_new_tokens=req.max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
-        assert res.generated == tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+        assert res.generated == tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
 
 
 def test_generation_and_loglik_in_one_pass(tiny):

@@ -23,12 +23,33 @@ from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper as _
 class OptunaSweeper(_OptunaSweeper):
     """hydra-optuna-sweeper with the study in the sweep directory, resumable, reporting its best trial."""
 
-    def __init__(self, sampler: Any, direction: Any, storage: Any, study_name: Any, n_trials: int, n_jobs: int,
-                 max_failure_rate: float, search_space: Any, custom_search_space: Any, params: Any) -> None:
+    def __init__(
+        self,
+        sampler: Any,
+        direction: Any,
+        storage: Any,
+        study_name: Any,
+        n_trials: int,
+        n_jobs: int,
+        max_failure_rate: float,
+        search_space: Any,
+        custom_search_space: Any,
+        params: Any,
+    ) -> None:
         from llmlab.optuna_search import OptunaSearch  # optuna is imported only when a search runs
 
-        self.sweeper = OptunaSearch(sampler, direction, storage, study_name, n_trials, n_jobs, max_failure_rate,
-                                    search_space, custom_search_space, params)
+        self.sweeper = OptunaSearch(
+            sampler,
+            direction,
+            storage,
+            study_name,
+            n_trials,
+            n_jobs,
+            max_failure_rate,
+            search_space,
+            custom_search_space,
+            params,
+        )
 
 
 @dataclass

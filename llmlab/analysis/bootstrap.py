@@ -21,8 +21,9 @@ def point(per_seed: Sequence[np.ndarray]) -> float:
     return float(np.mean([np.mean(v) for v in per_seed]))
 
 
-def resample(conditions: Mapping[str, Sequence[np.ndarray]], n_boot: int = 2000, seed: int = 0
-             ) -> dict[str, np.ndarray]:
+def resample(
+    conditions: Mapping[str, Sequence[np.ndarray]], n_boot: int = 2000, seed: int = 0
+) -> dict[str, np.ndarray]:
     """`n_boot` resampled statistics per condition, from one shared set of draws. `conditions[c][s]` holds the
     per-item values of seed `s` (the same number of items in every condition for a given seed)."""
     names = list(conditions)
@@ -53,5 +54,10 @@ def interval(samples: np.ndarray) -> tuple[float, float]:
 def estimate(per_seed: Sequence[np.ndarray], n_boot: int = 2000, seed: int = 0) -> dict:
     """Mean and 95% interval of one condition: `{"mean", "lo", "hi", "seeds", "items"}`."""
     lo, hi = interval(resample({"x": per_seed}, n_boot, seed)["x"])
-    return {"mean": point(per_seed), "lo": lo, "hi": hi, "seeds": len(per_seed),
-            "items": int(sum(len(v) for v in per_seed))}
+    return {
+        "mean": point(per_seed),
+        "lo": lo,
+        "hi": hi,
+        "seeds": len(per_seed),
+        "items": int(sum(len(v) for v in per_seed)),
+    }

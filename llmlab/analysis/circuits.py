@@ -46,7 +46,7 @@ def _ranks(x: np.ndarray) -> np.ndarray:
         j = i
         while j + 1 < len(x) and sorted_x[j + 1] == sorted_x[i]:
             j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2
+        ranks[order[i : j + 1]] = (i + j) / 2
         i = j + 1
     return ranks
 
@@ -55,14 +55,17 @@ def spearman_shift(a: np.ndarray, b: np.ndarray) -> float:
     """1 − Spearman's ρ between the two score vectors (0: same ranking, 2: reversed)."""
     ra, rb = _ranks(np.asarray(a, dtype=float)), _ranks(np.asarray(b, dtype=float))
     ra, rb = ra - ra.mean(), rb - rb.mean()
-    denom = np.sqrt((ra ** 2).sum() * (rb ** 2).sum())
+    denom = np.sqrt((ra**2).sum() * (rb**2).sum())
     return 1.0 - float((ra * rb).sum() / denom) if denom else 0.0
 
 
 def shift(scores: np.ndarray, base: np.ndarray, mass: float = 0.8) -> dict[str, float]:
     """All three shift metrics of a condition's scores against the base condition's."""
-    return {"jaccard": jaccard_shift(circuit(scores, mass), circuit(base, mass)),
-            "tv": tv_shift(scores, base), "spearman": spearman_shift(scores, base)}
+    return {
+        "jaccard": jaccard_shift(circuit(scores, mass), circuit(base, mass)),
+        "tv": tv_shift(scores, base),
+        "spearman": spearman_shift(scores, base),
+    }
 
 
 def layer_mass(scores: np.ndarray, n_layers: int) -> np.ndarray:

@@ -46,9 +46,13 @@ def item_correctness(root: Path, m, task: str, variant: str) -> dict[str, dict[i
 
 def compare(root: Path, m, variants: list[str]) -> dict[tuple[str, str], dict]:
     """Every (task, variant) cell of an experiment directory: `compare_cell` over its per-item predictions."""
-    return {(task, variant): compare_cell(item_correctness(root, m, task, variant), list(m.shots), m.report_k,
-                                          list(m.run_arms), m.bootstrap)
-            for task in m.tasks for variant in variants}
+    return {
+        (task, variant): compare_cell(
+            item_correctness(root, m, task, variant), list(m.shots), m.report_k, list(m.run_arms), m.bootstrap
+        )
+        for task in m.tasks
+        for variant in variants
+    }
 
 
 def bootstrap(correct: dict[str, dict[int, np.ndarray]], n_boot: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -68,8 +72,9 @@ def point(correct: dict[int, np.ndarray]) -> float:
     return float(np.mean([v.mean() for v in correct.values()]))
 
 
-def compare_cell(correct: dict[str, dict[int, np.ndarray]], shots: list[int], report_k: int, arms: list[str],
-                 n_boot: int) -> dict:
+def compare_cell(
+    correct: dict[str, dict[int, np.ndarray]], shots: list[int], report_k: int, arms: list[str], n_boot: int
+) -> dict:
     """One (task, variant): accuracies, k* = argmax over k >= 1 of the mean, deltas vs `icl@0` and gaps ICL − FT."""
     samples = bootstrap(correct, n_boot)
     acc = {c: estimate(point(v), samples[c]) for c, v in correct.items()}
@@ -114,30 +119,46 @@ def verdict(cells: dict[tuple[str, str], dict], report_k: int, reference_arm: st
         outcome = "not reproduced"
     else:
         outcome = "inconclusive"
-    return {"outcome": outcome, "gap_key": key, "gaps": gaps,
-            "rule": f"reproduced: gap >= {GAP:.2f} with CI > 0 on bool and on expression or code (max-k gap of the "
-                    "same sign); partially: bool only; not reproduced: gap <= 0 on bool or FT ahead by >= "
-                    f"{GAP:.2f} on every task"}
+    return {
+        "outcome": outcome,
+        "gap_key": key,
+        "gaps": gaps,
+        "rule": f"reproduced: gap >= {GAP:.2f} with CI > 0 on bool and on expression or code (max-k gap of the "
+        "same sign); partially: bool only; not reproduced: gap <= 0 on bool or FT ahead by >= "
+        f"{GAP:.2f} on every task",
+    }
 
 
 def fmt(e: dict) -> str:
     return f"{e['mean']:.3f} [{e['lo']:.3f}, {e['hi']:.3f}]"
 
 
-def markdown(cells: dict[tuple[str, str], dict], shots: list[int], arms: list[str], report_k: int, model: str,
-             metric: str) -> str:
+def markdown(
+    cells: dict[tuple[str, str], dict], shots: list[int], arms: list[str], report_k: int, model: str, metric: str
+) -> str:
     """Two tables (accuracies; deltas and gaps), one row per (task, variant)."""
     acc_cols = [f"icl@{k}" for k in shots] + [f"ft:{a}" for a in arms]
-    lines = [f"### Accuracy ({metric}), {model}: mean over seeds [95% bootstrap interval]", "",
-             "| task | variant | " + " | ".join(acc_cols) + " |", "|---|---|" + "---|" * len(acc_cols)]
+    lines = [
+        f"### Accuracy ({metric}), {model}: mean over seeds [95% bootstrap interval]",
+        "",
+        "| task | variant | " + " | ".join(acc_cols) + " |",
+        "|---|---|" + "---|" * len(acc_cols),
+    ]
     for (task, variant), c in cells.items():
         lines.append(f"| {task} | {variant} | " + " | ".join(fmt(c["accuracy"][col]) for col in acc_cols) + " |")
     delta_cols = [f"icl@{report_k}", "icl@k*"] + [f"ft:{a}" for a in arms]
     gap_cols = [f"icl@{report_k} - ft:{a}" for a in arms]
-    lines += ["", f"### Deltas vs base@0 (Δ) and gaps ICL − FT, {model}", "",
-              "| task | variant | k* | " + " | ".join(f"Δ {c}" for c in delta_cols) + " | "
-              + " | ".join(f"gap {c}" for c in gap_cols) + " |",
-              "|---|---|---|" + "---|" * (len(delta_cols) + len(gap_cols))]
+    lines += [
+        "",
+        f"### Deltas vs base@0 (Δ) and gaps ICL − FT, {model}",
+        "",
+        "| task | variant | k* | "
+        + " | ".join(f"Δ {c}" for c in delta_cols)
+        + " | "
+        + " | ".join(f"gap {c}" for c in gap_cols)
+        + " |",
+        "|---|---|---|" + "---|" * (len(delta_cols) + len(gap_cols)),
+    ]
     for (task, variant), c in cells.items():
         d = dict(c["delta"])
         d["icl@k*"] = c["delta"].get(f"icl@{c['k_star']}")
@@ -162,9 +183,15 @@ def plot(cells: dict[tuple[str, str], dict], shots: list[int], arms: list[str], 
             if not c:
                 continue
             a = [c["accuracy"][f"icl@{k}"] for k in shots]
-            ax.errorbar(shots, [e["mean"] for e in a], yerr=[[e["mean"] - e["lo"] for e in a],
-                                                             [e["hi"] - e["mean"] for e in a]],
-                        fmt="o" + style, capsize=3, label=f"ICL {variant}", color="C0")
+            ax.errorbar(
+                shots,
+                [e["mean"] for e in a],
+                yerr=[[e["mean"] - e["lo"] for e in a], [e["hi"] - e["mean"] for e in a]],
+                fmt="o" + style,
+                capsize=3,
+                label=f"ICL {variant}",
+                color="C0",
+            )
             for i, arm in enumerate(arms):
                 e = c["accuracy"][f"ft:{arm}"]
                 ax.axhline(e["mean"], ls=style, color=f"C{i + 1}", label=f"FT {arm} @0 {variant}")

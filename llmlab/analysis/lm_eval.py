@@ -26,14 +26,15 @@ MIN_QUERY = 16
 
 
 @torch.no_grad()
-def mean_loss(model, blocks: torch.Tensor, batch_size: int, device: torch.device,
-              amp: torch.dtype | None = None) -> float:
+def mean_loss(
+    model, blocks: torch.Tensor, batch_size: int, device: torch.device, amp: torch.dtype | None = None
+) -> float:
     """Mean next-token cross-entropy (nats) over every position of `blocks` (n, length + 1)."""
     was_training = model.training
     model.train(False)
     total, count = 0.0, 0
     for i in range(0, len(blocks), batch_size):
-        batch = blocks[i:i + batch_size].to(device)
+        batch = blocks[i : i + batch_size].to(device)
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             logits = model(batch[:, :-1])
         loss = F.cross_entropy(logits.flatten(0, 1).float(), batch[:, 1:].flatten(), reduction="sum")
@@ -47,8 +48,17 @@ def loss_row(loss: float, corpus: Corpus) -> dict:
     return {"loss": loss, "ppl": math.exp(min(loss, 700.0)), "bpb": bits_per_byte(loss, corpus.val_bytes_per_token)}
 
 
-def extrapolation(model, corpus: Corpus, train_len: int, multiples: list[int], max_blocks: int, batch_size: int,
-                  device: torch.device, window: int | None = None, amp: torch.dtype | None = None) -> list[dict]:
+def extrapolation(
+    model,
+    corpus: Corpus,
+    train_len: int,
+    multiples: list[int],
+    max_blocks: int,
+    batch_size: int,
+    device: torch.device,
+    window: int | None = None,
+    amp: torch.dtype | None = None,
+) -> list[dict]:
     """Held-out loss, perplexity and bits per byte at context lengths `m * train_len`; with `window`, attention sees
     only the last `window` keys. A length the held-out text or the model cannot take is reported as skipped."""
     rows = []
@@ -67,8 +77,13 @@ def extrapolation(model, corpus: Corpus, train_len: int, multiples: list[int], m
                 rows.append({**row, "skipped": f"held-out text has only {len(corpus.val)} tokens"})
                 continue
             blocks = eval_blocks(packed_blocks(corpus.val, length), max(1, max_blocks // m) if max_blocks else 0)
-            rows.append({**row, **loss_row(mean_loss(model, blocks, max(1, batch_size // m), device, amp), corpus),
-                         "n_blocks": len(blocks)})
+            rows.append(
+                {
+                    **row,
+                    **loss_row(mean_loss(model, blocks, max(1, batch_size // m), device, amp), corpus),
+                    "n_blocks": len(blocks),
+                }
+            )
     finally:
         if window is not None:
             model.set_window(None)
@@ -82,7 +97,7 @@ def sink_metrics(model, blocks: torch.Tensor, device: torch.device, batch_size: 
     sums: list[dict[str, float]] = []
     curve, n_rows = None, 0
     for i in range(0, len(blocks), batch_size):
-        ids = blocks[i:i + batch_size, :-1].to(device)
+        ids = blocks[i : i + batch_size, :-1].to(device)
         for layer, (att, pseudo) in enumerate(model.attention_maps(ids)):
             att = att.float()
             n = att.shape[-1]
@@ -114,8 +129,12 @@ def sink_metrics(model, blocks: torch.Tensor, device: torch.device, batch_size: 
         if "pseudo_ratio" in row:
             row["real_mass"] = 1.0 - row["pseudo_ratio"]
         layers.append(row)
-    out = {"layers": layers, "mean": {k: sum(r[k] for r in layers) / len(layers) for k in layers[0]},
-           "n_sequences": n_rows, "length": n}
+    out = {
+        "layers": layers,
+        "mean": {k: sum(r[k] for r in layers) / len(layers) for k in layers[0]},
+        "n_sequences": n_rows,
+        "length": n,
+    }
     if curve is not None:
         out["pseudo_ratio_by_position"] = (curve / (n_rows * heads * len(layers))).tolist()
     return out

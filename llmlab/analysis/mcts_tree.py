@@ -76,8 +76,7 @@ def plot_tree(tree: dict, path: Path, title: str = "") -> Path:
         x, y = pos[n["id"]]
         color = "tab:red" if n["id"] in answer else "tab:blue" if n["expanded"] else "0.75"
         ax.scatter([x], [-y], s=60, color=color, zorder=2)
-        ax.annotate(label(n), (x, -y), textcoords="offset points", xytext=(0, -10), ha="center", va="top",
-                    fontsize=7)
+        ax.annotate(label(n), (x, -y), textcoords="offset points", xytext=(0, -10), ha="center", va="top", fontsize=7)
     ax.set_title(title or f"MCTS tree: {len(nodes)} nodes, {len(tree.get('iterations', []))} iterations", fontsize=9)
     ax.set_xlim(-0.8, width - 0.2)
     ax.set_ylim(-height + 0.2, 0.6)

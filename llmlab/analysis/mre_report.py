@@ -41,21 +41,38 @@ def grouped(runs: list[dict]) -> dict[tuple, list[dict]]:
 
 
 def info_flow_table(runs: list[dict]) -> list[str]:
-    lines = ["| model | dataset | seeds | n | acc gold | acc shuffled | acc no-WL | Δlogp shuffled | deep S_wq | "
-             "deep S_tq | deep S_rest | shallow S_tw | shallow S_rest |", "|" + "---|" * 13]
+    lines = [
+        "| model | dataset | seeds | n | acc gold | acc shuffled | acc no-WL | Δlogp shuffled | deep S_wq | "
+        "deep S_tq | deep S_rest | shallow S_tw | shallow S_rest |",
+        "|" + "---|" * 13,
+    ]
     for (model, ds), rs in grouped(runs).items():
+
         def third(cond, flow, k, rs=rs):
-            vals = [r["conditions"][cond]["flows"][flow]["thirds"][k] for r in rs
-                    if cond in r["conditions"] and r["conditions"][cond]["flows"].get(flow)]
+            vals = [
+                r["conditions"][cond]["flows"][flow]["thirds"][k]
+                for r in rs
+                if cond in r["conditions"] and r["conditions"][cond]["flows"].get(flow)
+            ]
             return [v for v in vals if v is not None]
 
         def acc(cond, rs=rs):
             return [r["conditions"][cond]["tl_accuracy"] for r in rs if cond in r["conditions"]]
-        dlp = [r["conditions"]["shuffled"]["delta_vs_gold"]["gold_logprob"] for r in rs
-               if "shuffled" in r["conditions"]]
+
+        dlp = [
+            r["conditions"]["shuffled"]["delta_vs_gold"]["gold_logprob"] for r in rs if "shuffled" in r["conditions"]
+        ]
         cells = [ms(acc("gold")), ms(acc("shuffled")), ms(acc("none")), ms(dlp)]
-        cells += [f"{np.mean(v):.2e}" if v else "–" for v in (third("gold", "S_wq", 2), third("gold", "S_tq", 2),
-                  third("gold", "S_rest", 2), third("gold", "S_tw", 0), third("gold", "S_rest", 0))]
+        cells += [
+            f"{np.mean(v):.2e}" if v else "–"
+            for v in (
+                third("gold", "S_wq", 2),
+                third("gold", "S_tq", 2),
+                third("gold", "S_rest", 2),
+                third("gold", "S_tw", 0),
+                third("gold", "S_rest", 0),
+            )
+        ]
         lines.append(f"| {model} | {ds} | {len(rs)} | {rs[0]['n_queries']} | " + " | ".join(cells) + " |")
     return lines
 
@@ -70,16 +87,29 @@ def verbalizer_table(runs: list[dict]) -> list[str]:
             d = float(np.mean(k) - np.mean(b))
             wins[model, shots][0] += d > 0
             wins[model, shots][1] += 1
-            lines.append(f"| {model} | {ds} | {shots} | {len(rows)} | {rs[0]['n_test']} | {ms(b)} | {ms(k)} | "
-                         f"{d:+.3f} |")
-    lines += ["", "KV > baseline (mean over seeds), datasets: " +
-              "; ".join(f"{m} k={s}: {w}/{n}" for (m, s), (w, n) in sorted(wins.items()))]
+            lines.append(
+                f"| {model} | {ds} | {shots} | {len(rows)} | {rs[0]['n_test']} | {ms(b)} | {ms(k)} | {d:+.3f} |"
+            )
+    lines += [
+        "",
+        "KV > baseline (mean over seeds), datasets: "
+        + "; ".join(f"{m} k={s}: {w}/{n}" for (m, s), (w, n) in sorted(wins.items())),
+    ]
     return lines
 
 
 def ablation_table(runs: list[dict]) -> list[str]:
-    conds = ["tl_only", "tl_plus_wli", "tl_plus_wli_shuffled", "tl_neutral", "wl_only", "wl_plus_tli",
-             "wl_plus_tli_shuffled", "wl_neutral", "joint"]
+    conds = [
+        "tl_only",
+        "tl_plus_wli",
+        "tl_plus_wli_shuffled",
+        "tl_neutral",
+        "wl_only",
+        "wl_plus_tli",
+        "wl_plus_tli_shuffled",
+        "wl_neutral",
+        "joint",
+    ]
     lines = ["| model | dataset | seeds | " + " | ".join(conds) + " | ΔTL | ΔWL |", "|" + "---|" * (len(conds) + 5)]
     for (model, ds), rs in grouped(runs).items():
         cells = []
@@ -110,8 +140,11 @@ def plot(runs: list[dict], root: Path) -> list[str]:
         for ax, (ds, rs) in zip(axes[0], groups.items()):
             for cond, style in (("gold", "-"), ("shuffled", "--")):
                 for color, flow in enumerate(("S_wq", "S_tq", "S_tw", "S_pq", "S_rest")):
-                    curves = [r["conditions"][cond]["flows"][flow]["mean"] for r in rs
-                              if cond in r["conditions"] and r["conditions"][cond]["flows"].get(flow)]
+                    curves = [
+                        r["conditions"][cond]["flows"][flow]["mean"]
+                        for r in rs
+                        if cond in r["conditions"] and r["conditions"][cond]["flows"].get(flow)
+                    ]
                     if curves:
                         ax.plot(np.mean(curves, 0), style, label=f"{flow} {cond}", color=f"C{color}")
             ax.set_title(ds, fontsize=9)
@@ -133,8 +166,14 @@ def report(root: str | Path) -> str:
         raise LlmlabError(f"{root}: no MRE results.json (info_flow / verbalizer / mre_ablation) found")
     parts = [f"# MRE report ({root})", ""]
     if runs["info_flow"]:
-        parts += ["## Information flow (per-layer saliency thirds, gold WL)", "", *info_flow_table(runs["info_flow"]),
-                  "", *[f"![]({Path(p).name})" for p in plot(runs["info_flow"], root)], ""]
+        parts += [
+            "## Information flow (per-layer saliency thirds, gold WL)",
+            "",
+            *info_flow_table(runs["info_flow"]),
+            "",
+            *[f"![]({Path(p).name})" for p in plot(runs["info_flow"], root)],
+            "",
+        ]
     if runs["verbalizer"]:
         parts += ["## Verbalizer (TL macro-F1)", "", *verbalizer_table(runs["verbalizer"]), ""]
     if runs["mre_ablation"]:

@@ -44,9 +44,15 @@ def compare(run_a: Path, run_b: Path) -> dict:
     only_b = sum(b[i] and not a[i] for i in ids)
     diff = np.array([float(b[i]) - float(a[i]) for i in ids])
     lo, hi = bootstrap_interval(diff)
-    return {"n": len(ids), "acc_a": sum(a[i] for i in ids) / len(ids), "acc_b": sum(b[i] for i in ids) / len(ids),
-            "only_a": only_a, "only_b": only_b, "p_mcnemar": mcnemar_exact(only_a, only_b),
-            "diff_ci95": [lo, hi]}
+    return {
+        "n": len(ids),
+        "acc_a": sum(a[i] for i in ids) / len(ids),
+        "acc_b": sum(b[i] for i in ids) / len(ids),
+        "only_a": only_a,
+        "only_b": only_b,
+        "p_mcnemar": mcnemar_exact(only_a, only_b),
+        "diff_ci95": [lo, hi],
+    }
 
 
 def bootstrap_means(diff: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
@@ -71,9 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     except LlmlabError as e:
         print(f"paired_runs: error: {e}", file=sys.stderr)
         return 2
-    print(f"n={r['n']}  A {r['acc_a']:.3f}  B {r['acc_b']:.3f}  solved only by A: {r['only_a']}, only by B: "
-          f"{r['only_b']}  exact McNemar p={r['p_mcnemar']:.3g}  B-A {r['acc_b'] - r['acc_a']:+.3f} "
-          f"[{r['diff_ci95'][0]:+.3f}, {r['diff_ci95'][1]:+.3f}] (paired bootstrap 95%)")
+    print(
+        f"n={r['n']}  A {r['acc_a']:.3f}  B {r['acc_b']:.3f}  solved only by A: {r['only_a']}, only by B: "
+        f"{r['only_b']}  exact McNemar p={r['p_mcnemar']:.3g}  B-A {r['acc_b'] - r['acc_a']:+.3f} "
+        f"[{r['diff_ci95'][0]:+.3f}, {r['diff_ci95'][1]:+.3f}] (paired bootstrap 95%)"
+    )
     return 0
 
 

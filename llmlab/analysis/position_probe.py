@@ -35,8 +35,18 @@ def chance(task: str, n: int, k: int) -> float:
     return torch.bincount(targets(task, n, k), minlength=k).max().item() / n
 
 
-def train_probe(arch: LMArch, task: str, n: int, k: int, steps: int, batch_size: int, lr: float, seed: int,
-                eval_batches: int, device: torch.device) -> dict:
+def train_probe(
+    arch: LMArch,
+    task: str,
+    n: int,
+    k: int,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    eval_batches: int,
+    device: torch.device,
+) -> dict:
     """Train a fresh model (vocabulary k: input tokens and classes share it) on the probe; held-out accuracy."""
     torch.manual_seed(seed)
     model = LM(arch, k, n).to(device)
@@ -63,5 +73,14 @@ def train_probe(arch: LMArch, task: str, n: int, k: int, steps: int, batch_size:
 
 def probe_arch(base: LMArch, attention: str, n_layer: int, d_model: int, n_head: int, seq_len: int) -> LMArch:
     """The probe model: `base`'s position scheme, gamma and horizon at the probe's size, the SDPA path."""
-    return dataclasses.replace(base, attention=attention, n_layer=n_layer, d_model=d_model, n_head=n_head,
-                               ffn_hidden=0, ffn_multiple=64, attn_impl="sdpa", max_seq_len=seq_len)
+    return dataclasses.replace(
+        base,
+        attention=attention,
+        n_layer=n_layer,
+        d_model=d_model,
+        n_head=n_head,
+        ffn_hidden=0,
+        ffn_multiple=64,
+        attn_impl="sdpa",
+        max_seq_len=seq_len,
+    )

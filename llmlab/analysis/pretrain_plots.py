@@ -42,8 +42,9 @@ def load(dirs: list[Path], arms: list[str] | None) -> dict[str, list[tuple[dict,
                 metrics = path.with_name("metrics.jsonl")
                 found[arm(result)].append((result, read_jsonl(metrics) if metrics.exists() else []))
     if not found:
-        raise LlmlabError(f"no finished pretraining runs under {', '.join(map(str, dirs))}"
-                          + (f" for arms {arms}" if arms else ""))
+        raise LlmlabError(
+            f"no finished pretraining runs under {', '.join(map(str, dirs))}" + (f" for arms {arms}" if arms else "")
+        )
     return dict(sorted(found.items()))
 
 
@@ -65,8 +66,14 @@ def plot_losses(runs: dict, path: Path) -> Path:
                 ax.plot(sorted(c), [c[s] for s in sorted(c)], color=color, lw=0.6, alpha=0.35)
             if curves:
                 steps, mean = _mean_curve(curves)
-                ax.plot(steps, mean, color=color, lw=2, marker="o" if key == "val/loss" else None,
-                        label=f"{name} ({len(curves)} seed{'s' * (len(curves) > 1)})")
+                ax.plot(
+                    steps,
+                    mean,
+                    color=color,
+                    lw=2,
+                    marker="o" if key == "val/loss" else None,
+                    label=f"{name} ({len(curves)} seed{'s' * (len(curves) > 1)})",
+                )
     for ax, title in zip(axes, ("training loss", "validation loss")):
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step")
@@ -83,8 +90,10 @@ def plot_extrapolation(runs: dict, path: Path) -> Path:
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for i, (name, seeds) in enumerate(runs.items()):
-        curves = [{row["multiple"]: row["ppl"] for row in res.get("extrapolation", []) if not row.get("window")}
-                  for res, _ in seeds]
+        curves = [
+            {row["multiple"]: row["ppl"] for row in res.get("extrapolation", []) if not row.get("window")}
+            for res, _ in seeds
+        ]
         curves = [c for c in curves if c]
         for c in curves:
             ax.plot(sorted(c), [c[m] for m in sorted(c)], color=f"C{i}", lw=0.6, alpha=0.35)
@@ -104,8 +113,10 @@ def plot_extrapolation(runs: dict, path: Path) -> Path:
 def plot_sink(runs: dict, path: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
-    masses = {name: [res["sink"]["mean"]["first_token_mass"] for res, _ in seeds if "sink" in res]
-              for name, seeds in runs.items()}
+    masses = {
+        name: [res["sink"]["mean"]["first_token_mass"] for res, _ in seeds if "sink" in res]
+        for name, seeds in runs.items()
+    }
     masses = {k: v for k, v in masses.items() if v}
     if not masses:
         return None
@@ -121,8 +132,9 @@ def plot_sink(runs: dict, path: Path) -> Path | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m llmlab.analysis.pretrain_plots",
-                                     description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m llmlab.analysis.pretrain_plots", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("dirs", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, required=True, help="folder for the PNG files")
     parser.add_argument("--arms", help="comma-separated arm names to keep (as in the legend)")
@@ -133,9 +145,11 @@ def main(argv: list[str] | None = None) -> int:
         matplotlib.use("Agg")
         runs = load(args.dirs, args.arms.split(",") if args.arms else None)
         args.out.mkdir(parents=True, exist_ok=True)
-        written = [plot_losses(runs, args.out / "loss_curves.png"),
-                   plot_extrapolation(runs, args.out / "extrapolation.png"),
-                   plot_sink(runs, args.out / "attention_sink.png")]
+        written = [
+            plot_losses(runs, args.out / "loss_curves.png"),
+            plot_extrapolation(runs, args.out / "extrapolation.png"),
+            plot_sink(runs, args.out / "attention_sink.png"),
+        ]
     except LlmlabError as e:
         print(f"pretrain_plots: error: {e}", file=sys.stderr)
         return 2

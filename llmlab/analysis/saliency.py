@@ -40,9 +40,14 @@ def check_eager(model: PreTrainedModel) -> None:
         raise LlmlabError(f"saliency needs attention weights: set hardware.attn_implementation=eager (got {impl})")
 
 
-def attention_saliency(model: PreTrainedModel, sequences: Sequence[Sequence[int]], label_ids: Sequence[int],
-                       gold: Sequence[int], batch_size: int = 8, pad_id: int = 0
-                       ) -> tuple[list[torch.Tensor], torch.Tensor]:
+def attention_saliency(
+    model: PreTrainedModel,
+    sequences: Sequence[Sequence[int]],
+    label_ids: Sequence[int],
+    gold: Sequence[int],
+    batch_size: int = 8,
+    pad_id: int = 0,
+) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Per sequence: saliency `[layers, n, n]` (float32, CPU) and the label-restricted log-probs `[n_seq, labels]`
     at its last token; `gold[k]` indexes `label_ids`. Sequences are batched longest first."""
     check_eager(model)
@@ -50,7 +55,7 @@ def attention_saliency(model: PreTrainedModel, sequences: Sequence[Sequence[int]
     sal: list[torch.Tensor | None] = [None] * len(sequences)
     logp = torch.zeros(len(sequences), len(label_ids))
     for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
+        idx = order[start : start + batch_size]
         maps, lp = _batch([sequences[k] for k in idx], model, label_ids, [gold[k] for k in idx], pad_id)
         for k, m, row in zip(idx, maps, lp):
             sal[k], logp[k] = m, row
@@ -62,7 +67,7 @@ def _batch(seqs, model, label_ids, gold, pad_id):
     lens = torch.tensor([len(s) for s in seqs])
     ids = torch.full((len(seqs), int(lens.max())), pad_id, dtype=torch.long)
     for r, s in enumerate(seqs):
-        ids[r, :len(s)] = torch.tensor(list(s))
+        ids[r, : len(s)] = torch.tensor(list(s))
     last = lens - 1
     keep = torch.unique(last)
     with frozen(model), torch.enable_grad():
@@ -84,8 +89,9 @@ def _batch(seqs, model, label_ids, gold, pad_id):
     return maps, logp.detach().float().cpu()
 
 
-def naive_saliency(model: PreTrainedModel, sequence: Sequence[int], label_ids: Sequence[int], gold: int
-                   ) -> torch.Tensor:
+def naive_saliency(
+    model: PreTrainedModel, sequence: Sequence[int], label_ids: Sequence[int], gold: int
+) -> torch.Tensor:
     """The straightforward per-example version (the reference code's way): full logits, `loss.backward()` with
     weight gradients, attention maps' `.grad`. For the benchmark and the tests."""
     check_eager(model)

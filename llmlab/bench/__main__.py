@@ -12,21 +12,34 @@ import os
 import sys
 
 # The benchmarks run offline: set before anything imports huggingface_hub, datasets or wandb.
-for _key, _value in (("HF_HUB_OFFLINE", "1"), ("HF_DATASETS_OFFLINE", "1"), ("WANDB_MODE", "disabled"),
-                     ("TOKENIZERS_PARALLELISM", "false")):
+for _key, _value in (
+    ("HF_HUB_OFFLINE", "1"),
+    ("HF_DATASETS_OFFLINE", "1"),
+    ("WANDB_MODE", "disabled"),
+    ("TOKENIZERS_PARALLELISM", "false"),
+):
     os.environ.setdefault(_key, _value)
 
-BENCHMARKS = {"icl_scoring": "llmlab.bench.icl_scoring", "finetune_step": "llmlab.bench.finetune_step",
-              "stablemask_cpu": "llmlab.bench.stablemask_cpu", "stablemask_gpu": "llmlab.bench.stablemask_gpu",
-              "wkv": "llmlab.bench.wkv", "spec_decode": "llmlab.bench.spec_decode", "saliency": "llmlab.bench.saliency",
-              "ddp_scaling": "llmlab.bench.ddp_scaling", "train_gpu": "llmlab.bench.train_gpu"}
+BENCHMARKS = {
+    "icl_scoring": "llmlab.bench.icl_scoring",
+    "finetune_step": "llmlab.bench.finetune_step",
+    "stablemask_cpu": "llmlab.bench.stablemask_cpu",
+    "stablemask_gpu": "llmlab.bench.stablemask_gpu",
+    "wkv": "llmlab.bench.wkv",
+    "spec_decode": "llmlab.bench.spec_decode",
+    "saliency": "llmlab.bench.saliency",
+    "ddp_scaling": "llmlab.bench.ddp_scaling",
+    "train_gpu": "llmlab.bench.train_gpu",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m llmlab.bench", description=__doc__.splitlines()[0],
-                                     add_help=False)
-    parser.add_argument("--only", default=",".join(BENCHMARKS),
-                        help=f"comma-separated benchmarks to run (default: all of {', '.join(BENCHMARKS)})")
+    parser = argparse.ArgumentParser(prog="python -m llmlab.bench", description=__doc__.splitlines()[0], add_help=False)
+    parser.add_argument(
+        "--only",
+        default=",".join(BENCHMARKS),
+        help=f"comma-separated benchmarks to run (default: all of {', '.join(BENCHMARKS)})",
+    )
     parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
     args, rest = parser.parse_known_args(argv)
     if args.list:
@@ -35,8 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     names = [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown or not names:
-        print(f"llmlab.bench: unknown benchmark(s) {', '.join(unknown) or '(none)'}; "
-              f"choose from {', '.join(BENCHMARKS)}", file=sys.stderr)
+        print(
+            f"llmlab.bench: unknown benchmark(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(BENCHMARKS)}",
+            file=sys.stderr,
+        )
         return 2
     for name in names:
         importlib.import_module(BENCHMARKS[name]).main(rest)

@@ -80,20 +80,39 @@ def child(side: str, mode: str, steps: int, warmup: int, batch: int, seq: int, t
             def on_step_end(self, args, state, control, **kwargs):
                 stamps.append(time.perf_counter())
 
-        args = TrainingArguments(output_dir=os.path.join(REPO_ROOT, "outputs", "bench", "trainer_tmp"),
-                                 per_device_train_batch_size=batch, gradient_accumulation_steps=1,
-                                 max_steps=warmup + steps, learning_rate=lr, weight_decay=0.0,
-                                 lr_scheduler_type="constant_with_warmup", warmup_steps=1, max_grad_norm=1.0,
-                                 optim="adamw_torch", report_to=[], save_strategy="no", logging_strategy="no",
-                                 use_cpu=True, dataloader_num_workers=0, seed=0, disable_tqdm=True)
+        args = TrainingArguments(
+            output_dir=os.path.join(REPO_ROOT, "outputs", "bench", "trainer_tmp"),
+            per_device_train_batch_size=batch,
+            gradient_accumulation_steps=1,
+            max_steps=warmup + steps,
+            learning_rate=lr,
+            weight_decay=0.0,
+            lr_scheduler_type="constant_with_warmup",
+            warmup_steps=1,
+            max_grad_norm=1.0,
+            optim="adamw_torch",
+            report_to=[],
+            save_strategy="no",
+            logging_strategy="no",
+            use_cpu=True,
+            dataloader_num_workers=0,
+            seed=0,
+            disable_tqdm=True,
+        )
         trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_list(rows), callbacks=[Stamp()])
         trainer.train()
         losses = []
-    timed = stamps[warmup - 1:] if warmup else [stamps[0]] + stamps
+    timed = stamps[warmup - 1 :] if warmup else [stamps[0]] + stamps
     seconds = timed[-1] - timed[0]
-    return {"side": side, "mode": mode, "steps": len(timed) - 1, "seconds": seconds,
-            "tokens_per_s": (len(timed) - 1) * batch * seq / seconds, "losses": losses,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {
+        "side": side,
+        "mode": mode,
+        "steps": len(timed) - 1,
+        "seconds": seconds,
+        "tokens_per_s": (len(timed) - 1) * batch * seq / seconds,
+        "losses": losses,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -112,9 +131,24 @@ def main(argv: list[str] | None = None) -> None:
     results = {}
     for mode in args.modes.split(","):
         for side in SIDES:  # alternate sides per mode, each in a fresh process
-            cmd = [sys.executable, "-m", "llmlab.bench.finetune_step", "--child", side, mode, "--steps",
-                   str(args.steps), "--warmup", str(args.warmup), "--batch", str(args.batch), "--seq", str(args.seq),
-                   "--threads", str(args.threads)]
+            cmd = [
+                sys.executable,
+                "-m",
+                "llmlab.bench.finetune_step",
+                "--child",
+                side,
+                mode,
+                "--steps",
+                str(args.steps),
+                "--warmup",
+                str(args.warmup),
+                "--batch",
+                str(args.batch),
+                "--seq",
+                str(args.seq),
+                "--threads",
+                str(args.threads),
+            ]
             out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT)
             if out.returncode != 0:
                 raise SystemExit(f"{side}/{mode} failed:\n{out.stderr[-3000:]}")
@@ -127,10 +161,19 @@ def main(argv: list[str] | None = None) -> None:
     for mode in args.modes.split(","):
         a, b = results[f"{mode}/llmlab"], results[f"{mode}/trainer"]
         ratio = a["tokens_per_s"] / b["tokens_per_s"]
-        summary[mode] = {"ratio": ratio, "speed_pass": ratio >= 1.0,
-                         "memory_pass": a["peak_rss_mb"] <= b["peak_rss_mb"]}
-        table.add_row(mode, f"{a['tokens_per_s']:.1f}", f"{b['tokens_per_s']:.1f}", f"{ratio:.2f}×",
-                      f"{a['peak_rss_mb']:.0f}", f"{b['peak_rss_mb']:.0f}")
+        summary[mode] = {
+            "ratio": ratio,
+            "speed_pass": ratio >= 1.0,
+            "memory_pass": a["peak_rss_mb"] <= b["peak_rss_mb"],
+        }
+        table.add_row(
+            mode,
+            f"{a['tokens_per_s']:.1f}",
+            f"{b['tokens_per_s']:.1f}",
+            f"{ratio:.2f}×",
+            f"{a['peak_rss_mb']:.0f}",
+            f"{b['peak_rss_mb']:.0f}",
+        )
     Console().print(table)
     path = REPO_ROOT / "outputs" / "bench" / "finetune_step.json"
     write_json(path, {"benchmark": "finetune_step", "settings": vars(args), "runs": results, "summary": summary})

@@ -51,8 +51,11 @@ MODES = ("per_query", "fixed", "bf16")
 TARGETS = {"per_query": 1.5, "fixed": 3.0, "bf16": None}  # llmlab / lm-eval throughput
 MAX_ABS_DIFF = 1e-4  # fp32 agreement with lm-eval
 LOAD_TARGET_S = 3.0
-MODE_LABELS = {"per_query": "per-query demos, fp32", "fixed": "fixed demos, fp32",
-               "bf16": "per-query demos, llmlab bf16"}  # bf16: against lm-eval in fp32
+MODE_LABELS = {
+    "per_query": "per-query demos, fp32",
+    "fixed": "fixed demos, fp32",
+    "bf16": "per-query demos, llmlab bf16",
+}  # bf16: against lm-eval in fp32
 
 console = Console(width=None if sys.stdout.isatty() else 160)
 log = Console(stderr=True)
@@ -72,6 +75,7 @@ class Query:
 
 # ---- prompts -------------------------------------------------------------------------------------------------------
 
+
 def dataset_config(task: str, **overrides) -> DatasetConfig:
     """The repository's `dataset=implicit/<task>` config, with `overrides` (e.g. a smaller `n_test` for tests)."""
     path = conf_dir() / "dataset" / "implicit" / f"{task}.yaml"
@@ -79,8 +83,13 @@ def dataset_config(task: str, **overrides) -> DatasetConfig:
     return OmegaConf.merge(cfg, overrides) if overrides else cfg
 
 
-def build_queries(task: str, n: int, shots: int, seed: int, dataset_overrides: dict | None = None,
-                  ) -> dict[str, list[Query]]:
+def build_queries(
+    task: str,
+    n: int,
+    shots: int,
+    seed: int,
+    dataset_overrides: dict | None = None,
+) -> dict[str, list[Query]]:
     """The first `n` pattern test items of `task` as k-shot prompts: {"per_query": [...], "fixed": [...]}."""
     data = load_eval_data(dataset_config(task, **(dataset_overrides or {})), seed)
     rows = data.tests["pattern"].to_list()
@@ -89,9 +98,16 @@ def build_queries(task: str, n: int, shots: int, seed: int, dataset_overrides: d
     pool = data.pool["demo"]
     out: dict[str, list[Query]] = {}
     for mode, fixed in (("per_query", False), ("fixed", True)):
-        out[mode] = [Query(task, i, data.header + "".join(draw_demos(pool, shots, fixed, seed, "pattern", i))
-                           + row["question"], list(row["candidates"]), int(row["label"]))
-                     for i, row in enumerate(rows[:n])]
+        out[mode] = [
+            Query(
+                task,
+                i,
+                data.header + "".join(draw_demos(pool, shots, fixed, seed, "pattern", i)) + row["question"],
+                list(row["candidates"]),
+                int(row["label"]),
+            )
+            for i, row in enumerate(rows[:n])
+        ]
     return out
 
 
@@ -102,6 +118,7 @@ def split_queries(total: int, tasks: Sequence[str]) -> dict[str, int]:
 
 
 # ---- the two sides -------------------------------------------------------------------------------------------------
+
 
 class ForwardTokens:
     """Counts the token positions (padding included) fed to `model.forward` while active."""
@@ -138,8 +155,11 @@ def lmeval_instances(queries: Sequence[Query]) -> list:
     """One lm-eval loglikelihood `Instance` per (query, candidate), in query order."""
     from lm_eval.api.instance import Instance
 
-    return [Instance(request_type="loglikelihood", doc={}, arguments=(q.context, cand), idx=j)
-            for q in queries for j, cand in enumerate(q.candidates)]
+    return [
+        Instance(request_type="loglikelihood", doc={}, arguments=(q.context, cand), idx=j)
+        for q in queries
+        for j, cand in enumerate(q.candidates)
+    ]
 
 
 def lmeval_side(lm) -> Side:
@@ -168,6 +188,7 @@ def make_hflm(model_or_path, tokenizer=None, batch_size: int = 8, dtype: str = "
 
 # ---- tokenization and agreement ------------------------------------------------------------------------------------
 
+
 def tokenization(scorer: Scorer, lm, queries: Sequence[Query], max_examples: int = 3) -> dict:
     """How llmlab and lm-eval tokenize each request: which requests agree, token counts, mismatch examples."""
     same, tokens, mismatches, examples = [], 0, {"boundary": 0, "sequence": 0}, []
@@ -185,18 +206,29 @@ def tokenization(scorer: Scorer, lm, queries: Sequence[Query], max_examples: int
             mismatches[kind] += 1
             if len(examples) < max_examples:
                 target = q.context + text  # does each side's token sequence spell the prompt and candidate?
-                examples.append({"task": q.task, "index": q.index, "kind": kind, "candidate": text,
-                                 "llmlab_spells_text": scorer.tok.decode(ctx + cont) == target,
-                                 "lm_eval_spells_text": scorer.tok.decode(l_ctx + l_cont) == target,
-                                 "context_tail": q.context[-40:],
-                                 "llmlab": {"context_tail": _pieces(scorer, ctx[-4:]),
-                                            "candidate": _pieces(scorer, cont)},
-                                 "lm_eval": {"context_tail": _pieces(scorer, l_ctx[-4:]),
-                                             "candidate": _pieces(scorer, l_cont)}})
+                examples.append(
+                    {
+                        "task": q.task,
+                        "index": q.index,
+                        "kind": kind,
+                        "candidate": text,
+                        "llmlab_spells_text": scorer.tok.decode(ctx + cont) == target,
+                        "lm_eval_spells_text": scorer.tok.decode(l_ctx + l_cont) == target,
+                        "context_tail": q.context[-40:],
+                        "llmlab": {"context_tail": _pieces(scorer, ctx[-4:]), "candidate": _pieces(scorer, cont)},
+                        "lm_eval": {"context_tail": _pieces(scorer, l_ctx[-4:]), "candidate": _pieces(scorer, l_cont)},
+                    }
+                )
         same.append(row)
     n = sum(len(r) for r in same)
-    return {"requests": n, "tokens": tokens, "mismatched": n - sum(map(sum, same)), "by_kind": mismatches,
-            "examples": examples, "same": same}
+    return {
+        "requests": n,
+        "tokens": tokens,
+        "mismatched": n - sum(map(sum, same)),
+        "by_kind": mismatches,
+        "examples": examples,
+        "same": same,
+    }
 
 
 def _pieces(scorer: Scorer, ids: list[int]) -> list[str]:
@@ -211,9 +243,14 @@ def agreement(a: list[list[float]], b: list[list[float]], same: list[list[bool]]
     diffs = [abs(x - y) for qa, qb, qs in rows for x, y, s in zip(qa, qb, qs, strict=True) if s]
     kept = [(qa, qb) for qa, qb, qs in rows if all(qs)]
     agree = sum(_argmax(qa) == _argmax(qb) for qa, qb in kept)
-    return {"requests_compared": len(diffs), "max_abs_diff": max(diffs) if diffs else None,
-            "mean_abs_diff": statistics.fmean(diffs) if diffs else None, "queries_compared": len(kept),
-            "argmax_agree": agree, "argmax_agree_frac": agree / len(kept) if kept else None}
+    return {
+        "requests_compared": len(diffs),
+        "max_abs_diff": max(diffs) if diffs else None,
+        "mean_abs_diff": statistics.fmean(diffs) if diffs else None,
+        "queries_compared": len(kept),
+        "argmax_agree": agree,
+        "argmax_agree_frac": agree / len(kept) if kept else None,
+    }
 
 
 def accuracy(logliks: list[list[float]], queries: Sequence[Query]) -> float:
@@ -227,8 +264,10 @@ def _argmax(xs: Sequence[float]) -> int:
 
 # ---- timing --------------------------------------------------------------------------------------------------------
 
-def run_mode(queries: dict[str, list[Query]], sides: dict[str, Side], warmup: int = 2, repeats: int = 1,
-             label: str = "") -> dict[str, dict]:
+
+def run_mode(
+    queries: dict[str, list[Query]], sides: dict[str, Side], warmup: int = 2, repeats: int = 1, label: str = ""
+) -> dict[str, dict]:
     """Time every side on every task's queries, alternating the order task by task (ABBA), after a warm-up on the
     first `warmup` queries. A task's time is the median over `repeats`; log-likelihoods are from the first run."""
     names = list(sides)
@@ -258,15 +297,32 @@ def run_mode(queries: dict[str, list[Query]], sides: dict[str, Side], warmup: in
 
 def throughput(res: dict, requests: int, queries: int, tokens: int) -> dict:
     s = res["seconds"]
-    return {"seconds": s, "per_task_s": res["per_task_s"], "runs_s": res["runs_s"], "requests": requests,
-            "queries": queries, "req_per_s": requests / s, "queries_per_s": queries / s, "tokens": tokens,
-            "tokens_per_s": tokens / s, "forward_tokens": res["forward_tokens"],
-            "forward_tokens_per_s": res["forward_tokens"] / s}
+    return {
+        "seconds": s,
+        "per_task_s": res["per_task_s"],
+        "runs_s": res["runs_s"],
+        "requests": requests,
+        "queries": queries,
+        "req_per_s": requests / s,
+        "queries_per_s": queries / s,
+        "tokens": tokens,
+        "tokens_per_s": tokens / s,
+        "forward_tokens": res["forward_tokens"],
+        "forward_tokens_per_s": res["forward_tokens"] / s,
+    }
 
 
-def run_benchmark(queries: dict[str, dict[str, list[Query]]], scorer: Scorer, lm, scorer_bf16: Scorer | None = None,
-                  modes: Sequence[str] = MODES, warmup: int = 2, repeats: int = 1,
-                  bf16_queries: dict[str, int] | None = None, verbose: bool = False) -> dict:
+def run_benchmark(
+    queries: dict[str, dict[str, list[Query]]],
+    scorer: Scorer,
+    lm,
+    scorer_bf16: Scorer | None = None,
+    modes: Sequence[str] = MODES,
+    warmup: int = 2,
+    repeats: int = 1,
+    bf16_queries: dict[str, int] | None = None,
+    verbose: bool = False,
+) -> dict:
     """All modes on `queries[mode][task]`. `scorer` is llmlab fp32, `lm` an lm-eval HFLM in fp32, `scorer_bf16`
     llmlab in bf16; `bf16` uses the first `bf16_queries[task]` per-query prompts (all by default). Returns the
     results without per-request values."""
@@ -274,8 +330,11 @@ def run_benchmark(queries: dict[str, dict[str, list[Query]]], scorer: Scorer, lm
     out: dict = {"modes": {}, "tokenization": {}}
     fp32_logliks: dict[tuple[str, int], list[float]] = {}  # llmlab fp32, per-query demos, by (task, index)
     for mode in modes:
-        prompts = queries[mode] if mode != "bf16" else {
-            t: qs[:(bf16_queries or {}).get(t, len(qs))] for t, qs in queries["per_query"].items()}
+        prompts = (
+            queries[mode]
+            if mode != "bf16"
+            else {t: qs[: (bf16_queries or {}).get(t, len(qs))] for t, qs in queries["per_query"].items()}
+        )
         flat = [q for qs in prompts.values() for q in qs]
         tok = tokenization(scorer, lm, flat)
         if mode != "bf16":
@@ -283,12 +342,16 @@ def run_benchmark(queries: dict[str, dict[str, list[Query]]], scorer: Scorer, lm
         llmlab = llmlab_side(scorer_bf16 if mode == "bf16" else scorer)
         if verbose:
             log.print(f"[bold]{MODE_LABELS[mode]}[/bold]: {len(flat)} queries, {tok['requests']} requests")
-        timed = run_mode(prompts, {"lm_eval": lmeval_side(lm), "llmlab": llmlab}, warmup, repeats,
-                         label=mode if verbose else "")
+        timed = run_mode(
+            prompts, {"lm_eval": lmeval_side(lm), "llmlab": llmlab}, warmup, repeats, label=mode if verbose else ""
+        )
         ll_l, ll_e = timed["llmlab"]["logliks"], timed["lm_eval"]["logliks"]
-        res = {"label": MODE_LABELS[mode], "target_ratio": TARGETS[mode],
-               "llmlab": throughput(timed["llmlab"], tok["requests"], len(flat), tok["tokens"]),
-               "lm_eval": throughput(timed["lm_eval"], tok["requests"], len(flat), tok["tokens"])}
+        res = {
+            "label": MODE_LABELS[mode],
+            "target_ratio": TARGETS[mode],
+            "llmlab": throughput(timed["llmlab"], tok["requests"], len(flat), tok["tokens"]),
+            "lm_eval": throughput(timed["lm_eval"], tok["requests"], len(flat), tok["tokens"]),
+        }
         res["llmlab"]["accuracy"] = accuracy(ll_l, flat)
         res["lm_eval"]["accuracy"] = accuracy(ll_e, flat)
         res["ratio_req_per_s"] = res["llmlab"]["req_per_s"] / res["lm_eval"]["req_per_s"]
@@ -297,8 +360,9 @@ def run_benchmark(queries: dict[str, dict[str, list[Query]]], scorer: Scorer, lm
         if mode == "bf16":
             missing = [q for q in flat if (q.task, q.index) not in fp32_logliks]
             if missing:  # per_query mode not run: score these requests in fp32, untimed
-                fp32_logliks.update(zip([(q.task, q.index) for q in missing], llmlab_side(scorer)(missing)[0],
-                                        strict=True))
+                fp32_logliks.update(
+                    zip([(q.task, q.index) for q in missing], llmlab_side(scorer)(missing)[0], strict=True)
+                )
             res["drift_vs_llmlab_fp32"] = agreement(ll_l, [fp32_logliks[q.task, q.index] for q in flat])
             res["pass"] = None
         else:
@@ -313,6 +377,7 @@ def run_benchmark(queries: dict[str, dict[str, list[Query]]], scorer: Scorer, lm
 
 
 # ---- report --------------------------------------------------------------------------------------------------------
+
 
 def hardware_info(threads: int) -> dict:
     cpu = platform.processor() or platform.machine()
@@ -329,8 +394,14 @@ def hardware_info(threads: int) -> dict:
             versions[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             versions[dist] = None
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "threads": threads, "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version(), **versions}
+    return {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "threads": threads,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        **versions,
+    }
 
 
 def _fmt(x: float | None, spec: str = ".2f") -> str:
@@ -339,14 +410,27 @@ def _fmt(x: float | None, spec: str = ".2f") -> str:
 
 def render(results: dict) -> None:
     hw, st = results["hardware"], results["settings"]
-    console.print(f"[bold]ICL scoring benchmark[/bold] — {st['model']}, {st['shots']}-shot, "
-                  f"{st['queries']} queries ({', '.join(f'{n} {t}' for t, n in st['per_task'].items())}), "
-                  f"batch size {st['batch_size']}, warm-up {st['warmup']} queries, repeats {st['repeats']}")
-    console.print(f"hardware: {hw['cpu']} ({hw['cpu_count']} CPUs), torch threads {hw['torch_threads']}, "
-                  f"torch {hw['torch']}, transformers {hw['transformers']}, lm-eval {hw['lm_eval']}")
+    console.print(
+        f"[bold]ICL scoring benchmark[/bold] — {st['model']}, {st['shots']}-shot, "
+        f"{st['queries']} queries ({', '.join(f'{n} {t}' for t, n in st['per_task'].items())}), "
+        f"batch size {st['batch_size']}, warm-up {st['warmup']} queries, repeats {st['repeats']}"
+    )
+    console.print(
+        f"hardware: {hw['cpu']} ({hw['cpu_count']} CPUs), torch threads {hw['torch_threads']}, "
+        f"torch {hw['torch']}, transformers {hw['transformers']}, lm-eval {hw['lm_eval']}"
+    )
     table = Table(title="llmlab Scorer vs lm-eval HFLM (log-likelihood requests = (context, candidate) pairs)")
-    for col in ("mode", "queries", "llmlab req/s", "lm-eval req/s", "ratio", "target", "pass/fail", "max |Δ loglik|",
-                "argmax agree"):
+    for col in (
+        "mode",
+        "queries",
+        "llmlab req/s",
+        "lm-eval req/s",
+        "ratio",
+        "target",
+        "pass/fail",
+        "max |Δ loglik|",
+        "argmax agree",
+    ):
         table.add_column(col, justify="left" if col in ("mode", "pass/fail") else "right")
     for mode, r in results["modes"].items():
         target = r["target_ratio"]
@@ -362,43 +446,62 @@ def render(results: dict) -> None:
             agree = f"{agg['argmax_agree']}/{agg['queries_compared']}"
             fails = [w for w, ok in (("speed", r["speed_pass"]), ("Δ", r["agreement_pass"])) if not ok]
             verdict = "[green]PASS[/green]" if not fails else f"[red]FAIL ({', '.join(fails)})[/red]"
-        table.add_row(r["label"], str(r["llmlab"]["queries"]), _fmt(r["llmlab"]["req_per_s"]),
-                      _fmt(r["lm_eval"]["req_per_s"]), f"{r['ratio_req_per_s']:.2f}×",
-                      "—" if target is None else f"≥ {target}×", verdict, delta, agree)
+        table.add_row(
+            r["label"],
+            str(r["llmlab"]["queries"]),
+            _fmt(r["llmlab"]["req_per_s"]),
+            _fmt(r["lm_eval"]["req_per_s"]),
+            f"{r['ratio_req_per_s']:.2f}×",
+            "—" if target is None else f"≥ {target}×",
+            verdict,
+            delta,
+            agree,
+        )
     console.print(table)
     for mode, r in results["modes"].items():
         lab, ev = r["llmlab"], r["lm_eval"]
-        console.print(f"  {mode}: tokens/s (prompt+candidate tokens) llmlab {lab['tokens_per_s']:.0f}, "
-                      f"lm-eval {ev['tokens_per_s']:.0f} ({r['ratio_tokens_per_s']:.2f}×); forward tokens/s "
-                      f"llmlab {lab['forward_tokens_per_s']:.0f} ({lab['forward_tokens']} tokens), "
-                      f"lm-eval {ev['forward_tokens_per_s']:.0f} ({ev['forward_tokens']} tokens); "
-                      f"time llmlab {lab['seconds']:.1f} s, lm-eval {ev['seconds']:.1f} s; "
-                      f"accuracy llmlab {lab['accuracy']:.3f}, lm-eval {ev['accuracy']:.3f}")
+        console.print(
+            f"  {mode}: tokens/s (prompt+candidate tokens) llmlab {lab['tokens_per_s']:.0f}, "
+            f"lm-eval {ev['tokens_per_s']:.0f} ({r['ratio_tokens_per_s']:.2f}×); forward tokens/s "
+            f"llmlab {lab['forward_tokens_per_s']:.0f} ({lab['forward_tokens']} tokens), "
+            f"lm-eval {ev['forward_tokens_per_s']:.0f} ({ev['forward_tokens']} tokens); "
+            f"time llmlab {lab['seconds']:.1f} s, lm-eval {ev['seconds']:.1f} s; "
+            f"accuracy llmlab {lab['accuracy']:.3f}, lm-eval {ev['accuracy']:.3f}"
+        )
         if "drift_vs_llmlab_fp32" in r:
             d = r["drift_vs_llmlab_fp32"]
-            console.print(f"  bf16 drift vs llmlab fp32: max {d['max_abs_diff']:.4g}, mean {d['mean_abs_diff']:.4g} "
-                          f"over {d['requests_compared']} requests; argmax agrees on {d['argmax_agree']}/"
-                          f"{d['queries_compared']} queries")
+            console.print(
+                f"  bf16 drift vs llmlab fp32: max {d['max_abs_diff']:.4g}, mean {d['mean_abs_diff']:.4g} "
+                f"over {d['requests_compared']} requests; argmax agrees on {d['argmax_agree']}/"
+                f"{d['queries_compared']} queries"
+            )
     for mode, t in results["tokenization"].items():
         if t["mismatched"]:
-            console.print(f"  [yellow]tokenization ({mode}): {t['mismatched']}/{t['requests']} requests tokenized "
-                          f"differently by llmlab and lm-eval ({t['by_kind']}); left out of the comparison. "
-                          f"Example: {t['examples'][0]}[/yellow]")
+            console.print(
+                f"  [yellow]tokenization ({mode}): {t['mismatched']}/{t['requests']} requests tokenized "
+                f"differently by llmlab and lm-eval ({t['by_kind']}); left out of the comparison. "
+                f"Example: {t['examples'][0]}[/yellow]"
+            )
         else:
             console.print(f"  tokenization ({mode}): all {t['requests']} requests tokenized identically")
     load = results["load"]
     ok = load["llmlab_fp32_s"] < LOAD_TARGET_S
-    console.print(f"model load from cache (llmlab, fp32): {load['llmlab_fp32_s']:.2f} s (target < {LOAD_TARGET_S:g} s: "
-                  f"{'[green]PASS[/green]' if ok else '[red]FAIL[/red]'}); llmlab bf16 "
-                  f"{_fmt(load.get('llmlab_bf16_s'))} s; lm-eval HFLM {_fmt(load.get('lm_eval_s'))} s")
+    console.print(
+        f"model load from cache (llmlab, fp32): {load['llmlab_fp32_s']:.2f} s (target < {LOAD_TARGET_S:g} s: "
+        f"{'[green]PASS[/green]' if ok else '[red]FAIL[/red]'}); llmlab bf16 "
+        f"{_fmt(load.get('llmlab_bf16_s'))} s; lm-eval HFLM {_fmt(load.get('lm_eval_s'))} s"
+    )
     if "per_query" in results["modes"]:
         lab = results["modes"]["per_query"]["llmlab"]
-        console.print(f"llmlab tokens/s (per-query demos, fp32): {lab['tokens_per_s']:.0f} prompt+candidate tokens/s, "
-                      f"{lab['forward_tokens_per_s']:.0f} forward tokens/s")
+        console.print(
+            f"llmlab tokens/s (per-query demos, fp32): {lab['tokens_per_s']:.0f} prompt+candidate tokens/s, "
+            f"{lab['forward_tokens_per_s']:.0f} forward tokens/s"
+        )
     console.print(f"results: {results['output']} (wall time {results['wall_s']:.0f} s)")
 
 
 # ---- entry point ---------------------------------------------------------------------------------------------------
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m llmlab.bench --only icl_scoring", description=__doc__.splitlines()[0])
@@ -411,8 +514,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2, help="queries each side scores before it is timed (2)")
     p.add_argument("--repeats", type=int, default=1, help="timed runs per task and side; the median is kept (1)")
     p.add_argument("--modes", default=",".join(MODES), help=f"subset of {','.join(MODES)}")
-    p.add_argument("--bf16-queries", type=int, default=None,
-                   help="queries for the bf16 mode (the first ones of each task; default: --queries)")
+    p.add_argument(
+        "--bf16-queries",
+        type=int,
+        default=None,
+        help="queries for the bf16 mode (the first ones of each task; default: --queries)",
+    )
     p.add_argument("--model", default="smollm2-135m", help="a conf/model/<name>.yaml (smollm2-135m)")
     p.add_argument("--cache-dir", default=None, help="llmlab's cache ($LLMLAB_CACHE or ~/.cache/llmlab)")
     p.add_argument("--out", default=str(REPO_ROOT / "outputs" / "bench" / f"{NAME}.json"))
@@ -439,8 +546,9 @@ def main(argv: list[str] | None = None) -> dict:
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
 
     cache_dir = Path(args.cache_dir or os.environ.get("LLMLAB_CACHE", "~/.cache/llmlab")).expanduser()
-    model_cfg = OmegaConf.merge(OmegaConf.structured(ModelConfig),
-                                OmegaConf.load(conf_dir() / "model" / f"{args.model}.yaml"))
+    model_cfg = OmegaConf.merge(
+        OmegaConf.structured(ModelConfig), OmegaConf.load(conf_dir() / "model" / f"{args.model}.yaml")
+    )
     cpu = torch.device("cpu")
     if model_cfg.source != "random":
         model_dir(model_cfg, cache_dir)  # convert a PyPI GGUF on first use: not part of the timed load
@@ -470,23 +578,56 @@ def main(argv: list[str] | None = None) -> dict:
         for mode, qs in build_queries(task, n, args.shots, args.seed).items():
             queries[mode][task] = qs
 
-    results = run_benchmark(queries, Scorer(model, tok, batch_size=args.batch_size), lm, scorer_bf16,
-                            modes=args.modes, warmup=args.warmup, repeats=args.repeats, verbose=True,
-                            bf16_queries=split_queries(n16, args.tasks))
-    results = {"benchmark": NAME,
-               "settings": {"model": args.model, "queries": args.queries, "per_task": per_task, "shots": args.shots,
-                            "batch_size": args.batch_size, "threads": args.threads, "seed": args.seed,
-                            "warmup": args.warmup, "repeats": args.repeats, "modes": args.modes,
-                            "bf16_queries": n16,
-                            "variant": "pattern", "lm_eval_model": "HFLM(dtype=float32, device=cpu)"},
-               "hardware": hardware_info(args.threads), "load": load, **results}
+    results = run_benchmark(
+        queries,
+        Scorer(model, tok, batch_size=args.batch_size),
+        lm,
+        scorer_bf16,
+        modes=args.modes,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        verbose=True,
+        bf16_queries=split_queries(n16, args.tasks),
+    )
+    results = {
+        "benchmark": NAME,
+        "settings": {
+            "model": args.model,
+            "queries": args.queries,
+            "per_task": per_task,
+            "shots": args.shots,
+            "batch_size": args.batch_size,
+            "threads": args.threads,
+            "seed": args.seed,
+            "warmup": args.warmup,
+            "repeats": args.repeats,
+            "modes": args.modes,
+            "bf16_queries": n16,
+            "variant": "pattern",
+            "lm_eval_model": "HFLM(dtype=float32, device=cpu)",
+        },
+        "hardware": hardware_info(args.threads),
+        "load": load,
+        **results,
+    }
     load_ok = load["llmlab_fp32_s"] < LOAD_TARGET_S
     results["targets"] = {
-        **{f"{m}_speed": {"target": f">= {TARGETS[m]}x", "value": r["ratio_req_per_s"], "pass": r["speed_pass"]}
-           for m, r in results["modes"].items() if m != "bf16"},
-        **{f"{m}_agreement": {"target": f"max |diff| <= {MAX_ABS_DIFF}", "value": r["vs_lm_eval"]["max_abs_diff"],
-                              "pass": r["agreement_pass"]} for m, r in results["modes"].items() if m != "bf16"},
-        "load_time": {"target": f"< {LOAD_TARGET_S} s", "value": load["llmlab_fp32_s"], "pass": load_ok}}
+        **{
+            f"{m}_speed": {"target": f">= {TARGETS[m]}x", "value": r["ratio_req_per_s"], "pass": r["speed_pass"]}
+            for m, r in results["modes"].items()
+            if m != "bf16"
+        },
+        **{
+            f"{m}_agreement": {
+                "target": f"max |diff| <= {MAX_ABS_DIFF}",
+                "value": r["vs_lm_eval"]["max_abs_diff"],
+                "pass": r["agreement_pass"],
+            }
+            for m, r in results["modes"].items()
+            if m != "bf16"
+        },
+        "load_time": {"target": f"< {LOAD_TARGET_S} s", "value": load["llmlab_fp32_s"], "pass": load_ok},
+    }
     results["wall_s"] = time.perf_counter() - wall0
     results["output"] = str(args.out)
     write_json(args.out, results)

@@ -48,14 +48,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def sequences(tok, n: int, tokens: int, dataset: str) -> tuple[list[list[int]], list[int], list[int]]:
-    cfg = OmegaConf.merge(OmegaConf.structured(DatasetConfig), OmegaConf.load(conf_dir() / "dataset" / "mre" /
-                                                                             f"{dataset}.yaml"))
+    cfg = OmegaConf.merge(
+        OmegaConf.structured(DatasetConfig), OmegaConf.load(conf_dir() / "dataset" / "mre" / f"{dataset}.yaml")
+    )
     cfg.n_test, cfg.n_train_ft = n + 1, 200
     data = load_mre(cfg, 0)
     text_key, label_key = key_words(data)
     shared, label_ids = label_first_tokens(tok, f"{text_key}: x\n{label_key}:", data.labels)
     seqs, gold = [], []
-    for i, q in enumerate(data.test[:n + 1]):
+    for i, q in enumerate(data.test[: n + 1]):
         prompt, segs = build_prompt(data, q, draw_demos(data, 0, i, 1), words_line(q["wl"]))
         ids = tokenize(tok, prompt, segs)[0] + shared
         if len(ids) < tokens:
@@ -74,8 +75,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     transformers.logging.set_verbosity_error()
     cache_dir = Path(args.cache_dir or os.environ.get("LLMLAB_CACHE", "~/.cache/llmlab")).expanduser()
-    model_cfg = OmegaConf.merge(OmegaConf.structured(ModelConfig),
-                                OmegaConf.load(conf_dir() / "model" / f"{args.model}.yaml"))
+    model_cfg = OmegaConf.merge(
+        OmegaConf.structured(ModelConfig), OmegaConf.load(conf_dir() / "model" / f"{args.model}.yaml")
+    )
     if model_cfg.source != "random":
         model_dir(model_cfg, cache_dir)
     model, tok = load_model(model_cfg, Hardware(torch.device("cpu"), torch.float32), cache_dir, "eager")
@@ -95,17 +97,29 @@ def main(argv: list[str] | None = None) -> dict:
 
     rel = max(float((a - b).abs().max() / b.abs().max()) for a, b in zip(got, ref))
     n = len(seqs)
-    res = {"benchmark": NAME, "model": args.model, "examples": n, "tokens": args.tokens,
-           "batch_size": args.batch_size, "threads": args.threads, "torch_threads": torch.get_num_threads(),
-           "cpu_count": os.cpu_count(), "torch": torch.__version__, "transformers": transformers.__version__,
-           "naive": {"seconds": naive_s, "examples_per_s": n / naive_s},
-           "batched": {"seconds": batched_s, "examples_per_s": n / batched_s},
-           "speedup": naive_s / batched_s, "max_rel_diff": rel,
-           "targets": {"speedup>=2": naive_s / batched_s >= 2.0, "max_rel_diff<=1e-5": rel <= 1e-5}}
+    res = {
+        "benchmark": NAME,
+        "model": args.model,
+        "examples": n,
+        "tokens": args.tokens,
+        "batch_size": args.batch_size,
+        "threads": args.threads,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "naive": {"seconds": naive_s, "examples_per_s": n / naive_s},
+        "batched": {"seconds": batched_s, "examples_per_s": n / batched_s},
+        "speedup": naive_s / batched_s,
+        "max_rel_diff": rel,
+        "targets": {"speedup>=2": naive_s / batched_s >= 2.0, "max_rel_diff<=1e-5": rel <= 1e-5},
+    }
     write_json(args.out, res)
-    print(f"saliency {args.model} T={args.tokens} n={n} threads={args.threads}: naive {n / naive_s:.3f} ex/s, "
-          f"batched (bs {args.batch_size}) {n / batched_s:.3f} ex/s, speedup {naive_s / batched_s:.2f}x, "
-          f"max rel diff {rel:.2e} -> {args.out}")
+    print(
+        f"saliency {args.model} T={args.tokens} n={n} threads={args.threads}: naive {n / naive_s:.3f} ex/s, "
+        f"batched (bs {args.batch_size}) {n / batched_s:.3f} ex/s, speedup {naive_s / batched_s:.2f}x, "
+        f"max rel diff {rel:.2e} -> {args.out}"
+    )
     return res
 
 

@@ -76,8 +76,10 @@ def main(argv: list[str] | None = None) -> dict:
     draft = early_exit_model(model, args.draft_layer) if args.draft == "early_exit" else PromptLookup()
     prompts = node_prompts(args.nodes + 1)
     prefix = {kind: None if args.no_prefix_cache else PrefixCache() for kind in ("plain", "spec")}
-    decode = {"plain": lambda ids, stop: greedy(model, ids, stop, prefix["plain"]),
-              "spec": lambda ids, stop: speculative(model, draft, ids, stop, args.n_draft, prefix["spec"])}
+    decode = {
+        "plain": lambda ids, stop: greedy(model, ids, stop, prefix["plain"]),
+        "spec": lambda ids, stop: speculative(model, draft, ids, stop, args.n_draft, prefix["spec"]),
+    }
     if not args.no_hf:
         decode["hf"] = lambda ids, stop: hf_generate(model, tok, ids, args.max_new_tokens)
     rows = []
@@ -85,7 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
         ids = tok(prompt, add_special_tokens=True).input_ids
         stop = stopper(tok, args.max_new_tokens, ("\n[",))
         runs = {}
-        for kind in (list(decode) if i % 2 else list(decode)[::-1]):  # alternate the order
+        for kind in list(decode) if i % 2 else list(decode)[::-1]:  # alternate the order
             if hw.device.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
@@ -96,40 +98,80 @@ def main(argv: list[str] | None = None) -> dict:
         if i == 0:
             continue  # warm-up
         (g0, _, t0), (g1, s1, t1) = runs["plain"], runs["spec"]
-        rows.append({"prompt_tokens": len(ids), "new_tokens": len(g0), "identical": g0 == g1, "plain_s": t0,
-                     "spec_s": t1, "speedup": t0 / t1, "acceptance": s1.acceptance,
-                     "target_forwards": s1.target_forwards, "text": tok.decode(g0),
-                     **({"hf_s": runs["hf"][2], "hf_tokens": len(runs["hf"][0])} if "hf" in runs else {})})
+        rows.append(
+            {
+                "prompt_tokens": len(ids),
+                "new_tokens": len(g0),
+                "identical": g0 == g1,
+                "plain_s": t0,
+                "spec_s": t1,
+                "speedup": t0 / t1,
+                "acceptance": s1.acceptance,
+                "target_forwards": s1.target_forwards,
+                "text": tok.decode(g0),
+                **({"hf_s": runs["hf"][2], "hf_tokens": len(runs["hf"][0])} if "hf" in runs else {}),
+            }
+        )
     plain_s, spec_s = sum(r["plain_s"] for r in rows), sum(r["spec_s"] for r in rows)
     tokens = sum(r["new_tokens"] for r in rows)
     accepted = [r["acceptance"] for r in rows if r["acceptance"] is not None]
-    result = {"benchmark": NAME, "model": args.model, "device": str(hw.device), "threads": args.threads,
-              "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
-              "draft": args.draft, "draft_layer": args.draft_layer if args.draft == "early_exit" else None,
-              "n_layers": model.config.num_hidden_layers, "n_draft": args.n_draft,
-              "nodes": len(rows), "all_identical": all(r["identical"] for r in rows),
-              "speedup_total": plain_s / spec_s, "speedup_median_node": statistics.median(r["speedup"] for r in rows),
-              "plain_nodes_per_s": len(rows) / plain_s, "spec_nodes_per_s": len(rows) / spec_s,
-              "plain_tokens_per_s": tokens / plain_s, "spec_tokens_per_s": tokens / spec_s,
-              "acceptance_mean": statistics.mean(accepted) if accepted else None, "target": TARGET,
-              "meets_target": plain_s / spec_s >= TARGET, "prefix_cache": not args.no_prefix_cache, "rows": rows}
+    result = {
+        "benchmark": NAME,
+        "model": args.model,
+        "device": str(hw.device),
+        "threads": args.threads,
+        "cpu": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "draft": args.draft,
+        "draft_layer": args.draft_layer if args.draft == "early_exit" else None,
+        "n_layers": model.config.num_hidden_layers,
+        "n_draft": args.n_draft,
+        "nodes": len(rows),
+        "all_identical": all(r["identical"] for r in rows),
+        "speedup_total": plain_s / spec_s,
+        "speedup_median_node": statistics.median(r["speedup"] for r in rows),
+        "plain_nodes_per_s": len(rows) / plain_s,
+        "spec_nodes_per_s": len(rows) / spec_s,
+        "plain_tokens_per_s": tokens / plain_s,
+        "spec_tokens_per_s": tokens / spec_s,
+        "acceptance_mean": statistics.mean(accepted) if accepted else None,
+        "target": TARGET,
+        "meets_target": plain_s / spec_s >= TARGET,
+        "prefix_cache": not args.no_prefix_cache,
+        "rows": rows,
+    }
     if not args.no_hf:
         hf_tps = sum(r["hf_tokens"] for r in rows) / sum(r["hf_s"] for r in rows)
-        result.update(hf_tokens_per_s=hf_tps, plain_vs_hf=result["plain_tokens_per_s"] / hf_tps,
-                      spec_vs_hf=result["spec_tokens_per_s"] / hf_tps)
+        result.update(
+            hf_tokens_per_s=hf_tps,
+            plain_vs_hf=result["plain_tokens_per_s"] / hf_tps,
+            spec_vs_hf=result["spec_tokens_per_s"] / hf_tps,
+        )
     write_json(args.out, result)
-    print(f"{NAME}: {len(rows)} nodes, identical={result['all_identical']}, speed-up {result['speedup_total']:.2f}x "
-          f"(median node {result['speedup_median_node']:.2f}x), nodes/s {result['plain_nodes_per_s']:.3f} -> "
-          f"{result['spec_nodes_per_s']:.3f}, acceptance {result['acceptance_mean']}"
-          + (f", tokens/s vs HF generate: plain {result['plain_vs_hf']:.2f}x, spec {result['spec_vs_hf']:.2f}x"
-             if not args.no_hf else "") + f" -> {args.out}")
+    print(
+        f"{NAME}: {len(rows)} nodes, identical={result['all_identical']}, speed-up {result['speedup_total']:.2f}x "
+        f"(median node {result['speedup_median_node']:.2f}x), nodes/s {result['plain_nodes_per_s']:.3f} -> "
+        f"{result['spec_nodes_per_s']:.3f}, acceptance {result['acceptance_mean']}"
+        + (
+            f", tokens/s vs HF generate: plain {result['plain_vs_hf']:.2f}x, spec {result['spec_vs_hf']:.2f}x"
+            if not args.no_hf
+            else ""
+        )
+        + f" -> {args.out}"
+    )
     return result
 
 
 def hf_generate(model, tok, ids: list[int], max_new_tokens: int):
     """HF `generate`, greedy, stopping at the same string; returns (new token ids, None)."""
     x = torch.tensor([ids], device=model.device)
-    out = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=max_new_tokens, do_sample=False,
-                         stop_strings=["\n["], tokenizer=tok,
-                         pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
-    return out[0, len(ids):].tolist(), None
+    out = model.generate(
+        x,
+        attention_mask=torch.ones_like(x),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        stop_strings=["\n["],
+        tokenizer=tok,
+        pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+    )
+    return out[0, len(ids) :].tolist(), None

@@ -42,8 +42,11 @@ def fwd_bwd(fn, q, k, v, gamma, grad):
 
 
 def attention(seqs: list[int], reps: int) -> list[dict]:
-    impls = {"sdpa_causal": lambda q, k, v, g: F.scaled_dot_product_attention(q, k, v, is_causal=True),
-             "sdpa_sink": stablemask_sdpa, "dense_ref": stablemask_reference}
+    impls = {
+        "sdpa_causal": lambda q, k, v, g: F.scaled_dot_product_attention(q, k, v, is_causal=True),
+        "sdpa_sink": stablemask_sdpa,
+        "dense_ref": stablemask_reference,
+    }
     rows = []
     for s in seqs:
         gen = torch.Generator().manual_seed(s)
@@ -79,8 +82,11 @@ def pretrain_step(reps: int) -> dict:
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
         ids = torch.randint(0, 8192, (4, 129))
         seconds = median_s(train_step(model, opt, ids), reps)
-        out[kind] = {"step_s": seconds, "tokens_per_s": 4 * 128 / seconds,
-                     "params": sum(p.numel() for p in model.parameters())}
+        out[kind] = {
+            "step_s": seconds,
+            "tokens_per_s": 4 * 128 / seconds,
+            "params": sum(p.numel() for p in model.parameters()),
+        }
     out["stablemask_vs_softmax_tokens_per_s"] = out["stablemask"]["tokens_per_s"] / out["softmax"]["tokens_per_s"]
     return out
 
@@ -98,17 +104,23 @@ def main(argv: list[str] | None = None) -> int:
     print("| seq | sdpa causal | sdpa sink (StableMask) | dense reference | sink / sdpa | dense / sdpa |")
     print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['seq']} | {r['sdpa_causal']:.4f} | {r['sdpa_sink']:.4f} | {r['dense_ref']:.4f} | "
-              f"{r['sink_vs_sdpa']:.2f}x | {r['dense_vs_sdpa']:.2f}x |")
+        print(
+            f"| {r['seq']} | {r['sdpa_causal']:.4f} | {r['sdpa_sink']:.4f} | {r['dense_ref']:.4f} | "
+            f"{r['sink_vs_sdpa']:.2f}x | {r['dense_vs_sdpa']:.2f}x |"
+        )
     worst = max(r["sink_vs_sdpa"] for r in rows)
     verdict = "met" if worst <= TARGET else "missed"
     print(f"sink path vs plain causal SDPA: worst {worst:.2f}x (target <= {TARGET}x: {verdict})")
     step = pretrain_step(max(2, args.reps // 2))
-    print(f"pretraining step, lm-71m shape ({step['softmax']['params'] / 1e6:.1f}M params with an 8k vocabulary), "
-          f"batch 4 x 128: softmax {step['softmax']['tokens_per_s']:.0f} tok/s, StableMask "
-          f"{step['stablemask']['tokens_per_s']:.0f} tok/s ({step['stablemask_vs_softmax_tokens_per_s']:.2f}x)")
-    write_json(REPO_ROOT / "outputs" / "bench" / "stablemask_cpu.json",
-               {"threads": torch.get_num_threads(), "attention": rows, "pretrain_step": step, "target": TARGET})
+    print(
+        f"pretraining step, lm-71m shape ({step['softmax']['params'] / 1e6:.1f}M params with an 8k vocabulary), "
+        f"batch 4 x 128: softmax {step['softmax']['tokens_per_s']:.0f} tok/s, StableMask "
+        f"{step['stablemask']['tokens_per_s']:.0f} tok/s ({step['stablemask_vs_softmax_tokens_per_s']:.2f}x)"
+    )
+    write_json(
+        REPO_ROOT / "outputs" / "bench" / "stablemask_cpu.json",
+        {"threads": torch.get_num_threads(), "attention": rows, "pretrain_step": step, "target": TARGET},
+    )
     return 0
 
 

@@ -47,22 +47,35 @@ class Case:
 
 LM71M = {"n_layer": 6, "d_model": 512, "n_head": 8, "ffn_hidden": 1536, "position": "rope", "max_seq_len": 4096}
 RWKV169M = {"n_layer": 12, "d_model": 768, "ctx_len": 1024}
-SMOLLM2 = {"hidden_size": 576, "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,
-           "intermediate_size": 1536, "tie_word_embeddings": True, "max_position_embeddings": 8192}
+SMOLLM2 = {
+    "hidden_size": 576,
+    "num_hidden_layers": 30,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "intermediate_size": 1536,
+    "tie_word_embeddings": True,
+    "max_position_embeddings": 8192,
+}
 CASES = {
     "lm71m_softmax": Case("lm", {**LM71M, "attention": "softmax", "attn_impl": "sdpa"}, 50257, 1024, 16),
     "lm71m_stablemask_sdpa": Case("lm", {**LM71M, "attention": "stablemask", "attn_impl": "sdpa"}, 50257, 1024, 16),
-    "lm71m_stablemask_triton": Case("lm", {**LM71M, "attention": "stablemask", "attn_impl": "triton"}, 50257, 1024,
-                                    16),
+    "lm71m_stablemask_triton": Case("lm", {**LM71M, "attention": "stablemask", "attn_impl": "triton"}, 50257, 1024, 16),
     "rwkv169m_triton": Case("rwkv", {**RWKV169M, "wkv_impl": "triton"}, 50277, 1024, 8),
     "rwkv169m_chunked": Case("rwkv", {**RWKV169M, "wkv_impl": "chunked"}, 50277, 1024, 8),
     "smollm2_full": Case("llama", SMOLLM2, 49152, 512, 16),
     "smollm2_lora": Case("llama", SMOLLM2, 49152, 512, 16, peft="lora"),
 }
-TINY = {"lm": {"n_layer": 2, "d_model": 64, "n_head": 4, "ffn_hidden": 128},
-        "rwkv": {"n_layer": 2, "d_model": 64, "ctx_len": 64},
-        "llama": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-                  "intermediate_size": 128}}
+TINY = {
+    "lm": {"n_layer": 2, "d_model": 64, "n_head": 4, "ffn_hidden": 128},
+    "rwkv": {"n_layer": 2, "d_model": 64, "ctx_len": 64},
+    "llama": {
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "intermediate_size": 128,
+    },
+}
 
 
 def tiny(case: Case) -> Case:
@@ -97,8 +110,14 @@ def build(case: Case, device: torch.device):
 
         from llmlab.runners.finetune import add_lora
 
-        spec = OmegaConf.create({"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": [
-            "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]})
+        spec = OmegaConf.create(
+            {
+                "r": 16,
+                "alpha": 32,
+                "dropout": 0.0,
+                "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+            }
+        )
         model = add_lora(model, spec)
         flops *= 2 / 3  # no weight gradients for the frozen matrices: forward + input gradients only
     model.train()
@@ -159,12 +178,24 @@ def measure(name: str, case: Case, device: torch.device, warmup: int, steps: int
         times.append(time.perf_counter() - t)
     step_s = statistics.median(times)
     tokens = case.batch * case.seq
-    row = {"case": name, "family": case.family, "peft": case.peft, "arch": case.arch, "vocab": case.vocab,
-           "seq": case.seq, "batch": case.batch, "params": sum(p.numel() for p in model.parameters()),
-           "trainable": sum(p.numel() for p in params), "flops_per_token": flops, "warmup_s": warm_s,
-           "step_s": step_s, "tokens_per_s": tokens / step_s, "tflops": tokens / step_s * flops / 1e12,
-           "losses": losses, "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda"
-           else None}
+    row = {
+        "case": name,
+        "family": case.family,
+        "peft": case.peft,
+        "arch": case.arch,
+        "vocab": case.vocab,
+        "seq": case.seq,
+        "batch": case.batch,
+        "params": sum(p.numel() for p in model.parameters()),
+        "trainable": sum(p.numel() for p in params),
+        "flops_per_token": flops,
+        "warmup_s": warm_s,
+        "step_s": step_s,
+        "tokens_per_s": tokens / step_s,
+        "tflops": tokens / step_s * flops / 1e12,
+        "losses": losses,
+        "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
+    }
     row["mfu"] = row["tflops"] / peak if peak else None
     del model, params, run
     if device.type == "cuda":
@@ -219,11 +250,16 @@ def main(argv: list[str] | None = None) -> int:
                 torch.cuda.empty_cache()
             continue
         r = rows[-1]
-        print(f"{name}: {r['tokens_per_s']:,.0f} tokens/s, {r['tflops']:.1f} TFLOP/s, step {r['step_s'] * 1e3:.1f} ms, "
-              f"warm-up {r['warmup_s']:.1f} s, loss {r['losses'][0]:.3f} -> {r['losses'][-1]:.3f}", flush=True)
+        print(
+            f"{name}: {r['tokens_per_s']:,.0f} tokens/s, {r['tflops']:.1f} TFLOP/s, step {r['step_s'] * 1e3:.1f} ms, "
+            f"warm-up {r['warmup_s']:.1f} s, loss {r['losses'][0]:.3f} -> {r['losses'][-1]:.3f}",
+            flush=True,
+        )
     device_name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
-    print(f"\ntraining throughput, {device_name}, bf16 autocast + fp32 master weights; matmul peak "
-          f"{peak or float('nan'):.0f} TFLOP/s")
+    print(
+        f"\ntraining throughput, {device_name}, bf16 autocast + fp32 master weights; matmul peak "
+        f"{peak or float('nan'):.0f} TFLOP/s"
+    )
     print("| case | params | seq x batch | tokens/s | TFLOP/s | MFU | step ms | peak GiB |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
@@ -232,11 +268,22 @@ def main(argv: list[str] | None = None) -> int:
             continue
         mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "-"
         mem = f"{r['peak_mem_gib']:.1f}" if r["peak_mem_gib"] is not None else "-"
-        print(f"| {r['case']} | {r['params'] / 1e6:.1f}M | {r['seq']}x{r['batch']} | {r['tokens_per_s']:,.0f} | "
-              f"{r['tflops']:.1f} | {mfu} | {r['step_s'] * 1e3:.1f} | {mem} |")
-    write_json(args.out,
-               {"device": device_name, "torch": torch.__version__, "matmul_peak_tflops": peak, "tiny": args.tiny,
-                "steps": args.steps, "warmup": args.warmup, "rows": rows})
+        print(
+            f"| {r['case']} | {r['params'] / 1e6:.1f}M | {r['seq']}x{r['batch']} | {r['tokens_per_s']:,.0f} | "
+            f"{r['tflops']:.1f} | {mfu} | {r['step_s'] * 1e3:.1f} | {mem} |"
+        )
+    write_json(
+        args.out,
+        {
+            "device": device_name,
+            "torch": torch.__version__,
+            "matmul_peak_tflops": peak,
+            "tiny": args.tiny,
+            "steps": args.steps,
+            "warmup": args.warmup,
+            "rows": rows,
+        },
+    )
     return 1 if any("error" in r for r in rows) else 0
 
 

@@ -43,8 +43,12 @@ def median_s(fn, reps: int, warmup: int = 1, sync=lambda: None) -> float:
 
 def operands(b: int, t: int, c: int, device="cpu"):
     gen = torch.Generator(device=device).manual_seed(t + c)
-    args = [torch.randn(c, generator=gen, device=device), torch.randn(c, generator=gen, device=device),
-            torch.randn(b, t, c, generator=gen, device=device), torch.randn(b, t, c, generator=gen, device=device)]
+    args = [
+        torch.randn(c, generator=gen, device=device),
+        torch.randn(c, generator=gen, device=device),
+        torch.randn(b, t, c, generator=gen, device=device),
+        torch.randn(b, t, c, generator=gen, device=device),
+    ]
     return [a.requires_grad_() for a in args], torch.randn(b, t, c, generator=gen, device=device)
 
 
@@ -59,9 +63,12 @@ def cpu_wkv(seqs: list[int], channels: list[int], reps: int) -> list[dict]:
     for c in channels:
         for t in seqs:
             args, grad = operands(1, t, c)
-            row = {"T": t, "C": c,
-                   "chunked_s": median_s(fwd_bwd(lambda *a: wkv_chunked(*a, chunk=8), args, grad), reps),
-                   "sequential_s": median_s(fwd_bwd(wkv_sequential, args, grad), reps)}
+            row = {
+                "T": t,
+                "C": c,
+                "chunked_s": median_s(fwd_bwd(lambda *a: wkv_chunked(*a, chunk=8), args, grad), reps),
+                "sequential_s": median_s(fwd_bwd(wkv_sequential, args, grad), reps),
+            }
             row["sequential_over_chunked"] = row["sequential_s"] / row["chunked_s"]
             rows.append(row)
     return rows
@@ -75,9 +82,17 @@ def decode(contexts: list[int], reps: int, n_layer: int = 4, d: int = 256, vocab
 
     torch.manual_seed(0)
     rwkv = RWKV(RWKVArch(n_layer=n_layer, d_model=d, init="normal"), vocab, max(contexts)).train(False)
-    llama = LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=d, num_hidden_layers=n_layer,
-                                         num_attention_heads=d // 64, num_key_value_heads=d // 64,
-                                         intermediate_size=4 * d, max_position_embeddings=max(contexts) + 64))
+    llama = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=vocab,
+            hidden_size=d,
+            num_hidden_layers=n_layer,
+            num_attention_heads=d // 64,
+            num_key_value_heads=d // 64,
+            intermediate_size=4 * d,
+            max_position_embeddings=max(contexts) + 64,
+        )
+    )
     llama.train(False)
     with torch.inference_mode():
         rows = [decode_row(rwkv, llama, ctx, vocab, reps) for ctx in contexts]
@@ -104,8 +119,13 @@ def decode_row(rwkv, llama, ctx: int, vocab: int, reps: int) -> dict:
         llama(input_ids=nxt, cache=cache, use_cache=True)
         cache.crop(-1)
 
-    return {"context": ctx, "rwkv_s_per_token": rwkv_s, "gpt_s_per_token": median_s(gpt_step, reps),
-            "rwkv_state_bytes": state.numel() * state.element_size(), "gpt_kv_bytes": kv_bytes}
+    return {
+        "context": ctx,
+        "rwkv_s_per_token": rwkv_s,
+        "gpt_s_per_token": median_s(gpt_step, reps),
+        "rwkv_state_bytes": state.numel() * state.element_size(),
+        "gpt_kv_bytes": kv_bytes,
+    }
 
 
 def plot_decode(dec: dict, path) -> None:
@@ -160,15 +180,17 @@ def gpu_wkv(seqs: list[int], channels: list[int], reps: int, blocks: list[int]) 
             try:
                 for block in blocks:
                     kernel.BLOCK_C_MAX = block
-                    row["triton_s_by_block"][block] = median_s(fwd_bwd(kernel.wkv_triton, args, grad), reps,
-                                                               sync=torch.cuda.synchronize)
+                    row["triton_s_by_block"][block] = median_s(
+                        fwd_bwd(kernel.wkv_triton, args, grad), reps, sync=torch.cuda.synchronize
+                    )
             finally:
                 kernel.BLOCK_C_MAX = default
             row["best_block"] = min(row["triton_s_by_block"], key=row["triton_s_by_block"].get)
             row["triton_s"] = row["triton_s_by_block"].get(default, row["triton_s_by_block"][row["best_block"]])
             try:
-                row["chunked_s"] = median_s(fwd_bwd(lambda *a: wkv_chunked(*a, chunk=8), args, grad), reps,
-                                            sync=torch.cuda.synchronize)
+                row["chunked_s"] = median_s(
+                    fwd_bwd(lambda *a: wkv_chunked(*a, chunk=8), args, grad), reps, sync=torch.cuda.synchronize
+                )
                 row["chunked_over_triton"] = row["chunked_s"] / row["triton_s"]
             except torch.OutOfMemoryError:
                 row["chunked_s"] = None
@@ -205,8 +227,10 @@ def main(argv: list[str] | None = None) -> int:
     print("| T | C | chunked (c=8) | sequential | sequential / chunked |")
     print("|---|---|---|---|---|")
     for r in cpu:
-        print(f"| {r['T']} | {r['C']} | {r['chunked_s']:.4f} | {r['sequential_s']:.4f} | "
-              f"{r['sequential_over_chunked']:.2f}x |")
+        print(
+            f"| {r['T']} | {r['C']} | {r['chunked_s']:.4f} | {r['sequential_s']:.4f} | "
+            f"{r['sequential_over_chunked']:.2f}x |"
+        )
 
     dec = decode(ints(args.contexts), max(3, args.reps))
     s = dec["shape"]
@@ -214,25 +238,33 @@ def main(argv: list[str] | None = None) -> int:
     print("| context | RWKV (RNN) | vs first | transformer + KV cache | vs first | RWKV state | KV cache |")
     print("|---|---|---|---|---|---|---|")
     for r in dec["rows"]:
-        print(f"| {r['context']} | {r['rwkv_s_per_token'] * 1e3:.2f} ms | {r['rwkv_vs_first']:.2f}x | "
-              f"{r['gpt_s_per_token'] * 1e3:.2f} ms | {r['gpt_vs_first']:.2f}x | "
-              f"{r['rwkv_state_bytes'] / 1024:.0f} KiB | {r['gpt_kv_bytes'] / 1024:.0f} KiB |")
+        print(
+            f"| {r['context']} | {r['rwkv_s_per_token'] * 1e3:.2f} ms | {r['rwkv_vs_first']:.2f}x | "
+            f"{r['gpt_s_per_token'] * 1e3:.2f} ms | {r['gpt_vs_first']:.2f}x | "
+            f"{r['rwkv_state_bytes'] / 1024:.0f} KiB | {r['gpt_kv_bytes'] / 1024:.0f} KiB |"
+        )
 
     gpu = gpu_wkv(ints(args.gpu_seqs), ints(args.gpu_channels), args.reps, ints(args.gpu_blocks))
     if gpu:
-        print(f"WKV fwd+bwd, CUDA fp32, batch 4: Triton kernel (block {gpu['default_block']}) vs chunked; "
-              f"copy bandwidth {gpu['copy_GBps']:.0f} GB/s")
+        print(
+            f"WKV fwd+bwd, CUDA fp32, batch 4: Triton kernel (block {gpu['default_block']}) vs chunked; "
+            f"copy bandwidth {gpu['copy_GBps']:.0f} GB/s"
+        )
         print("| T | C | triton | chunked | chunked / triton | triton GB/s | of copy | triton by block |")
         print("|---|---|---|---|---|---|---|---|")
         for r in gpu["rows"]:
             chunked = f"{r['chunked_s'] * 1e3:.2f} ms" if r["chunked_s"] else "OOM"
             ratio = f"{r['chunked_over_triton']:.1f}x" if r.get("chunked_over_triton") else "-"
             by_block = ", ".join(f"{k}: {v * 1e3:.2f} ms" for k, v in r["triton_s_by_block"].items())
-            print(f"| {r['T']} | {r['C']} | {r['triton_s'] * 1e3:.2f} ms | {chunked} | {ratio} | "
-                  f"{r['triton_GBps']:.0f} | {r['of_copy_bandwidth']:.1%} | {by_block} |")
+            print(
+                f"| {r['T']} | {r['C']} | {r['triton_s'] * 1e3:.2f} ms | {chunked} | {ratio} | "
+                f"{r['triton_GBps']:.0f} | {r['of_copy_bandwidth']:.1%} | {by_block} |"
+            )
     plot_decode(dec, REPO_ROOT / "outputs" / "bench" / "wkv_decode.png")
-    write_json(REPO_ROOT / "outputs" / "bench" / "wkv.json",
-               {"threads": torch.get_num_threads(), "cpu_wkv": cpu, "decode": dec, "gpu_wkv": gpu})
+    write_json(
+        REPO_ROOT / "outputs" / "bench" / "wkv.json",
+        {"threads": torch.get_num_threads(), "cpu_wkv": cpu, "decode": dec, "gpu_wkv": gpu},
+    )
     return 0
 
 

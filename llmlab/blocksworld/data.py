@@ -52,8 +52,10 @@ class Prompts:
 def data_root(path: str | None) -> Path:
     root = Path(path).expanduser() if path else DEFAULT_ROOT
     if not (root / "llm-reasoners").is_dir():
-        raise LlmlabError(f"blocksworld data not found at {root} (no llm-reasoners/ in it); set "
-                          "dataset.path=<folder with llm-reasoners/ and planbench/>")
+        raise LlmlabError(
+            f"blocksworld data not found at {root} (no llm-reasoners/ in it); set "
+            "dataset.path=<folder with llm-reasoners/ and planbench/>"
+        )
     return root
 
 
@@ -61,8 +63,11 @@ def split_file(root: Path, mode: str, step: int) -> Path:
     if not isinstance(mode, str) or mode not in MODES:
         raise LlmlabError(f"blocksworld mode '{mode}' is unknown; choose {', '.join(MODES)}")
     data = root / "llm-reasoners" / "data"
-    path = data / "full_data" / f"step_{step}.json" if mode == "full" else \
-        data / MODES[mode] / f"{MODES[mode]}_step_{step}_data.json"
+    path = (
+        data / "full_data" / f"step_{step}.json"
+        if mode == "full"
+        else data / MODES[mode] / f"{MODES[mode]}_step_{step}_data.json"
+    )
     if not path.is_file():
         raise LlmlabError(f"blocksworld split file {path} does not exist (mode={mode}, step={step})")
     return path
@@ -86,15 +91,26 @@ def read_json(path: Path, what: str):
 
 def problem_row(problem: Problem, plan: list, row_id: str, instance: str) -> dict:
     init, goal = problem_texts(problem)
-    return {"id": row_id, "instance": instance, "blocks": list(problem.blocks),
-            "init": sorted(" ".join(a) for a in problem.init), "goal": sorted(" ".join(a) for a in problem.goal),
-            "gold_plan": ["(" + " ".join(a) + ")" for a in plan], "n_steps": len(plan),
-            "init_text": init, "goal_text": goal}
+    return {
+        "id": row_id,
+        "instance": instance,
+        "blocks": list(problem.blocks),
+        "init": sorted(" ".join(a) for a in problem.init),
+        "goal": sorted(" ".join(a) for a in problem.goal),
+        "gold_plan": ["(" + " ".join(a) + ")" for a in plan],
+        "n_steps": len(plan),
+        "init_text": init,
+        "goal_text": goal,
+    }
 
 
 def row_problem(row: dict) -> Problem:
-    return Problem(row["id"], tuple(row["blocks"]), frozenset(tuple(a.split()) for a in row["init"]),
-                   frozenset(tuple(a.split()) for a in row["goal"]))
+    return Problem(
+        row["id"],
+        tuple(row["blocks"]),
+        frozenset(tuple(a.split()) for a in row["init"]),
+        frozenset(tuple(a.split()) for a in row["goal"]),
+    )
 
 
 def load_split(root: Path, mode: str, step: int, check: bool = True) -> Dataset:
@@ -129,8 +145,12 @@ def load_prompts(root: Path | None, mode: str, step: int) -> Prompts:
     keys = ("intro", "example_pool", "self-eval")
     if not isinstance(data, dict) or not all(k in data for k in keys):
         raise LlmlabError(f"blocksworld prompt file {path}: expected a JSON object with keys {', '.join(keys)}")
-    return Prompts(data["intro"], data["example_pool"], data["self-eval"],
-                   {k: v for k, v in data.items() if k.startswith("world_update_")})
+    return Prompts(
+        data["intro"],
+        data["example_pool"],
+        data["self-eval"],
+        {k: v for k, v in data.items() if k.startswith("world_update_")},
+    )
 
 
 def demo_from(problem: Problem, plan: list) -> dict:
@@ -141,8 +161,12 @@ def demo_from(problem: Problem, plan: list) -> dict:
         state = apply(state, action)
         if i % 2 == 1:
             states.append(state_text(state))
-    return {"init": init, "goal": goal, "plan": "\n" + "".join(action_text(a) + "\n" for a in plan) + "[PLAN END]\n",
-            "states": states}
+    return {
+        "init": init,
+        "goal": goal,
+        "plan": "\n" + "".join(action_text(a) + "\n" for a in plan) + "[PLAN END]\n",
+        "states": states,
+    }
 
 
 def load_blocksworld(cfg: DatasetConfig, seed: int) -> tuple[Dataset, Prompts]:
@@ -155,12 +179,18 @@ def load_blocksworld(cfg: DatasetConfig, seed: int) -> tuple[Dataset, Prompts]:
     if cfg.source == "blocksworld_generated":
         n, pool_n = int_option(opts, "n", 20), int_option(opts, "pool", 10)
         blocks = opts.get("blocks", (3, 4, 5))
-        if isinstance(blocks, str) or not isinstance(blocks, Sequence) or not blocks or \
-                not all(isinstance(b, int) and 2 <= b <= 12 for b in blocks):
+        if (
+            isinstance(blocks, str)
+            or not isinstance(blocks, Sequence)
+            or not blocks
+            or not all(isinstance(b, int) and 2 <= b <= 12 for b in blocks)
+        ):
             raise LlmlabError(f"dataset.options.blocks must be a list of block counts in [2, 12], got {blocks!r}")
         if not 1 <= step <= 4 * max(blocks):  # every block unstacked, put down, picked up and stacked at most once
-            raise LlmlabError(f"dataset.options.step={step}: no problem with {max(blocks)} blocks has an optimal plan "
-                              f"of that length (1 to {4 * max(blocks)})")
+            raise LlmlabError(
+                f"dataset.options.step={step}: no problem with {max(blocks)} blocks has an optimal plan "
+                f"of that length (1 to {4 * max(blocks)})"
+            )
         made = generate_problems(n + pool_n, step, int_option(opts, "gen_seed", seed), tuple(blocks))
         rows = [problem_row(p, plan, f"gen-s{step}-{i}", p.name) for i, (p, plan) in enumerate(made[:n])]
         if opts.get("prompts", "builtin") == "files":  # the PlanBench intro / self-eval / world-update texts

@@ -32,6 +32,7 @@ class Problem:
 
 # ---------------------------------------------------------------- simulator
 
+
 def preconditions(action: Action) -> list[Atom]:
     op, *args = action
     if op == "pick-up":
@@ -208,6 +209,7 @@ def check_consistent(problem: Problem) -> None:
 
 # ---------------------------------------------------------------- planning and generation
 
+
 def optimal_plan(problem: Problem, max_states: int = 200_000) -> list[Action]:
     """A shortest plan by breadth-first search (5 blocks: under 1,000 reachable states)."""
     check_consistent(problem)
@@ -250,8 +252,9 @@ def random_towers(blocks: tuple[str, ...], rng: random.Random) -> State:
     return frozenset(atoms)
 
 
-def generate_problems(n: int, steps: int, seed: int, n_blocks: tuple[int, ...] = (3, 4, 5),
-                      max_tries: int = 100_000) -> list[tuple[Problem, list[Action]]]:
+def generate_problems(
+    n: int, steps: int, seed: int, n_blocks: tuple[int, ...] = (3, 4, 5), max_tries: int = 100_000
+) -> list[tuple[Problem, list[Action]]]:
     """`n` random problems whose optimal plan has exactly `steps` actions, each with that plan (BFS). Goal = a random
     non-empty subset of a random target configuration's `on` atoms that does not hold initially."""
     rng = random.Random(f"blocksworld-gen-{seed}-{steps}")

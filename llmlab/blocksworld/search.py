@@ -56,10 +56,15 @@ class RuleWorld:
             raise ValueError(f"illegal action {action} in search")
         atoms = apply(state.atoms, action)
         step = state.step + 1
-        nxt = BWState(atoms, step, atoms, None) if step % 2 == 0 else BWState(atoms, step, state.atoms,
-                                                                               action_text(action))
-        aux = {"goal_reached": goal_reached(atoms, self.problem.goal),
-               "goal_fraction": goal_fraction(atoms, self.problem.goal)}
+        nxt = (
+            BWState(atoms, step, atoms, None)
+            if step % 2 == 0
+            else BWState(atoms, step, state.atoms, action_text(action))
+        )
+        aux = {
+            "goal_reached": goal_reached(atoms, self.problem.goal),
+            "goal_fraction": goal_fraction(atoms, self.problem.goal),
+        }
         if self.narrate is not None:
             aux.update(self.narrate(state_text(state.atoms), action_text(action)))
         return nxt, aux

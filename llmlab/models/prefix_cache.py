@@ -43,4 +43,4 @@ class PrefixCache:
         """Store a copy of `cache`, which must hold exactly the KV of `ids`."""
         key = tuple(ids)
         rest = [(k, c) for k, c in self.entries if k != key]
-        self.entries = [(key, copy.deepcopy(cache)), *rest][:self.size]
+        self.entries = [(key, copy.deepcopy(cache)), *rest][: self.size]

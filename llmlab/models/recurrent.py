@@ -69,8 +69,9 @@ class RecurrentLM:
     def device(self) -> torch.device:
         return self.model.head.weight.device
 
-    def __call__(self, input_ids: torch.Tensor, cache: RecurrentCache | None = None, logits_to_keep=0,
-                 **_ignored) -> RecurrentOutput:
+    def __call__(
+        self, input_ids: torch.Tensor, cache: RecurrentCache | None = None, logits_to_keep=0, **_ignored
+    ) -> RecurrentOutput:
         real = input_ids < self.pad_id
         lengths = real.sum(1)
         if not torch.equal(real, torch.arange(input_ids.shape[1], device=real.device)[None] < lengths[:, None]):
@@ -124,8 +125,10 @@ def load_recurrent(path: str | Path, device: torch.device, dtype: torch.dtype) -
     path = Path(path).expanduser()
     model, config = load_scratch_model(path)
     if not hasattr(model, "run"):
-        raise LlmlabError(f"'{path}' is a '{config.get('family')}' model: ICL scoring of a saved scratch model needs a "
-                          "recurrent one (rwkv); the lm decoder has no KV cache")
+        raise LlmlabError(
+            f"'{path}' is a '{config.get('family')}' model: ICL scoring of a saved scratch model needs a "
+            "recurrent one (rwkv); the lm decoder has no KV cache"
+        )
     bpe = path / "tokenizer.json" if config.get("tokenizer") == "bpe" else None
     if bpe is not None and not bpe.is_file():
         raise LlmlabError(f"'{path}' was trained with a BPE tokenizer but holds no tokenizer.json")

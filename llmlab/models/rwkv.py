@@ -183,11 +183,11 @@ class RWKV(nn.Module):
             att, ffn = block.att, block.ffn
             att.time_decay.copy_(-5 + 8 * (n / max(d - 1, 1)) ** (0.7 + 1.3 * r01))
             att.time_first.copy_(math.log(0.3) + 0.5 * (((n + 1) % 3) - 1))
-            att.time_mix_k.copy_((ddd ** r10).view(1, 1, d))
-            att.time_mix_v.copy_((ddd ** r10 + 0.3 * r01).view(1, 1, d))
+            att.time_mix_k.copy_((ddd**r10).view(1, 1, d))
+            att.time_mix_v.copy_((ddd**r10 + 0.3 * r01).view(1, 1, d))
             att.time_mix_r.copy_((ddd ** (0.5 * r10)).view(1, 1, d))
-            ffn.time_mix_k.copy_((ddd ** r10).view(1, 1, d))
-            ffn.time_mix_r.copy_((ddd ** r10).view(1, 1, d))
+            ffn.time_mix_k.copy_((ddd**r10).view(1, 1, d))
+            ffn.time_mix_r.copy_((ddd**r10).view(1, 1, d))
             for lin in (att.key, att.receptance, att.output, ffn.value, ffn.receptance):
                 nn.init.zeros_(lin.weight)
             for lin in (att.value, ffn.key):
@@ -204,8 +204,10 @@ class RWKV(nn.Module):
         impl = self.arch.wkv_impl
         if impl == "triton":
             if ids.shape[1] > self.arch.ctx_len:
-                raise LlmlabError(f"sequence of {ids.shape[1]} tokens is longer than model.rwkv.ctx_len="
-                                  f"{self.arch.ctx_len} (the triton path's limit); raise it or use wkv_impl=chunked")
+                raise LlmlabError(
+                    f"sequence of {ids.shape[1]} tokens is longer than model.rwkv.ctx_len="
+                    f"{self.arch.ctx_len} (the triton path's limit); raise it or use wkv_impl=chunked"
+                )
             if ids.device.type != "cuda" and os.environ.get("TRITON_INTERPRET", "0") not in ("1", "true"):
                 raise LlmlabError("model.rwkv.wkv_impl=triton needs a CUDA GPU; use wkv_impl=chunked on the CPU")
         logits, _ = self.run(ids, impl=impl)
@@ -219,13 +221,19 @@ class RWKV(nn.Module):
         one = torch.stack([aa, aa, aa, bb, pp])
         return one[None].repeat(self.arch.n_layer, 1, 1, 1)
 
-    def run(self, ids: torch.Tensor, state: torch.Tensor | None = None, lengths: torch.Tensor | None = None,
-            impl: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def run(
+        self,
+        ids: torch.Tensor,
+        state: torch.Tensor | None = None,
+        lengths: torch.Tensor | None = None,
+        impl: str | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits (batch, T, vocab) of `ids` continuing `state` (None: empty) and the state after each row's last
         real token (`lengths`: real tokens per row, padding after them; None: all real). With `lengths` the WKV is the
         sequential form (it can skip padding); otherwise `impl` (default: chunked, whatever the training impl)."""
-        impl = impl or ("chunked" if self.arch.wkv_impl == "triton" and ids.device.type != "cuda"
-                        else self.arch.wkv_impl)
+        impl = impl or (
+            "chunked" if self.arch.wkv_impl == "triton" and ids.device.type != "cuda" else self.arch.wkv_impl
+        )
         active = None
         if lengths is not None:
             lengths = lengths.to(ids.device)
@@ -236,17 +244,29 @@ class RWKV(nn.Module):
         for i, block in enumerate(self.blocks):
             s = state[i] if state is not None else None
             xa = block.ln1(x)
-            att, wkv_state = block.att(xa, None if s is None else s[1], impl, self.arch.chunk_size,
-                                       None if s is None else (s[2], s[3], s[4]), active)
+            att, wkv_state = block.att(
+                xa,
+                None if s is None else s[1],
+                impl,
+                self.arch.chunk_size,
+                None if s is None else (s[2], s[3], s[4]),
+                active,
+            )
             x = x + att
             xf = block.ln2(x)
             x = x + block.ffn(xf, None if s is None else s[0])
             if x.dtype == torch.float16 and not torch.isfinite(x).all():
                 raise LlmlabError(f"fp16 overflow in blocks.{i} (non-finite activations); use bfloat16 or float32")
             sd = compute_dtype(wkv_state[0])
-            new.append(torch.stack([last_real(xf, lengths, None if s is None else s[0]).to(sd),
-                                    last_real(xa, lengths, None if s is None else s[1]).to(sd),
-                                    *(t.to(sd) for t in wkv_state)]))
+            new.append(
+                torch.stack(
+                    [
+                        last_real(xf, lengths, None if s is None else s[0]).to(sd),
+                        last_real(xa, lengths, None if s is None else s[1]).to(sd),
+                        *(t.to(sd) for t in wkv_state),
+                    ]
+                )
+            )
         return self.head(self.ln_out(x)), torch.stack(new)
 
     @torch.no_grad()
@@ -280,10 +300,12 @@ class RWKV(nn.Module):
                 tf.append(p)
             else:
                 (decay if p.dim() == 2 else plain).append(p)
-        return [{"params": decay, "weight_decay": weight_decay, "lr": lr},
-                {"params": plain, "weight_decay": 0.0, "lr": lr},
-                {"params": td, "weight_decay": 0.0, "lr": 2 * lr},
-                {"params": tf, "weight_decay": 0.0, "lr": 3 * lr}]
+        return [
+            {"params": decay, "weight_decay": weight_decay, "lr": lr},
+            {"params": plain, "weight_decay": 0.0, "lr": lr},
+            {"params": td, "weight_decay": 0.0, "lr": 2 * lr},
+            {"params": tf, "weight_decay": 0.0, "lr": 3 * lr},
+        ]
 
 
 # ---- official checkpoints
@@ -322,12 +344,15 @@ def load_weights(model: RWKV, weights: dict[str, torch.Tensor]) -> RWKV:
         if name not in weights:
             raise LlmlabError(f"RWKV checkpoint is missing key '{name}'")
         if tuple(weights[name].shape) != tuple(tensor.shape):
-            raise LlmlabError(f"RWKV checkpoint key '{name}' has shape {tuple(weights[name].shape)}, the model "
-                              f"expects {tuple(tensor.shape)}")
+            raise LlmlabError(
+                f"RWKV checkpoint key '{name}' has shape {tuple(weights[name].shape)}, the model "
+                f"expects {tuple(tensor.shape)}"
+            )
     extra = sorted(set(weights) - set(expected))
     if extra:
-        raise LlmlabError(f"RWKV checkpoint has unexpected key '{extra[0]}' (head_qk and other variants are not "
-                          "supported)")
+        raise LlmlabError(
+            f"RWKV checkpoint has unexpected key '{extra[0]}' (head_qk and other variants are not supported)"
+        )
     model.load_state_dict({k: weights[k].to(expected[k].dtype) for k in expected})
     return model
 
@@ -340,6 +365,12 @@ def load_rwkv_checkpoint(path: str | Path, **arch_overrides) -> RWKV:
             raise LlmlabError(f"RWKV checkpoint is missing key '{key}'")
     vocab, d = weights["emb.weight"].shape
     n_layer = 1 + max(int(k.split(".")[1]) for k in weights if k.startswith("blocks."))
-    arch = RWKVArch(**{"n_layer": n_layer, "d_model": d, "ffn_hidden": weights["blocks.0.ffn.key.weight"].shape[0],
-                       **arch_overrides})
+    arch = RWKVArch(
+        **{
+            "n_layer": n_layer,
+            "d_model": d,
+            "ffn_hidden": weights["blocks.0.ffn.key.weight"].shape[0],
+            **arch_overrides,
+        }
+    )
     return load_weights(RWKV(arch, vocab, arch.ctx_len), weights).train(False)

@@ -26,8 +26,10 @@ def build_scratch_model(model_cfg: ModelConfig, vocab_size: int, train_len: int 
     """A randomly initialised model (seed torch first) for `vocab_size` tokens; `train_len` is the training sequence
     length (StableMask's horizon), by default `max_seq_len`. Other from-scratch families branch here."""
     if model_cfg.source != "scratch":
-        raise LlmlabError(f"model '{model_cfg.name}' (source {model_cfg.source}) is not trained from scratch; use "
-                          "a model with model.source=scratch, e.g. model=lm-tiny")
+        raise LlmlabError(
+            f"model '{model_cfg.name}' (source {model_cfg.source}) is not trained from scratch; use "
+            "a model with model.source=scratch, e.g. model=lm-tiny"
+        )
     family = getattr(model_cfg, "family", "lm")
     if family == "rwkv":
         from llmlab.models.rwkv import RWKV
@@ -54,8 +56,13 @@ def save_scratch_model(path: Path, model: nn.Module, extra: dict, tokenizer_file
     tmp.mkdir(parents=True)
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
     family = getattr(model, "family", "lm")  # the arch is stored under the family's name: "lm" or "rwkv"
-    config = {"family": family, "vocab_size": model.vocab_size, "train_len": model.train_len,
-              family: dataclasses.asdict(model.arch), **extra}
+    config = {
+        "family": family,
+        "vocab_size": model.vocab_size,
+        "train_len": model.train_len,
+        family: dataclasses.asdict(model.arch),
+        **extra,
+    }
     (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     if tokenizer_file is not None:
         shutil.copyfile(tokenizer_file, tmp / "tokenizer.json")

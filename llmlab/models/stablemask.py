@@ -97,8 +97,14 @@ def sink_logits(
     return tau
 
 
-def sink_logits_on(like: torch.Tensor, n_q: int, n_k: int, gamma: float | torch.Tensor,
-                   horizon: int | float | None = None, n_heads: int | None = None) -> torch.Tensor:
+def sink_logits_on(
+    like: torch.Tensor,
+    n_q: int,
+    n_k: int,
+    gamma: float | torch.Tensor,
+    horizon: int | float | None = None,
+    n_heads: int | None = None,
+) -> torch.Tensor:
     """`sink_logits` on the device of `like`, fp64 for fp64 inputs and fp32 otherwise, cached per shape: copying a
     fresh CPU tensor to a GPU would make the host wait for the GPU at every attention call. Do not modify the
     result in place."""

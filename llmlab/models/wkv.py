@@ -58,8 +58,9 @@ def wkv_naive(time_decay, time_first, k, v):
     return torch.stack(ys, 1)
 
 
-def wkv_sequential(time_decay, time_first, k, v, state: State | None = None,
-                   active: torch.Tensor | None = None) -> tuple[torch.Tensor, State]:
+def wkv_sequential(
+    time_decay, time_first, k, v, state: State | None = None, active: torch.Tensor | None = None
+) -> tuple[torch.Tensor, State]:
     """The stable recurrence over time. k, v: (batch, T, C); `active` (batch, T) bool: where False the state is kept
     unchanged (padding) and that position's output is meaningless. Returns (wkv (batch, T, C), final state)."""
     out_dtype = k.dtype
@@ -81,8 +82,7 @@ def wkv_sequential(time_decay, time_first, k, v, state: State | None = None,
     return torch.stack(ys, 1).to(out_dtype), (aa, bb, pp)
 
 
-def wkv_chunked(time_decay, time_first, k, v, chunk: int = 8,
-                state: State | None = None) -> tuple[torch.Tensor, State]:
+def wkv_chunked(time_decay, time_first, k, v, chunk: int = 8, state: State | None = None) -> tuple[torch.Tensor, State]:
     """The chunked parallel form (same result as `wkv_sequential`); full chunks in one batched pass, then the tail."""
     if chunk < 1:
         raise ValueError(f"wkv_chunked: chunk must be >= 1, got {chunk}")
@@ -93,11 +93,12 @@ def wkv_chunked(time_decay, time_first, k, v, chunk: int = 8,
     ys = []
     if n_full:
         cut = n_full * chunk
-        y, state = _chunks(w, u, k[:, :cut].reshape(b, n_full, chunk, c), v[:, :cut].reshape(b, n_full, chunk, c),
-                           state)
+        y, state = _chunks(
+            w, u, k[:, :cut].reshape(b, n_full, chunk, c), v[:, :cut].reshape(b, n_full, chunk, c), state
+        )
         ys.append(y.reshape(b, cut, c))
     if tail:
-        y, state = _chunks(w, u, k[:, t - tail:].unsqueeze(1), v[:, t - tail:].unsqueeze(1), state)
+        y, state = _chunks(w, u, k[:, t - tail :].unsqueeze(1), v[:, t - tail :].unsqueeze(1), state)
         ys.append(y.reshape(b, tail, c))
     return torch.cat(ys, 1).to(out_dtype), state
 
@@ -142,8 +143,9 @@ def _chunks(w, u, k, v, state: State) -> tuple[torch.Tensor, State]:
     return y.transpose(2, 3), (aa, bb, pp)
 
 
-def wkv(time_decay, time_first, k, v, impl: str = "chunked", chunk: int = 8,
-        state: State | None = None) -> tuple[torch.Tensor, State]:
+def wkv(
+    time_decay, time_first, k, v, impl: str = "chunked", chunk: int = 8, state: State | None = None
+) -> tuple[torch.Tensor, State]:
     """WKV by implementation name: sequential | chunked | triton (CUDA, or CPU under TRITON_INTERPRET=1)."""
     if impl == "chunked":
         return wkv_chunked(time_decay, time_first, k, v, chunk, state)

@@ -139,7 +139,7 @@ def summarize(cfg: DictConfig, scores: dict[str, dict[str, np.ndarray]], shape, 
         acc = conds[bk]["accuracy"] > conds["F0"]["accuracy"]
         check = {
             "rule": f"shift({bk}) > shift(F0) and > the noise floor on every metric, and acc({bk}) > acc(F0); "
-                    f"supporting: shift({bk}) > shift(F0) and > the noise floor on >= 2 metrics of heads or MLPs",
+            f"supporting: shift({bk}) > shift(F0) and > the noise floor on >= 2 metrics of heads or MLPs",
             "shift_wins": wins,
             "above_noise": above,
             "acc_wins": acc,
@@ -171,8 +171,10 @@ def noise_floor(base: dict[str, np.ndarray], m) -> dict[str, dict[str, float]]:
     """The shift between the B0 circuits of the first and the second half of the pairs: how far two samples of the
     same condition lie apart. Each half has half the pairs, so this errs high (a conservative floor)."""
     half = len(base["heads"]) // 2
-    parts = [{"heads": base["heads"][sl].mean(0).ravel(), "mlps": base["mlps"][sl].mean(0)}
-             for sl in (slice(0, half), slice(half, 2 * half))]
+    parts = [
+        {"heads": base["heads"][sl].mean(0).ravel(), "mlps": base["mlps"][sl].mean(0)}
+        for sl in (slice(0, half), slice(half, 2 * half))
+    ]
     return {k: shift(parts[0][k], parts[1][k], m) for k in KINDS}
 
 

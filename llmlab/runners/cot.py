@@ -25,7 +25,7 @@ STOP = ("[PLAN END]", "\n[")
 def run(cfg: DictConfig, ctx: RunContext) -> dict:
     m, seed = cfg.method, cfg.seed
     data, prompts = load_blocksworld(cfg.dataset, seed)
-    rows = data.to_list()[:m.limit]
+    rows = data.to_list()[: m.limit]
     model, tok = load_model(cfg.model, ctx.hw, cfg.cache_dir, cfg.hardware.attn_implementation, seed)
     draft = build_draft(m.draft, model, tok, ctx.hw, cfg.cache_dir, cfg.hardware.attn_implementation)
     prefix = PrefixCache()  # prompts share the instructions (and demonstrations the shot draw repeats)
@@ -41,21 +41,40 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict:
             prompt = fewshot_prefix(prompts.intro, demos) + query_text(row["init_text"], row["goal_text"])
             ids = tok(prompt, add_special_tokens=True).input_ids
             stop = stopper(tok, m.max_new_tokens, STOP)
-            gen, stats = (speculative(model, draft, ids, stop, m.draft.n_draft, prefix) if draft
-                          else greedy(model, ids, stop, prefix))
+            gen, stats = (
+                speculative(model, draft, ids, stop, m.draft.n_draft, prefix)
+                if draft
+                else greedy(model, ids, stop, prefix)
+            )
             text = tok.decode(gen, skip_special_tokens=True)
             plan = parse_plan(text)
             verdict = validate(row_problem(row), plan)
-            record = {"id": row["id"], "correct": verdict.valid, "reason": verdict.reason, "n_steps": row["n_steps"],
-                      "generated": text, "plan": [action_text(a) if a else None for a in plan],
-                      "prompt_tokens": len(ids), "gen_tokens": stats.new_tokens, "wall_s": stats.seconds,
-                      "acceptance": stats.acceptance}
+            record = {
+                "id": row["id"],
+                "correct": verdict.valid,
+                "reason": verdict.reason,
+                "n_steps": row["n_steps"],
+                "generated": text,
+                "plan": [action_text(a) if a else None for a in plan],
+                "prompt_tokens": len(ids),
+                "gen_tokens": stats.new_tokens,
+                "wall_s": stats.seconds,
+                "acceptance": stats.acceptance,
+            }
             done[row["id"]] = record
             append(partial, record)
             bar.advance(task)
 
     records = [done[r["id"]] for r in rows]
     metrics = {cfg.dataset.name: summarize(records)}
-    results = {"runner": "cot", "model": cfg.model.name, "dataset": cfg.dataset.name, "shots": m.shots, "seed": seed,
-               "draft": m.draft.kind, "metrics": metrics, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    results = {
+        "runner": "cot",
+        "model": cfg.model.name,
+        "dataset": cfg.dataset.name,
+        "shots": m.shots,
+        "seed": seed,
+        "draft": m.draft.kind,
+        "metrics": metrics,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
     return finish(ctx, cfg.dataset.name, records, results, partial)

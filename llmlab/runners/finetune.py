@@ -50,8 +50,14 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict:
 
     split = distributed.micro_split(m.micro_batch_size, m.grad_accum, ctx.hw.rank, ctx.hw.world_size)
     amp = ctx.hw.dtype if ctx.hw.device.type == "cuda" else None
-    model, tok = load_model(cfg.model, dataclasses.replace(ctx.hw, dtype=torch.float32), cfg.cache_dir,
-                            cfg.hardware.attn_implementation, cfg.seed, reuse=False)
+    model, tok = load_model(
+        cfg.model,
+        dataclasses.replace(ctx.hw, dtype=torch.float32),
+        cfg.cache_dir,
+        cfg.hardware.attn_implementation,
+        cfg.seed,
+        reuse=False,
+    )
     if m.peft == "lora":
         model = add_lora(model, m.lora)
     examples = encode(training_rows(cfg), tok, m.max_length, m.loss_on)
@@ -76,14 +82,27 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict:
                 with interrupts.deferred():  # Ctrl-C / SIGTERM: raised once this step is done (and checkpointed)
                     micro, counts = step_batches(examples, cfg.seed, step, m, split, tok.pad_token_id)
                     steady = False
-                    loss_value, grad_norm, n = optimizer_step(trained, params, opt, sched, micro, m.clip,
-                                                              ctx.hw.device, amp, counts=counts, accum=m.grad_accum,
-                                                              world=ctx.hw.world_size)
+                    loss_value, grad_norm, n = optimizer_step(
+                        trained,
+                        params,
+                        opt,
+                        sched,
+                        micro,
+                        m.clip,
+                        ctx.hw.device,
+                        amp,
+                        counts=counts,
+                        accum=m.grad_accum,
+                        world=ctx.hw.world_size,
+                    )
                     step, steady = step + 1, True
                     tokens += n
                     if step % m.log_every == 0:
-                        metrics = {"train/loss": loss_value, "train/lr": sched.get_last_lr()[0],
-                                   "train/grad_norm": grad_norm}
+                        metrics = {
+                            "train/loss": loss_value,
+                            "train/lr": sched.get_last_lr()[0],
+                            "train/grad_norm": grad_norm,
+                        }
                         ctx.run_dir.log_metrics(metrics, step=step)
                         ctx.tracker.log(metrics, step=step)
                     if step % m.save_every == 0 or step == m.max_steps:
@@ -100,18 +119,36 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict:
     if not ctx.hw.is_main:
         return {}
     save_final(ctx.run_dir.file("model"), model, tok, m.peft, state)
-    results = {"runner": "finetune", "model": cfg.model.name, "peft": m.peft, "dataset": cfg.dataset.name,
-               "seed": cfg.seed, "steps": step, "final_loss": loss_value, "train_examples": len(examples),
-               "trainable_params": sum(p.numel() for p in params),
-               "timing": {"train_s": seconds, "label_tokens": tokens, "world_size": ctx.hw.world_size}}
+    results = {
+        "runner": "finetune",
+        "model": cfg.model.name,
+        "peft": m.peft,
+        "dataset": cfg.dataset.name,
+        "seed": cfg.seed,
+        "steps": step,
+        "final_loss": loss_value,
+        "train_examples": len(examples),
+        "trainable_params": sum(p.numel() for p in params),
+        "timing": {"train_s": seconds, "label_tokens": tokens, "world_size": ctx.hw.world_size},
+    }
     write_json(ctx.run_dir.file("results.json"), results)
     ctx.tracker.summary({"final_loss": loss_value})
     return results
 
 
-def optimizer_step(model, params, opt, sched, micro_batches, clip: float, device, amp: torch.dtype | None = None,
-                   counts: list[int] | None = None, accum: int | None = None,
-                   world: int = 1) -> tuple[float, float, int]:
+def optimizer_step(
+    model,
+    params,
+    opt,
+    sched,
+    micro_batches,
+    clip: float,
+    device,
+    amp: torch.dtype | None = None,
+    counts: list[int] | None = None,
+    accum: int | None = None,
+    world: int = 1,
+) -> tuple[float, float, int]:
     """One optimiser step over `micro_batches` (ids, mask, labels) with gradient accumulation and clipping, the
     forward/backward under autocast to `amp` if given. Several ranks: `micro_batches` is this rank's share, `counts`
     the label tokens of each whole global micro-batch, `accum` the global micro-batches per step, `world` the ranks
@@ -129,8 +166,12 @@ def optimizer_step(model, params, opt, sched, micro_batches, clip: float, device
         with distributed.grad_sync(model, i == len(micro_batches) - 1):  # synchronise on the last micro-step only
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-            loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(),
-                                                     ignore_index=IGNORE, reduction="sum") / count
+            loss = (
+                torch.nn.functional.cross_entropy(
+                    logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE, reduction="sum"
+                )
+                / count
+            )
             del logits
             (loss * world / accum).backward()  # DDP / FSDP average the ranks' gradients: x world makes it a sum
         loss_sum += loss.item()
@@ -173,8 +214,15 @@ def training_rows(cfg: DictConfig) -> list[dict]:
     rows = []
     for task in tasks:
         options = dict(d.options) if task == d.task else {}
-        rows += load_implicit(task, cfg.seed, faithful=d.faithful, n_test=d.n_test, n_train_ft=d.n_train_ft,
-                              n_icl_pool=d.n_icl_pool, **options)["train_ft"].to_list()
+        rows += load_implicit(
+            task,
+            cfg.seed,
+            faithful=d.faithful,
+            n_test=d.n_test,
+            n_train_ft=d.n_train_ft,
+            n_icl_pool=d.n_icl_pool,
+            **options,
+        )["train_ft"].to_list()
     return rows
 
 
@@ -186,7 +234,7 @@ def encode(rows: list[dict], tok, max_length: int, loss_on: str) -> list[tuple[l
         ids = tok(text, add_special_tokens=True).input_ids[:max_length]
         labels = list(ids)
         if loss_on == "answer" and text.endswith(row["target"]):
-            n_prompt = len(tok(text[:len(text) - len(row["target"])], add_special_tokens=True).input_ids)
+            n_prompt = len(tok(text[: len(text) - len(row["target"])], add_special_tokens=True).input_ids)
             labels[:n_prompt] = [IGNORE] * min(n_prompt, len(labels))
         out.append((ids, labels))
     return out
@@ -212,9 +260,9 @@ def collate(batch: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torc
     mask = torch.zeros((len(batch), width), dtype=torch.long)
     labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
     for r, (i, lab) in enumerate(batch):
-        ids[r, :len(i)] = torch.tensor(i)
-        mask[r, :len(i)] = 1
-        labels[r, :len(lab)] = torch.tensor(lab)
+        ids[r, : len(i)] = torch.tensor(i)
+        mask[r, : len(i)] = 1
+        labels[r, : len(lab)] = torch.tensor(lab)
     return ids, mask, labels
 
 
@@ -224,20 +272,38 @@ def add_lora(model, spec):
     names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     missing = [t for t in spec.target_modules if t not in names]
     if missing:
-        raise LlmlabError(f"LoRA target module(s) {', '.join(missing)} not in the model; it has e.g. "
-                          f"{', '.join(sorted(n for n in names if n.endswith('proj'))[:8])}")
-    config = LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
-                        target_modules=list(spec.target_modules), task_type="CAUSAL_LM")
+        raise LlmlabError(
+            f"LoRA target module(s) {', '.join(missing)} not in the model; it has e.g. "
+            f"{', '.join(sorted(n for n in names if n.endswith('proj'))[:8])}"
+        )
+    config = LoraConfig(
+        r=spec.r,
+        lora_alpha=spec.alpha,
+        lora_dropout=spec.dropout,
+        target_modules=list(spec.target_modules),
+        task_type="CAUSAL_LM",
+    )
     return get_peft_model(model, config)
 
 
 def training_signature(cfg: DictConfig) -> dict:
     """What must not change between a checkpoint and the run that resumes from it."""
     m = cfg.method
-    return {"model": cfg.model.name, "dataset": cfg.dataset.name, "faithful": cfg.dataset.faithful, "seed": cfg.seed,
-            "peft": m.peft, "tasks": list(m.tasks), "lr": m.lr, "micro_batch_size": m.micro_batch_size,
-            "grad_accum": m.grad_accum, "max_length": m.max_length, "loss_on": m.loss_on,
-            "n_train_ft": cfg.dataset.n_train_ft, "lora": OmegaConf.to_container(m.lora) if m.peft == "lora" else None}
+    return {
+        "model": cfg.model.name,
+        "dataset": cfg.dataset.name,
+        "faithful": cfg.dataset.faithful,
+        "seed": cfg.seed,
+        "peft": m.peft,
+        "tasks": list(m.tasks),
+        "lr": m.lr,
+        "micro_batch_size": m.micro_batch_size,
+        "grad_accum": m.grad_accum,
+        "max_length": m.max_length,
+        "loss_on": m.loss_on,
+        "n_train_ft": cfg.dataset.n_train_ft,
+        "lora": OmegaConf.to_container(m.lora) if m.peft == "lora" else None,
+    }
 
 
 def save_checkpoint(root: Path, step: int, model, opt, sched, signature: dict) -> None:
@@ -253,9 +319,19 @@ def save_checkpoint(root: Path, step: int, model, opt, sched, signature: dict) -
     try:
         save_file(trainable, tmp / "trainable.safetensors")
         np_state = np.random.get_state()
-        torch.save({"step": step, "optimizer": optimizer, "scheduler": sched.state_dict(),
-                    "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
-                            "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]]}}, tmp / "state.pt")
+        torch.save(
+            {
+                "step": step,
+                "optimizer": optimizer,
+                "scheduler": sched.state_dict(),
+                "rng": {
+                    "torch": torch.get_rng_state(),
+                    "python": random.getstate(),
+                    "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+                },
+            },
+            tmp / "state.pt",
+        )
         (tmp / "signature.json").write_text(json.dumps(signature, sort_keys=True))
         tmp.chmod(0o755)
         shutil.rmtree(final, ignore_errors=True)
@@ -303,8 +379,10 @@ def resume(root: Path, model, opt, sched, signature: dict) -> int:
         np.random.set_state(state["rng"]["numpy"])
         return state["step"]
     if ckpts:
-        raise LlmlabError(f"cannot resume: none of the {len(ckpts)} checkpoint(s) in {root} can be read (see above); "
-                          "move them away or use method.resume=never")
+        raise LlmlabError(
+            f"cannot resume: none of the {len(ckpts)} checkpoint(s) in {root} can be read (see above); "
+            "move them away or use method.resume=never"
+        )
     return 0
 
 
@@ -315,8 +393,10 @@ def read_checkpoint(ckpt: Path, model, opt, sched, signature: dict) -> tuple[dic
     saved = _read(ckpt / "signature.json", lambda p: _json_object(p.read_text()))
     changed = sorted(k for k in set(saved) | set(signature) if saved.get(k) != signature.get(k))
     if changed:
-        raise LlmlabError(f"cannot resume from {ckpt}: the config changed {', '.join(changed)} "
-                          "(use a new run directory or method.resume=never)")
+        raise LlmlabError(
+            f"cannot resume from {ckpt}: the config changed {', '.join(changed)} "
+            "(use a new run directory or method.resume=never)"
+        )
     weights = _read(ckpt / "trainable.safetensors", lambda p: _check_weights(load_file(p), model))
     state = _read(ckpt / "state.pt", lambda p: _check_state(torch.load(p, weights_only=True), ckpt, opt, sched))
     return weights, state

@@ -48,17 +48,24 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict:
     # 1. Build every prompt.
     items, pool = [], data.pool["demo"]
     for variant, rows in data.tests.items():
-        for i, row in enumerate(rows.to_list()[:m.limit]):
+        for i, row in enumerate(rows.to_list()[: m.limit]):
             demos = draw_demos(pool, m.shots, m.fixed_demos, seed, variant, i)
             items.append({"row": row, "variant": variant, "prompt": data.header + "".join(demos) + row["question"]})
     if cfg.model.chat_template:
         for it in items:
-            it["prompt"] = tok.apply_chat_template([{"role": "user", "content": it["prompt"]}], tokenize=False,
-                                                   add_generation_prompt=True)
+            it["prompt"] = tok.apply_chat_template(
+                [{"role": "user", "content": it["prompt"]}], tokenize=False, add_generation_prompt=True
+            )
     # Every prompt and its answer must fit the context, checked before any scoring (method.truncate=left cuts).
-    reqs = [Request(it["prompt"], it["row"]["candidates"] if "loglik" in m.scoring else (),
-                    (m.max_new_tokens or data.max_new_tokens) if "generate" in m.scoring else 0, id=it["row"]["id"])
-            for it in items]
+    reqs = [
+        Request(
+            it["prompt"],
+            it["row"]["candidates"] if "loglik" in m.scoring else (),
+            (m.max_new_tokens or data.max_new_tokens) if "generate" in m.scoring else 0,
+            id=it["row"]["id"],
+        )
+        for it in items
+    ]
     try:
         fitted, n_truncated = Scorer(model, tok, truncate=truncate).fit(reqs)
     except LlmlabError as e:
@@ -78,9 +85,15 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict:
     with progress_bar(ctx.hw.is_main) as bar, open(partial, "a") as out:
         task = bar.add_task(f"icl {cfg.dataset.name} k={m.shots}", total=len(items), completed=len(done))
         for start in range(0, len(todo), CHUNK):
-            chunk = todo[start:start + CHUNK]
-            reqs = [Request(it["prompt"], it["row"]["candidates"] if "loglik" in m.scoring else (),
-                            max_new if "generate" in m.scoring else 0) for it in chunk]
+            chunk = todo[start : start + CHUNK]
+            reqs = [
+                Request(
+                    it["prompt"],
+                    it["row"]["candidates"] if "loglik" in m.scoring else (),
+                    max_new if "generate" in m.scoring else 0,
+                )
+                for it in chunk
+            ]
             scored = scorer.score(reqs, on_batch=lambda k: bar.advance(task, k))
             for it, s in zip(chunk, scored):
                 pred = prediction(it["row"], it["variant"], s, m.scoring)
@@ -92,13 +105,25 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict:
     # 3. Metrics per variant, written atomically with the predictions.
     preds = [done[it["row"]["id"]] for it in items]
     metrics = {v: summarize([p for p in preds if p["variant"] == v]) for v in data.tests}
-    results = {"runner": "icl", "model": cfg.model.name, "dataset": cfg.dataset.name, "task": cfg.dataset.task,
-               "faithful": cfg.dataset.faithful, "shots": m.shots, "fixed_demos": m.fixed_demos, "seed": seed,
-               "truncated": n_truncated,
-               "metrics": metrics,
-               "timing": {"model_load_s": load_s, "scoring_s": score_s, "items": len(todo),
-                          "forward_tokens": scorer.stats["forward_tokens"],
-                          "tokens_per_s": scorer.stats["forward_tokens"] / score_s if score_s > 0 else None}}
+    results = {
+        "runner": "icl",
+        "model": cfg.model.name,
+        "dataset": cfg.dataset.name,
+        "task": cfg.dataset.task,
+        "faithful": cfg.dataset.faithful,
+        "shots": m.shots,
+        "fixed_demos": m.fixed_demos,
+        "seed": seed,
+        "truncated": n_truncated,
+        "metrics": metrics,
+        "timing": {
+            "model_load_s": load_s,
+            "scoring_s": score_s,
+            "items": len(todo),
+            "forward_tokens": scorer.stats["forward_tokens"],
+            "tokens_per_s": scorer.stats["forward_tokens"] / score_s if score_s > 0 else None,
+        },
+    }
     write_jsonl(ctx.run_dir.file("predictions.jsonl"), preds)
     write_json(ctx.run_dir.file("results.json"), results)
     partial.unlink(missing_ok=True)
@@ -118,13 +143,21 @@ def prediction(row: dict, variant: str, s, scoring) -> dict:
     """One item's record: what the model produced and how each metric judged it."""
     pred = {"id": row["id"], "variant": variant, "answer": row["answer"], "context_tokens": s.context_tokens}
     if "generate" in scoring:
-        pred.update(generated=s.generated, loose=loose_match(s.generated, row["answer"]),
-                    strict=strict_match(s.generated, row["answer"], row["answer_kind"]))
+        pred.update(
+            generated=s.generated,
+            loose=loose_match(s.generated, row["answer"]),
+            strict=strict_match(s.generated, row["answer"], row["answer_kind"]),
+        )
     if "loglik" in scoring:
         best = max(range(len(s.loglik)), key=s.loglik.__getitem__)
         first = max(range(len(s.first_logprob)), key=s.first_logprob.__getitem__)
-        pred.update(candidates=list(row["candidates"]), label=row["label"], loglik=s.loglik,
-                    loglik_correct=best == row["label"], label_logit_correct=first == row["label"])
+        pred.update(
+            candidates=list(row["candidates"]),
+            label=row["label"],
+            loglik=s.loglik,
+            loglik_correct=best == row["label"],
+            label_logit_correct=first == row["label"],
+        )
     return pred
 
 

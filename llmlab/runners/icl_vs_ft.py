@@ -42,46 +42,84 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict:
     for seed in m.seeds:
         for task in m.tasks:
             for k in m.shots:
-                results[seed, task, f"icl@{k}"] = step(base, ctx, group, f"seed-{seed}/icl/{task}/k-{k}", seed,
-                                                       method={**base["method"]["icl"], "shots": k},
-                                                       dataset=task_dataset(base["dataset"], task))
+                results[seed, task, f"icl@{k}"] = step(
+                    base,
+                    ctx,
+                    group,
+                    f"seed-{seed}/icl/{task}/k-{k}",
+                    seed,
+                    method={**base["method"]["icl"], "shots": k},
+                    dataset=task_dataset(base["dataset"], task),
+                )
         for arm in m.run_arms:
             trained = step(base, ctx, group, f"seed-{seed}/ft/{arm}", seed, method=base["method"]["arms"][arm])
             weights = ctx.run_dir.path / f"seed-{seed}/ft/{arm}/model"  # not needed (nor kept) once evaluated
             for task in m.tasks:
                 rel = f"seed-{seed}/ft/{arm}/eval/{task}"
-                model = None if (ctx.run_dir.path / rel / "results.json").exists() else \
-                    finetuned_model(base["model"], weights)
-                results[seed, task, f"ft:{arm}"] = step(base, ctx, group, rel, seed, model=model,
-                                                        method={**base["method"]["icl"], "shots": 0},
-                                                        dataset=task_dataset(base["dataset"], task))
+                model = (
+                    None
+                    if (ctx.run_dir.path / rel / "results.json").exists()
+                    else finetuned_model(base["model"], weights)
+                )
+                results[seed, task, f"ft:{arm}"] = step(
+                    base,
+                    ctx,
+                    group,
+                    rel,
+                    seed,
+                    model=model,
+                    method={**base["method"]["icl"], "shots": 0},
+                    dataset=task_dataset(base["dataset"], task),
+                )
                 results[seed, task, f"ft:{arm}"]["train"] = trained
 
     # 2. The comparison, per (task, variant), from the per-item predictions.
     cells = analysis.compare(ctx.run_dir.path, m, list(cfg.dataset.variants))
     budgets = {arm: sample_budget(base["method"]["arms"][arm]) for arm in m.run_arms}
-    efficiency = {arm: {"ft_lines": n, "icl_demos_per_query": m.report_k,
-                        "ratio": n / m.report_k if m.report_k else None} for arm, n in budgets.items()}
+    efficiency = {
+        arm: {"ft_lines": n, "icl_demos_per_query": m.report_k, "ratio": n / m.report_k if m.report_k else None}
+        for arm, n in budgets.items()
+    }
     verdict = analysis.verdict(cells, m.report_k)
-    summary = {"runner": "icl_vs_ft", "model": cfg.model.name, "metric": m.metric, "seeds": list(m.seeds),
-               "shots": list(m.shots), "report_k": m.report_k, "arms": list(m.run_arms),
-               "n_test": cfg.dataset.n_test, "bootstrap": m.bootstrap, "verdict": verdict,
-               "sample_efficiency": efficiency,
-               "train": {arm: {str(s): {k: results[s, m.tasks[0], f"ft:{arm}"]["train"][k]
-                                        for k in ("final_loss", "steps", "timing")} for s in m.seeds}
-                         for arm in m.run_arms},
-               "cells": [{"task": t, "variant": v, **c} for (t, v), c in cells.items()]}
+    summary = {
+        "runner": "icl_vs_ft",
+        "model": cfg.model.name,
+        "metric": m.metric,
+        "seeds": list(m.seeds),
+        "shots": list(m.shots),
+        "report_k": m.report_k,
+        "arms": list(m.run_arms),
+        "n_test": cfg.dataset.n_test,
+        "bootstrap": m.bootstrap,
+        "verdict": verdict,
+        "sample_efficiency": efficiency,
+        "train": {
+            arm: {
+                str(s): {k: results[s, m.tasks[0], f"ft:{arm}"]["train"][k] for k in ("final_loss", "steps", "timing")}
+                for s in m.seeds
+            }
+            for arm in m.run_arms
+        },
+        "cells": [{"task": t, "variant": v, **c} for (t, v), c in cells.items()],
+    }
 
     # 3. Tables, plot, W&B.
     table = analysis.markdown(cells, list(m.shots), list(m.run_arms), m.report_k, cfg.model.name, m.metric)
     notes = [f"Verdict (spec 6.3, pattern sets, {verdict.get('gap_key', '')}): **{verdict['outcome']}**"]
-    notes += [f"Sample budget: FT arm '{a}' saw {e['ft_lines']} lines vs {e['icl_demos_per_query']} demonstrations "
-              f"per ICL query ({e['ratio']:.0f}x)" for a, e in efficiency.items() if e["ratio"]]
+    notes += [
+        f"Sample budget: FT arm '{a}' saw {e['ft_lines']} lines vs {e['icl_demos_per_query']} demonstrations "
+        f"per ICL query ({e['ratio']:.0f}x)"
+        for a, e in efficiency.items()
+        if e["ratio"]
+    ]
     write_json(ctx.run_dir.file("comparison.json"), summary)
     atomic_write(ctx.run_dir.file("comparison.md"), table + "\n" + "\n\n".join(notes) + "\n")
     analysis.plot(cells, list(m.shots), list(m.run_arms), ctx.run_dir.file("icl_vs_ft.png"), m.metric)
-    rows = [{"task": t, "variant": v, "condition": cond, **e} for (t, v), c in cells.items()
-            for cond, e in c["accuracy"].items()]
+    rows = [
+        {"task": t, "variant": v, "condition": cond, **e}
+        for (t, v), c in cells.items()
+        for cond, e in c["accuracy"].items()
+    ]
     ctx.tracker.table("comparison", rows)
     ctx.tracker.summary({"verdict": verdict["outcome"]})
     write_json(ctx.run_dir.file("results.json"), summary)  # no per-variant "metrics": `llmlab report` reads steps

@@ -138,7 +138,7 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict:
         raise LlmlabError(f"method.conditions must include gold, got {list(m.conditions)}")
     data = load_mre(cfg.dataset, cfg.seed)
     model, tok = load_model(cfg.model, ctx.hw, cfg.cache_dir, "eager", cfg.seed)
-    queries = data.test[:m.limit]
+    queries = data.test[: m.limit]
     if len(queries) < 2 and "shuffled" in m.conditions:
         raise LlmlabError("the shuffled condition needs at least 2 test queries")
     text_key, label_key = key_words(data)
@@ -146,41 +146,62 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict:
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
 
     t0 = time.perf_counter()
-    results: dict = {"runner": "info_flow", "model": cfg.model.name, "dataset": cfg.dataset.name, "seed": cfg.seed,
-                     "n_queries": len(queries), "labels": data.labels, "skipped_lines": data.skipped,
-                     "manifest": data.manifest, "conditions": {}}
+    results: dict = {
+        "runner": "info_flow",
+        "model": cfg.model.name,
+        "dataset": cfg.dataset.name,
+        "seed": cfg.seed,
+        "n_queries": len(queries),
+        "labels": data.labels,
+        "skipped_lines": data.skipped,
+        "manifest": data.manifest,
+        "conditions": {},
+    }
     per_query_logp = {}
     for cond in m.conditions:
         seqs, sets, gold = [], [], []
         for i, qrow in enumerate(queries):
-            words = {"gold": words_line(qrow["wl"]), "shuffled": words_line(queries[(i + 1) % len(queries)]["wl"]),
-                     "none": None}[cond]
+            words = {
+                "gold": words_line(qrow["wl"]),
+                "shuffled": words_line(queries[(i + 1) % len(queries)]["wl"]),
+                "none": None,
+            }[cond]
             prompt, segs = build_prompt(data, qrow, draw_demos(data, cfg.seed, i, m.demos_per_class), words)
             ids, token_sets = tokenize(tok, prompt, segs)
             seqs.append(ids + shared)
             sets.append(token_sets)
             gold.append(data.labels.index(qrow["tl"]))
         maps, logp = attention_saliency(model, seqs, label_ids, gold, m.batch_size, pad)
-        flows = [flow_means(s, pair_masks(len(seq), ts, len(data.labels) * m.demos_per_class))
-                 for s, seq, ts in zip(maps, seqs, sets)]
+        flows = [
+            flow_means(s, pair_masks(len(seq), ts, len(data.labels) * m.demos_per_class))
+            for s, seq, ts in zip(maps, seqs, sets)
+        ]
         gold_lp = logp[torch.arange(len(gold)), torch.tensor(gold)].numpy()
         per_query_logp[cond] = gold_lp
         results["conditions"][cond] = {
             "tl_accuracy": float((logp.argmax(-1) == torch.tensor(gold)).float().mean()),
-            "gold_logprob": float(gold_lp.mean()), "mean_tokens": float(np.mean([len(s) for s in seqs])),
-            "flows": summarize_flows(flows)}
+            "gold_logprob": float(gold_lp.mean()),
+            "mean_tokens": float(np.mean([len(s) for s in seqs])),
+            "flows": summarize_flows(flows),
+        }
     for cond in m.conditions:
         if cond != "gold":
             diff = per_query_logp[cond] - per_query_logp["gold"]
             acc = {c: results["conditions"][c]["tl_accuracy"] for c in (cond, "gold")}
             results["conditions"][cond]["delta_vs_gold"] = {
                 "tl_accuracy": acc[cond] - acc["gold"],
-                "gold_logprob": float(diff.mean()), "p_not_lower": paired_bootstrap(diff, m.bootstrap, cfg.seed)}
+                "gold_logprob": float(diff.mean()),
+                "p_not_lower": paired_bootstrap(diff, m.bootstrap, cfg.seed),
+            }
     results["timing"] = {"saliency_s": time.perf_counter() - t0}
     results["plot"] = plot_flows(results, ctx.run_dir.file("info_flow.png"))
     write_json(ctx.run_dir.file("results.json"), results)
-    flat = {f"{c}/{k}": v for c, r in results["conditions"].items() for k, v in r.items()
-            if isinstance(v, float) and math.isfinite(v)}
+    flat = {
+        f"{c}/{k}": v
+        for c, r in results["conditions"].items()
+        for k, v in r.items()
+        if isinstance(v, float) and math.isfinite(v)
+    }
     ctx.log_final(flat)
     return results
 

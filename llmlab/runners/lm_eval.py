@@ -19,22 +19,42 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict:
     model = model.to(ctx.hw.device)
     corpus = load_corpus(cfg.dataset, cfg.cache_dir)
     if corpus.vocab_size != saved["vocab_size"] or corpus.tokenizer != saved.get("tokenizer", corpus.tokenizer):
-        raise LlmlabError(f"dataset '{cfg.dataset.name}' ({corpus.tokenizer}, vocabulary {corpus.vocab_size}) does "
-                          f"not match the model's tokenizer ({saved.get('tokenizer')}, {saved['vocab_size']})")
+        raise LlmlabError(
+            f"dataset '{cfg.dataset.name}' ({corpus.tokenizer}, vocabulary {corpus.vocab_size}) does "
+            f"not match the model's tokenizer ({saved.get('tokenizer')}, {saved['vocab_size']})"
+        )
     train_len = saved["train_len"]
-    rows = extrapolation(model, corpus, train_len, list(m.eval_lengths), m.eval_blocks, m.eval_batch_size,
-                         ctx.hw.device)
+    rows = extrapolation(
+        model, corpus, train_len, list(m.eval_lengths), m.eval_blocks, m.eval_batch_size, ctx.hw.device
+    )
     if m.eval_window:
-        rows += extrapolation(model, corpus, train_len, list(m.eval_lengths), m.eval_blocks, m.eval_batch_size,
-                              ctx.hw.device, window=m.eval_window)
-    results = {"runner": "lm_eval", "model_dir": str(m.model_dir), "dataset": cfg.dataset.name,
-               "attention": saved["lm"]["attention"], "position": saved["lm"]["position"], "seed": cfg.seed,
-               "train_len": train_len, "extrapolation": rows}
+        rows += extrapolation(
+            model,
+            corpus,
+            train_len,
+            list(m.eval_lengths),
+            m.eval_blocks,
+            m.eval_batch_size,
+            ctx.hw.device,
+            window=m.eval_window,
+        )
+    results = {
+        "runner": "lm_eval",
+        "model_dir": str(m.model_dir),
+        "dataset": cfg.dataset.name,
+        "attention": saved["lm"]["attention"],
+        "position": saved["lm"]["position"],
+        "seed": cfg.seed,
+        "train_len": train_len,
+        "extrapolation": rows,
+    }
     if m.sink_metrics:
-        results["sink"] = sink_metrics(model, eval_blocks(corpus.blocks("val", train_len), m.sink_blocks),
-                                       ctx.hw.device)
-    metrics = {f"ppl@{r['multiple']}x" + (f"_w{r['window']}" if r["window"] else ""): r["ppl"] for r in rows
-               if "ppl" in r}
+        results["sink"] = sink_metrics(
+            model, eval_blocks(corpus.blocks("val", train_len), m.sink_blocks), ctx.hw.device
+        )
+    metrics = {
+        f"ppl@{r['multiple']}x" + (f"_w{r['window']}" if r["window"] else ""): r["ppl"] for r in rows if "ppl" in r
+    }
     if "sink" in results:
         metrics["first_token_mass"] = results["sink"]["mean"]["first_token_mass"]
         metrics["first_token_mass_real"] = results["sink"]["mean"]["first_token_mass_real"]

@@ -35,7 +35,7 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict:
     m, seed = cfg.method, cfg.seed
     check(m)
     data, prompts = load_blocksworld(cfg.dataset, seed)
-    rows = data.to_list()[:m.limit]
+    rows = data.to_list()[: m.limit]
     attn = cfg.hardware.attn_implementation
     model, tok = load_model(cfg.model, ctx.hw, cfg.cache_dir, attn, seed)
     comps = set(m.reward.components)
@@ -70,11 +70,22 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict:
 
     records = [done[r["id"]] for r in rows]
     metrics = {cfg.dataset.name: summarize(records)}
-    results = {"runner": "mcts", "model": cfg.model.name, "dataset": cfg.dataset.name, "seed": seed,
-               "components": list(m.reward.components), "normalise": m.reward.normalise, "backprop": m.backprop,
-               "w_exp": m.w_exp, "n_iters": m.n_iters, "amateur": m.amateur.kind if amateur else None,
-               "node_text": m.node_text, "draft": m.draft.kind, "metrics": metrics,
-               "scorer": dict(scorer.stats) if scorer else None}
+    results = {
+        "runner": "mcts",
+        "model": cfg.model.name,
+        "dataset": cfg.dataset.name,
+        "seed": seed,
+        "components": list(m.reward.components),
+        "normalise": m.reward.normalise,
+        "backprop": m.backprop,
+        "w_exp": m.w_exp,
+        "n_iters": m.n_iters,
+        "amateur": m.amateur.kind if amateur else None,
+        "node_text": m.node_text,
+        "draft": m.draft.kind,
+        "metrics": metrics,
+        "scorer": dict(scorer.stats) if scorer else None,
+    }
     return finish(ctx, cfg.dataset.name, records, results, partial)
 
 
@@ -93,9 +104,18 @@ def solve(row: dict, m, seed: int, prompts, rewards: RewardModel, scorer, narrat
         for step in range(0, depth + 1, 2):
             scorer.warm(search.prefix(step))
     rewards.cache.clear()  # contexts of another problem never recur
-    settings = MCTSSettings(n_iters=m.n_iters, depth_limit=depth, w_exp=m.w_exp,
-                            uct_with_fast_reward=m.uct_with_fast_reward, simulate=m.simulate, output=m.output,
-                            backprop=m.backprop, bp_lambda=m.bp_lambda, bp_value=m.bp_value, seed=seed)
+    settings = MCTSSettings(
+        n_iters=m.n_iters,
+        depth_limit=depth,
+        w_exp=m.w_exp,
+        uct_with_fast_reward=m.uct_with_fast_reward,
+        simulate=m.simulate,
+        output=m.output,
+        backprop=m.backprop,
+        bp_lambda=m.bp_lambda,
+        bp_value=m.bp_value,
+        seed=seed,
+    )
     t0 = time.perf_counter()
     result = MCTS(RuleWorld(problem, depth, narrate), search, settings).run()
     wall = time.perf_counter() - t0
@@ -104,15 +124,27 @@ def solve(row: dict, m, seed: int, prompts, rewards: RewardModel, scorer, narrat
     expanded = [n for n in result.nodes if n.state is not None]
     gen = [n.aux for n in expanded if "gen_s" in n.aux]
     drafted = [a for a in gen if a.get("accept") is not None]
-    record = {"id": row["id"], "correct": bool(verdict and verdict.valid),
-              "reason": verdict.reason if verdict else "no terminal path", "n_steps": row["n_steps"],
-              "plan": [action_text(a) for a in plan], "n_nodes": len(result.nodes), "n_expanded": len(expanded),
-              "wall_s": wall, "s_per_node": wall / max(1, len(expanded)),
-              "gen_tokens": sum(a["gen_tokens"] for a in gen) if gen else None,
-              "gen_s_per_node": sum(a["gen_s"] for a in gen) / len(gen) if gen else None,
-              "acceptance": sum(a["accept"] for a in drafted) / len(drafted) if drafted else None}
-    tree = dump_tree(result, lambda n: {"step_text": action_text(n.action) if n.action else None,
-                                        **{k: v for k, v in n.aux.items() if k != "goal_reached"}})
+    record = {
+        "id": row["id"],
+        "correct": bool(verdict and verdict.valid),
+        "reason": verdict.reason if verdict else "no terminal path",
+        "n_steps": row["n_steps"],
+        "plan": [action_text(a) for a in plan],
+        "n_nodes": len(result.nodes),
+        "n_expanded": len(expanded),
+        "wall_s": wall,
+        "s_per_node": wall / max(1, len(expanded)),
+        "gen_tokens": sum(a["gen_tokens"] for a in gen) if gen else None,
+        "gen_s_per_node": sum(a["gen_s"] for a in gen) / len(gen) if gen else None,
+        "acceptance": sum(a["accept"] for a in drafted) / len(drafted) if drafted else None,
+    }
+    tree = dump_tree(
+        result,
+        lambda n: {
+            "step_text": action_text(n.action) if n.action else None,
+            **{k: v for k, v in n.aux.items() if k != "goal_reached"},
+        },
+    )
     tree.update(id=row["id"], correct=record["correct"], plan=record["plan"])
     return record, tree
 
@@ -130,8 +162,12 @@ def narrator(model, tok, draft, templates: dict, m):
             gen, stats = speculative(model, draft, ids, stop, m.draft.n_draft, prefix)
         else:
             gen, stats = greedy(model, ids, stop, prefix)
-        return {"change": tok.decode(gen, skip_special_tokens=True), "gen_s": stats.seconds,
-                "gen_tokens": stats.new_tokens, "accept": stats.acceptance}
+        return {
+            "change": tok.decode(gen, skip_special_tokens=True),
+            "gen_s": stats.seconds,
+            "gen_tokens": stats.new_tokens,
+            "accept": stats.acceptance,
+        }
 
     return narrate
 

@@ -29,8 +29,10 @@ from llmlab.runners.context import RunContext, execute
 from llmlab.scoring import Request, Scorer
 from llmlab.tracking import RunDir, Tracker, write_json, write_jsonl
 
-DELTAS = {"tl": ("tl_plus_wli", "tl_plus_wli_shuffled", "tl_neutral"),
-          "wl": ("wl_plus_tli", "wl_plus_tli_shuffled", "wl_neutral")}
+DELTAS = {
+    "tl": ("tl_plus_wli", "tl_plus_wli_shuffled", "tl_neutral"),
+    "wl": ("wl_plus_tli", "wl_plus_tli_shuffled", "wl_neutral"),
+}
 
 
 def run(cfg: DictConfig, ctx: RunContext) -> dict:
@@ -57,23 +59,33 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict:
         if not (path / "results.json").exists():
             seed_everything(cfg.seed)
             run_dir = RunDir(path, sub, [cond])
-            execute(finetune.run, sub, RunContext(ctx.hw, run_dir, Tracker(sub, run_dir, cond, group,
-                                                                            ctx.hw.is_main)))
+            execute(finetune.run, sub, RunContext(ctx.hw, run_dir, Tracker(sub, run_dir, cond, group, ctx.hw.is_main)))
         trained = json.loads((path / "results.json").read_text())
         model_cfg = OmegaConf.create(finetuned_model(base["model"], path / "model"))
-        model, tok = load_model(model_cfg, ctx.hw, cfg.cache_dir, cfg.hardware.attn_implementation, cfg.seed,
-                                reuse=False)
-        rows = condition_rows(data.test[:m.limit], cond, cfg.seed, "test")
-        table[cond], preds = evaluate(Scorer(model, tok, batch_size=m.batch_size), rows, cond, data.labels,
-                                      data.task, m.max_new_tokens)
+        model, tok = load_model(
+            model_cfg, ctx.hw, cfg.cache_dir, cfg.hardware.attn_implementation, cfg.seed, reuse=False
+        )
+        rows = condition_rows(data.test[: m.limit], cond, cfg.seed, "test")
+        table[cond], preds = evaluate(
+            Scorer(model, tok, batch_size=m.batch_size), rows, cond, data.labels, data.task, m.max_new_tokens
+        )
         table[cond]["final_loss"] = trained["final_loss"]
         write_jsonl(path / "predictions.jsonl", preds)
         write_json(done, table[cond])
         del model
-    results = {"runner": "mre_ablation", "model": cfg.model.name, "dataset": cfg.dataset.name, "seed": cfg.seed,
-               "n_train": len(data.train), "n_test": len(data.test[:m.limit]), "conditions": table,
-               "deltas": deltas(table), "skipped_lines": data.skipped, "manifest": data.manifest,
-               "timing": {"total_s": time.perf_counter() - t0}}
+    results = {
+        "runner": "mre_ablation",
+        "model": cfg.model.name,
+        "dataset": cfg.dataset.name,
+        "seed": cfg.seed,
+        "n_train": len(data.train),
+        "n_test": len(data.test[: m.limit]),
+        "conditions": table,
+        "deltas": deltas(table),
+        "skipped_lines": data.skipped,
+        "manifest": data.manifest,
+        "timing": {"total_s": time.perf_counter() - t0},
+    }
     write_json(ctx.run_dir.file("results.json"), results)
     flat = {f"{c}/{k}": v for c, r in table.items() for k, v in r.items() if isinstance(v, float)}
     flat.update({f"delta/{k}": v for k, v in results["deltas"].items()})
@@ -105,19 +117,33 @@ def evaluate(scorer: Scorer, rows: list[dict], cond: str, labels: list[str], tas
                 pass
         tl_pred.append(tl)
         wl_pred.append(wl)
-        preds.append({"id": r["id"], "gold_tl": r["tl"], "gold_wl": r["wl"], "generated": gen, "tl": tl,
-                      "wl": [list(w) for w in wl] if wl is not None else None})
+        preds.append(
+            {
+                "id": r["id"],
+                "gold_tl": r["tl"],
+                "gold_wl": r["wl"],
+                "generated": gen,
+                "tl": tl,
+                "wl": [list(w) for w in wl] if wl is not None else None,
+            }
+        )
     gold_tl, gold_wl = [r["tl"] for r in rows], [[tuple(w) for w in r["wl"]] for r in rows]
     out: dict = {"n": len(rows)}
     if level in ("tl", "joint"):
         out.update(tl_macro_f1=macro_f1(gold_tl, tl_pred, labels), tl_accuracy=accuracy(gold_tl, tl_pred))
     if level in ("wl", "joint"):
         wl = wl_micro_f1(gold_wl, wl_pred)
-        out.update(wl_f1=wl["f1"], wl_precision=wl["precision"], wl_recall=wl["recall"],
-                   wl_set_exact=wl["set_exact"], unparseable=sum(p is None for p in wl_pred) / max(len(rows), 1))
+        out.update(
+            wl_f1=wl["f1"],
+            wl_precision=wl["precision"],
+            wl_recall=wl["recall"],
+            wl_set_exact=wl["set_exact"],
+            unparseable=sum(p is None for p in wl_pred) / max(len(rows), 1),
+        )
     if level == "joint":
-        out["all"] = sum(t == g and p is not None and set(p) == set(gw)
-                         for t, g, p, gw in zip(tl_pred, gold_tl, wl_pred, gold_wl)) / max(len(rows), 1)
+        out["all"] = sum(
+            t == g and p is not None and set(p) == set(gw) for t, g, p, gw in zip(tl_pred, gold_tl, wl_pred, gold_wl)
+        ) / max(len(rows), 1)
     return out, preds
 
 

@@ -21,8 +21,9 @@ def label_first_tokens(tok, context: str, labels: list[str]) -> tuple[list[int],
     conts = []
     for label in labels:
         whole = tok(context + " " + label, add_special_tokens=True).input_ids
-        conts.append(whole[len(ctx):] if whole[:len(ctx)] == ctx else tok(" " + label, add_special_tokens=False)
-                     .input_ids)
+        conts.append(
+            whole[len(ctx) :] if whole[: len(ctx)] == ctx else tok(" " + label, add_special_tokens=False).input_ids
+        )
     n = 0
     while all(len(c) > n for c in conts) and len({c[n] for c in conts}) == 1:
         n += 1

@@ -23,13 +23,31 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict:
         task = bar.add_task(f"position probe ({base.position})", total=len(m.arms))
         for attention in m.arms:
             arch = probe_arch(base, attention, m.n_layer, m.d_model, m.n_head, m.seq_len)
-            arms[attention] = train_probe(arch, m.task, m.seq_len, m.n_classes, m.steps, m.batch_size, m.lr,
-                                          cfg.seed, m.eval_batches, ctx.hw.device)
+            arms[attention] = train_probe(
+                arch,
+                m.task,
+                m.seq_len,
+                m.n_classes,
+                m.steps,
+                m.batch_size,
+                m.lr,
+                cfg.seed,
+                m.eval_batches,
+                ctx.hw.device,
+            )
             ctx.run_dir.log_metrics({f"{attention}/accuracy": arms[attention]["accuracy"]})
             ctx.tracker.log({f"{attention}/accuracy": arms[attention]["accuracy"]})
             bar.advance(task)
-    results = {"runner": "position_probe", "position": base.position, "task": m.task, "seq_len": m.seq_len,
-               "n_classes": m.n_classes, "seed": cfg.seed, "chance": chance(m.task, m.seq_len, m.n_classes),
-               "arms": arms, "metrics": {arm: {"accuracy": r["accuracy"]} for arm, r in arms.items()}}
+    results = {
+        "runner": "position_probe",
+        "position": base.position,
+        "task": m.task,
+        "seq_len": m.seq_len,
+        "n_classes": m.n_classes,
+        "seed": cfg.seed,
+        "chance": chance(m.task, m.seq_len, m.n_classes),
+        "arms": arms,
+        "metrics": {arm: {"accuracy": r["accuracy"]} for arm, r in arms.items()},
+    }
     write_json(ctx.run_dir.file("results.json"), results)
     return results

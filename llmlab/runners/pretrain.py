@@ -52,8 +52,11 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict:
     torch.manual_seed(cfg.seed)
     model = build_scratch_model(cfg.model, corpus.vocab_size, train_len=block).to(device)
     trained = distributed.wrap(model, ctx.hw)  # DDP around `model`, or `model` sharded in place (FSDP)
-    groups = model.param_groups(m.weight_decay, m.lr) if hasattr(model, "param_groups") else \
-        param_groups(model, m.weight_decay)  # a model may set its own (RWKV: layerwise LR)
+    groups = (
+        model.param_groups(m.weight_decay, m.lr)
+        if hasattr(model, "param_groups")
+        else param_groups(model, m.weight_decay)
+    )  # a model may set its own (RWKV: layerwise LR)
     opt = torch.optim.AdamW(groups, lr=m.lr, betas=tuple(m.betas), eps=m.eps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(m.warmup_steps, m.max_steps, m.lr_final_ratio))
     ckpt_root = ctx.run_dir.file("checkpoints")
@@ -75,20 +78,46 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict:
         try:
             while step < m.max_steps:
                 with interrupts.deferred():  # Ctrl-C / SIGTERM: raised once this step is done (and checkpointed)
-                    micro = [(train_batch(train_blocks, cfg.seed, (step * m.grad_accum + j) * m.micro_batch_size,
-                                          m.micro_batch_size)[rows], m.micro_batch_size * block) for j, rows in split]
+                    micro = [
+                        (
+                            train_batch(
+                                train_blocks,
+                                cfg.seed,
+                                (step * m.grad_accum + j) * m.micro_batch_size,
+                                m.micro_batch_size,
+                            )[rows],
+                            m.micro_batch_size * block,
+                        )
+                        for j, rows in split
+                    ]
                     steady = False
-                    loss_value, grad_norm = train_step(trained, opt, sched, micro, m.clip, device, amp,
-                                                       m.max_grad_norm, step + 1, m.grad_accum, ctx.hw.world_size)
+                    loss_value, grad_norm = train_step(
+                        trained,
+                        opt,
+                        sched,
+                        micro,
+                        m.clip,
+                        device,
+                        amp,
+                        m.max_grad_norm,
+                        step + 1,
+                        m.grad_accum,
+                        ctx.hw.world_size,
+                    )
                     step, steady = step + 1, True
                     steps_window += 1
                     if step % m.log_every == 0 or step == m.max_steps:
                         seconds = time.perf_counter() - t_window
                         train_s += seconds
                         tok_s = steps_window * tokens_step / seconds
-                        metrics = {"train/loss": loss_value, "train/lr": sched.get_last_lr()[0],
-                                   "train/grad_norm": grad_norm, "train/tokens": step * tokens_step,
-                                   "perf/tokens_per_s": tok_s, "perf/tflops": tok_s * flops_token / 1e12}
+                        metrics = {
+                            "train/loss": loss_value,
+                            "train/lr": sched.get_last_lr()[0],
+                            "train/grad_norm": grad_norm,
+                            "train/tokens": step * tokens_step,
+                            "perf/tokens_per_s": tok_s,
+                            "perf/tflops": tok_s * flops_token / 1e12,
+                        }
                         if m.peak_tflops:
                             metrics["perf/mfu"] = metrics["perf/tflops"] / m.peak_tflops
                         log(ctx, metrics, step)
@@ -99,8 +128,10 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict:
                         log(ctx, {f"val/{k}": v for k, v in val.items()}, step)
                     if step % m.save_every == 0 or step == m.max_steps:
                         if not distributed.all_finite(model.parameters()):
-                            raise LlmlabError(f"watchdog: non-finite weights after step {step}; not checkpointed "
-                                              "(lower method.lr or raise method.warmup_steps)")
+                            raise LlmlabError(
+                                f"watchdog: non-finite weights after step {step}; not checkpointed "
+                                "(lower method.lr or raise method.warmup_steps)"
+                            )
                         save_checkpoint(ckpt_root, step, model, opt, sched, signature)
                         saved = step
                     t_window += time.perf_counter() - paused
@@ -114,15 +145,34 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict:
     if model is None:  # ranks > 0: training is done, rank 0 evaluates and writes
         return {}
     val = loss_row(mean_loss(model, val_blocks, m.eval_batch_size, device, amp), corpus)
-    save_scratch_model(ctx.run_dir.file("model"), model, {"tokenizer": corpus.tokenizer, "dataset": cfg.dataset.name},
-                       corpus.tokenizer_file)
-    results = {"runner": "pretrain", "model": cfg.model.name, "dataset": cfg.dataset.name, "seed": cfg.seed,
-               **model.describe(), "steps": step,
-               "params": n_params, "tokenizer": corpus.tokenizer, "vocab_size": corpus.vocab_size,
-               "block_size": block, "train_tokens": step * tokens_step, "corpus_train_tokens": len(corpus.train),
-               "train": {"loss": loss_value}, "val": val,  # nested: `llmlab report` groups by top-level scalars
-               "timing": {"train_s": train_s, "flops_per_token": flops_token, "world_size": ctx.hw.world_size,
-                          "tokens_per_s": (step - first_step) * tokens_step / train_s if train_s else None}}
+    save_scratch_model(
+        ctx.run_dir.file("model"),
+        model,
+        {"tokenizer": corpus.tokenizer, "dataset": cfg.dataset.name},
+        corpus.tokenizer_file,
+    )
+    results = {
+        "runner": "pretrain",
+        "model": cfg.model.name,
+        "dataset": cfg.dataset.name,
+        "seed": cfg.seed,
+        **model.describe(),
+        "steps": step,
+        "params": n_params,
+        "tokenizer": corpus.tokenizer,
+        "vocab_size": corpus.vocab_size,
+        "block_size": block,
+        "train_tokens": step * tokens_step,
+        "corpus_train_tokens": len(corpus.train),
+        "train": {"loss": loss_value},
+        "val": val,  # nested: `llmlab report` groups by top-level scalars
+        "timing": {
+            "train_s": train_s,
+            "flops_per_token": flops_token,
+            "world_size": ctx.hw.world_size,
+            "tokens_per_s": (step - first_step) * tokens_step / train_s if train_s else None,
+        },
+    }
     results.update(final_evaluations(model, corpus, block, m, device, amp))
     results["metrics"] = {"val": report_metrics(val, results)}
     write_json(ctx.run_dir.file("results.json"), results)
@@ -148,11 +198,21 @@ def final_evaluations(model, corpus: Corpus, block: int, m, device, amp) -> dict
     """Perplexity at `eval_lengths` x block (also with `eval_window`) and the sink statistics."""
     out = {}
     if m.eval_lengths:
-        rows = extrapolation(model, corpus, block, list(m.eval_lengths), m.eval_blocks, m.eval_batch_size, device,
-                             amp=amp)
+        rows = extrapolation(
+            model, corpus, block, list(m.eval_lengths), m.eval_blocks, m.eval_batch_size, device, amp=amp
+        )
         if m.eval_window:
-            rows += extrapolation(model, corpus, block, list(m.eval_lengths), m.eval_blocks, m.eval_batch_size,
-                                  device, window=m.eval_window, amp=amp)
+            rows += extrapolation(
+                model,
+                corpus,
+                block,
+                list(m.eval_lengths),
+                m.eval_blocks,
+                m.eval_batch_size,
+                device,
+                window=m.eval_window,
+                amp=amp,
+            )
         out["extrapolation"] = rows
     if m.sink_metrics and hasattr(model, "attention_maps"):
         out["sink"] = sink_metrics(model, eval_blocks(corpus.blocks("val", block), m.sink_blocks), device)
@@ -171,8 +231,19 @@ def report_metrics(val: dict, results: dict) -> dict:
     return out
 
 
-def train_step(model, opt, sched, micro_batches: list[tuple[torch.Tensor, int]], clip: float, device, amp,
-               max_grad_norm: float, step: int, accum: int | None = None, world: int = 1) -> tuple[float, float]:
+def train_step(
+    model,
+    opt,
+    sched,
+    micro_batches: list[tuple[torch.Tensor, int]],
+    clip: float,
+    device,
+    amp,
+    max_grad_norm: float,
+    step: int,
+    accum: int | None = None,
+    world: int = 1,
+) -> tuple[float, float]:
     """One optimiser step over `micro_batches`: (blocks of length + 1, target tokens of the whole global micro-batch)
     pairs, this rank's share of `accum` global micro-batches (default: all of them, one process) over `world` ranks.
     Returns the mean loss (over all ranks) and the gradient norm before clipping. Stops (LlmlabError) before updating
@@ -192,8 +263,10 @@ def train_step(model, opt, sched, micro_batches: list[tuple[torch.Tensor, int]],
     loss_value = distributed.all_reduce_sum(loss_sum / accum)
     grad_norm = distributed.clip_grad_norm(model.parameters(), clip)
     if not math.isfinite(loss_value) or not math.isfinite(grad_norm) or grad_norm > max_grad_norm:
-        raise LlmlabError(f"watchdog: step {step} has loss {loss_value:.4g} and gradient norm {grad_norm:.4g} "
-                          f"(limit {max_grad_norm:g}); stopped without updating or checkpointing (lower method.lr)")
+        raise LlmlabError(
+            f"watchdog: step {step} has loss {loss_value:.4g} and gradient norm {grad_norm:.4g} "
+            f"(limit {max_grad_norm:g}); stopped without updating or checkpointing (lower method.lr)"
+        )
     opt.step()
     sched.step()
     return loss_value, grad_norm
@@ -221,15 +294,37 @@ def warmup_cosine(warmup: int, total: int, final_ratio: float):
 def training_signature(cfg: DictConfig, corpus: Corpus) -> dict:
     """What must not change between a checkpoint and the run that resumes from it."""
     m, d = cfg.method, cfg.dataset
-    return {"model": cfg.model.name, "lm": OmegaConf.to_container(cfg.model.lm, resolve=True), "dataset": d.name,
-            "source": d.source, "files": list(d.files), "hub_id": d.hub_id, "tokenizer": d.tokenizer,
-            "vocab_size": corpus.vocab_size, "block_size": d.block_size, "val_fraction": d.val_fraction,
-            "split_seed": d.split_seed, "max_chars": d.max_chars, "train_tokens": len(corpus.train), "seed": cfg.seed,
-            "lr": m.lr, "lr_final_ratio": m.lr_final_ratio, "warmup_steps": m.warmup_steps,
-            "max_steps": m.max_steps, "betas": list(m.betas), "eps": m.eps, "weight_decay": m.weight_decay,
-            "micro_batch_size": m.micro_batch_size, "grad_accum": m.grad_accum, "clip": m.clip,
-            **({"rwkv": OmegaConf.to_container(cfg.model.rwkv, resolve=True)}
-               if getattr(cfg.model, "family", "lm") == "rwkv" else {})}
+    return {
+        "model": cfg.model.name,
+        "lm": OmegaConf.to_container(cfg.model.lm, resolve=True),
+        "dataset": d.name,
+        "source": d.source,
+        "files": list(d.files),
+        "hub_id": d.hub_id,
+        "tokenizer": d.tokenizer,
+        "vocab_size": corpus.vocab_size,
+        "block_size": d.block_size,
+        "val_fraction": d.val_fraction,
+        "split_seed": d.split_seed,
+        "max_chars": d.max_chars,
+        "train_tokens": len(corpus.train),
+        "seed": cfg.seed,
+        "lr": m.lr,
+        "lr_final_ratio": m.lr_final_ratio,
+        "warmup_steps": m.warmup_steps,
+        "max_steps": m.max_steps,
+        "betas": list(m.betas),
+        "eps": m.eps,
+        "weight_decay": m.weight_decay,
+        "micro_batch_size": m.micro_batch_size,
+        "grad_accum": m.grad_accum,
+        "clip": m.clip,
+        **(
+            {"rwkv": OmegaConf.to_container(cfg.model.rwkv, resolve=True)}
+            if getattr(cfg.model, "family", "lm") == "rwkv"
+            else {}
+        ),
+    }
 
 
 def log(ctx: RunContext, metrics: dict, step: int) -> None:

@@ -31,8 +31,10 @@ from llmlab.runners.context import RunContext
 from llmlab.scoring import Request, Scorer
 from llmlab.tracking import write_json, write_jsonl
 
-TEMPLATES = {"sentiment": "{text}\nThe sentiment of this review is",
-             "topic": "{text}\nQuestion: What is this text about? Answer:"}
+TEMPLATES = {
+    "sentiment": "{text}\nThe sentiment of this review is",
+    "topic": "{text}\nQuestion: What is this text about? Answer:",
+}
 
 
 def class_words(rows: list[dict], labels: list[str], words: str) -> dict[str, Counter]:
@@ -51,8 +53,15 @@ def class_words(rows: list[dict], labels: list[str], words: str) -> dict[str, Co
     return counts
 
 
-def build_verbalizer(rows: list[dict], labels: list[str], top_k: int, rank: str = "pmi", words: str = "both",
-                     min_count: int = 2, label_name: bool = True) -> dict[str, list[str]]:
+def build_verbalizer(
+    rows: list[dict],
+    labels: list[str],
+    top_k: int,
+    rank: str = "pmi",
+    words: str = "both",
+    min_count: int = 2,
+    label_name: bool = True,
+) -> dict[str, list[str]]:
     """The knowledgeable verbalizer: per class its label name (unless `label_name` is false), then up to `top_k`
     ranked WL words; a class without any WL word keeps its label name."""
     counts = class_words(rows, labels, words)
@@ -138,7 +147,7 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict:
     scorer = WordScorer(Scorer(model, tok, batch_size=m.batch_size), template.format(text="x"), all_words, m.score)
     if m.dedup_first_token:
         kv = dedup_first_tokens(kv, scorer.first_token)
-    tests = data.test[:m.limit]
+    tests = data.test[: m.limit]
     gold = [r["tl"] for r in tests]
     t0 = time.perf_counter()
     table, preds = [], []
@@ -149,17 +158,28 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict:
         for arm, verb in (("baseline", base), ("kv", kv)):
             pred = [max(data.labels, key=lambda c: log_mean_exp([ws[w] for w in verb[c]])) for ws in word_scores]
             row[arm] = {"macro_f1": macro_f1(gold, pred, data.labels), "accuracy": accuracy(gold, pred)}
-            preds += [{"id": r["id"], "shots": shots, "arm": arm, "gold": g, "pred": p}
-                      for r, g, p in zip(tests, gold, pred)]
+            preds += [
+                {"id": r["id"], "shots": shots, "arm": arm, "gold": g, "pred": p} for r, g, p in zip(tests, gold, pred)
+            ]
         row["delta_macro_f1"] = row["kv"]["macro_f1"] - row["baseline"]["macro_f1"]
         table.append(row)
-    results = {"runner": "verbalizer", "model": cfg.model.name, "dataset": cfg.dataset.name, "seed": cfg.seed,
-               "n_test": len(tests), "labels": data.labels, "score": m.score, "rank": m.rank, "words": m.words,
-               "verbalizer_sizes": {c: len(ws) for c, ws in kv.items()},
-               "verbalizer_top10": {c: ws[:10] for c, ws in kv.items()}, "table": table,
-               "skipped_lines": data.skipped, "manifest": data.manifest,
-               "timing": {"scoring_s": time.perf_counter() - t0,
-                          "forward_tokens": scorer.scorer.stats["forward_tokens"]}}
+    results = {
+        "runner": "verbalizer",
+        "model": cfg.model.name,
+        "dataset": cfg.dataset.name,
+        "seed": cfg.seed,
+        "n_test": len(tests),
+        "labels": data.labels,
+        "score": m.score,
+        "rank": m.rank,
+        "words": m.words,
+        "verbalizer_sizes": {c: len(ws) for c, ws in kv.items()},
+        "verbalizer_top10": {c: ws[:10] for c, ws in kv.items()},
+        "table": table,
+        "skipped_lines": data.skipped,
+        "manifest": data.manifest,
+        "timing": {"scoring_s": time.perf_counter() - t0, "forward_tokens": scorer.scorer.stats["forward_tokens"]},
+    }
     write_json(ctx.run_dir.file("results.json"), results)
     write_jsonl(ctx.run_dir.file("predictions.jsonl"), preds)
     flat = {f"{arm}/k{r['shots']}/macro_f1": r[arm]["macro_f1"] for r in table for arm in ("baseline", "kv")}

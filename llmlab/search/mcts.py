@@ -129,8 +129,10 @@ class MCTS:
             return
         actions = self.search.actions(node.state)
         scored = self.search.fast_rewards(node.state, actions)
-        node.children = [self.new_node(parent=node, action=a, depth=node.depth + 1, fast_reward=r, fast_parts=p)
-                         for a, (r, p) in zip(actions, scored)]
+        node.children = [
+            self.new_node(parent=node, action=a, depth=node.depth + 1, fast_reward=r, fast_parts=p)
+            for a, (r, p) in zip(actions, scored)
+        ]
 
     # 3. simulate
     def simulate(self, path: list[Node]) -> list[Node]:
@@ -205,9 +207,22 @@ def dump_tree(result: SearchResult, describe=None) -> dict:
     describe = describe or (lambda n: {})
     nodes = []
     for n in result.nodes:
-        nodes.append({"id": n.id, "parent": n.parent.id if n.parent else None, "depth": n.depth,
-                      "action": None if n.action is None else str(n.action), "expanded": n.state is not None,
-                      "terminal": n.terminal, "fast_reward": n.fast_reward, "fast_parts": n.fast_parts,
-                      "reward": n.reward, "parts": n.parts, "visits": n.visits, "q": n.q, "returns": n.returns,
-                      **describe(n)})
+        nodes.append(
+            {
+                "id": n.id,
+                "parent": n.parent.id if n.parent else None,
+                "depth": n.depth,
+                "action": None if n.action is None else str(n.action),
+                "expanded": n.state is not None,
+                "terminal": n.terminal,
+                "fast_reward": n.fast_reward,
+                "fast_parts": n.fast_parts,
+                "reward": n.reward,
+                "parts": n.parts,
+                "visits": n.visits,
+                "q": n.q,
+                "returns": n.returns,
+                **describe(n),
+            }
+        )
     return {"answer": [n.id for n in result.path], "iterations": result.iterations, "nodes": nodes}

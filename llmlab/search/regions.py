@@ -9,8 +9,9 @@ import math
 import numpy as np
 
 
-def fit_gmm(x: np.ndarray, k: int, iters: int = 300,
-            tol: float = 1e-9) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+def fit_gmm(
+    x: np.ndarray, k: int, iters: int = 300, tol: float = 1e-9
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """EM for a 1-D mixture of `k` Gaussians, initialised at quantiles; returns (weights, means, variances,
     log-likelihood)."""
     n = len(x)

@@ -51,8 +51,15 @@ class ActionScorer:
     `amateur` is ("early_exit", layer): the expert's own hidden state after `layer` layers through its final norm and
     head; ("model", model): a separate model on the same tokens; or None."""
 
-    def __init__(self, model: PreTrainedModel, tok, amateur=None, jsd_impl: str = "paper", batch_size: int = 16,
-                 max_prefixes: int = 8):
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tok,
+        amateur=None,
+        jsd_impl: str = "paper",
+        batch_size: int = 16,
+        max_prefixes: int = 8,
+    ):
         if jsd_impl not in choices_of(RewardConfig, "jsd_impl"):  # as the config check, for direct callers
             raise LlmlabError(f"reward.jsd_impl must be paper or code, got '{jsd_impl}'")
         if batch_size < 1:
@@ -119,14 +126,19 @@ class ActionScorer:
         pad = self.encoder.pad_id
         ids = torch.full((b, width), pad, dtype=torch.long)
         for r, s in enumerate(seqs):
-            ids[r, :len(s)] = torch.tensor(s)
+            ids[r, : len(s)] = torch.tensor(s)
         if cache is not None:
             cache.batch_repeat_interleave(b)
         pos = (len(common) + torch.arange(width))[None].expand(b, -1)
         # right padding: pads follow every real token, so causal attention needs no mask
         with grouped_query_sdpa(model):
-            out = model.model(input_ids=ids.to(model.device), position_ids=pos.to(model.device), cache=cache,
-                              use_cache=cache is not None, output_hidden_states=layer is not None)
+            out = model.model(
+                input_ids=ids.to(model.device),
+                position_ids=pos.to(model.device),
+                cache=cache,
+                use_cache=cache is not None,
+                output_hidden_states=layer is not None,
+            )
         self.stats["forward_tokens"] += sum(len(s) for s in seqs)
         rr = torch.cat([torch.full((len(cont),), r) for r, (_, cont) in enumerate(rows)])
         cc = torch.cat([len(ctx) - 1 + torch.arange(len(cont)) for ctx, cont in rows])
@@ -220,8 +232,6 @@ class Normaliser:
         return norm
 
 
-
-
 COMPONENTS = choices_of(RewardConfig, "components")
 
 
@@ -248,8 +258,9 @@ class RewardModel:
         if cfg.fit_regions and (cfg.normalise != "multimode" or cfg.boundaries):
             raise LlmlabError("reward.fit_regions needs reward.normalise=multimode and no reward.boundaries")
         cuts = dict(cfg.boundaries) if cfg.normalise == "multimode" else {}
-        self.norms = {c: Normaliser(list(cuts.get(c, [])), cfg.online_update) for c in comps} \
-            if cfg.normalise != "none" else {}
+        self.norms = (
+            {c: Normaliser(list(cuts.get(c, [])), cfg.online_update) for c in comps} if cfg.normalise != "none" else {}
+        )
         self.cache: dict[tuple[str, str], tuple[float, dict]] = {}
         self.prompt_ll: dict[str, float] = {}
 

@@ -26,11 +26,27 @@ pytestmark = pytest.mark.slurm
 STATE = Path(os.environ.get("LLMLAB_SLURM_DIR", "/var/tmp/llmlab-slurm"))
 # Each job asks for one of the node's CPUs and 1 GB: two jobs run at once on a 2-CPU machine.
 SLURM = ["hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1"]
-FAST_LM = ["method=pretrain", "model=lm-tiny", "dataset=corpus/pydoc", "model.lm.n_layer=1", "model.lm.d_model=32",
-           "model.lm.n_head=2", "model.lm.ffn_hidden=64", "dataset.block_size=32", "method.micro_batch_size=4",
-           "method.grad_accum=2", "method.warmup_steps=2", "method.eval_every=1000", "method.log_every=1",
-           "method.eval_blocks=4", "method.eval_lengths=[1]", "method.sink_blocks=1", "hardware=cpu", "logger=none",
-           "method.save_every=20"]
+FAST_LM = [
+    "method=pretrain",
+    "model=lm-tiny",
+    "dataset=corpus/pydoc",
+    "model.lm.n_layer=1",
+    "model.lm.d_model=32",
+    "model.lm.n_head=2",
+    "model.lm.ffn_hidden=64",
+    "dataset.block_size=32",
+    "method.micro_batch_size=4",
+    "method.grad_accum=2",
+    "method.warmup_steps=2",
+    "method.eval_every=1000",
+    "method.log_every=1",
+    "method.eval_blocks=4",
+    "method.eval_lengths=[1]",
+    "method.sink_blocks=1",
+    "hardware=cpu",
+    "logger=none",
+    "method.save_every=20",
+]
 READY = ("idle", "mixed", "allocated", "completing")
 
 
@@ -42,8 +58,13 @@ def cluster_problem() -> str | None:
     if not conf.is_file():
         return f"no test cluster at {STATE} (start one with tests/cluster/slurm-local.sh start)"
     try:
-        out = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], capture_output=True, text=True, timeout=20,
-                             env={**os.environ, "SLURM_CONF": str(conf)})
+        out = subprocess.run(
+            ["sinfo", "-h", "-N", "-o", "%T"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            env={**os.environ, "SLURM_CONF": str(conf)},
+        )
     except subprocess.TimeoutExpired:
         return "sinfo timed out: is slurmctld running? (tests/cluster/slurm-local.sh status)"
     states = out.stdout.split()
@@ -79,6 +100,7 @@ def cluster(slurm, outputs):
 
 # ------------------------------------------------------------------------------------------------------- helpers
 
+
 def slurm_cmd(*args: str) -> str:
     out = subprocess.run(list(args), capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, f"{' '.join(args)}: {out.stderr}"
@@ -91,8 +113,14 @@ def start(*args: str, env: dict | None = None) -> subprocess.Popen:
     where = Path(os.environ["LLMLAB_OUTPUTS"])
     where.mkdir(parents=True, exist_ok=True)
     err = tempfile.NamedTemporaryFile("w+", prefix="llmlab-", suffix=".err", dir=where, delete=False)  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "llmlab.cli", *args], cwd=REPO, env={**os.environ, **(env or {})},
-                            stdout=subprocess.DEVNULL, stderr=err, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llmlab.cli", *args],
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=err,
+        text=True,
+    )
     proc.err_path = Path(err.name)
     err.close()
     return proc
@@ -133,8 +161,9 @@ def task_id(sweep: Path, num: int) -> str:
 def sweep_of(root: Path, proc: subprocess.Popen) -> Path:
     """The sweep directory that `llmlab -m` (with LLMLAB_OUTPUTS=root) named by the clock, once it exists. The tests
     of requeues use such a directory, as a user would: one given on the command line is a resume target anyway."""
-    wait_until(f"a sweep directory under {root}", lambda: len(list(root.glob("multirun/*/*/.submitit"))) == 1, 300,
-               proc)
+    wait_until(
+        f"a sweep directory under {root}", lambda: len(list(root.glob("multirun/*/*/.submitit"))) == 1, 300, proc
+    )
     (sweep,) = root.glob("multirun/*/*")
     return sweep
 
@@ -167,14 +196,19 @@ def job_logs(sweep: Path) -> str:
 def accounting(job: str, rows: int | None = None) -> list[tuple[str, str]]:
     """(job id, state) of every attempt of `job` (and of each array task), from sacct; with `rows`, once it lists
     that many and none is still running (the accounting database trails the controller by a few seconds)."""
+
     def read() -> list[tuple[str, str]]:
         out = slurm_cmd("sacct", "-n", "-P", "-X", "--duplicates", "-j", job, "-o", "JobID,State")
         return [tuple(line.split("|")[:2]) for line in out.splitlines() if line.strip()]
 
     if rows is not None:
-        wait_until(f"sacct to list {rows} finished rows for job {job}",
-                   lambda: len(found := read()) == rows and all(s not in ("RUNNING", "PENDING", "COMPLETING")
-                                                                for _, s in found), 60)
+        wait_until(
+            f"sacct to list {rows} finished rows for job {job}",
+            lambda: (
+                len(found := read()) == rows and all(s not in ("RUNNING", "PENDING", "COMPLETING") for _, s in found)
+            ),
+            60,
+        )
     return read()
 
 
@@ -190,13 +224,23 @@ def stderr_lines(text: str) -> list[str]:
 
 # -------------------------------------------------------------------------------- (a) an array sweep, its resources
 
+
 def test_a_sweep_is_one_sbatch_array_with_its_resources_and_a_failing_job_is_reported(cluster):
     """Three jobs (one fails: more shots than the demonstration pool) go to sbatch as one array with the launcher's
     resources; the two others finish, their results land in the sweep directory, the failure is listed at the end."""
     sweep = cluster / "sweep"
-    res = run_cli("-m", *SLURM, *TINY, "method.limit=1", "method.shots=0,5000,1", f"hydra.sweep.dir={sweep}",
-                  "hydra.launcher.partition=long", "hydra.launcher.timeout_min=7",
-                  "hydra.launcher.array_parallelism=2", timeout=600)
+    res = run_cli(
+        "-m",
+        *SLURM,
+        *TINY,
+        "method.limit=1",
+        "method.shots=0,5000,1",
+        f"hydra.sweep.dir={sweep}",
+        "hydra.launcher.partition=long",
+        "hydra.launcher.timeout_min=7",
+        "hydra.launcher.array_parallelism=2",
+        timeout=600,
+    )
     assert res.returncode == 1, res.stderr[-3000:]
     lines = stderr_lines(res.stderr)
     assert lines[-2] == "llmlab: 1 of 3 jobs failed:", res.stderr[-3000:]
@@ -227,6 +271,7 @@ def test_a_sweep_is_one_sbatch_array_with_its_resources_and_a_failing_job_is_rep
 
 # ------------------------------------------------------------------- (b) preemption, requeue, time limit: bit-exact
 
+
 def test_preempted_requeued_and_timed_out_jobs_resume_to_bit_identical_weights(cluster, tmp_path):
     """One job is warned of a preemption (`scancel --signal=USR2`), then requeued from outside (`scontrol requeue`:
     SIGTERM); another runs into its one-minute time limit (SIGUSR2 10 s before it) until it is done. Each attempt
@@ -234,13 +279,28 @@ def test_preempted_requeued_and_timed_out_jobs_resume_to_bit_identical_weights(c
     both end with the weights of an uninterrupted run, bit for bit."""
     steps = 8000  # > 50 s of training even on an idle machine: the time-limited job must be signalled at least once
     args = [*FAST_LM, f"method.max_steps={steps}"]
-    wandb = {"WANDB_MODE": "offline", **{f"WANDB_{k}_DIR": str(tmp_path / k.lower()) for k in ("CACHE", "CONFIG",
-                                                                                                  "DATA")}}
+    wandb = {
+        "WANDB_MODE": "offline",
+        **{f"WANDB_{k}_DIR": str(tmp_path / k.lower()) for k in ("CACHE", "CONFIG", "DATA")},
+    }
     reference = start(*args, env={"LLMLAB_OUTPUTS": str(tmp_path / "reference")})
-    preempted = start("-m", *SLURM, *args, "logger=wandb", "hydra.launcher.timeout_min=10",
-                      env={**wandb, "LLMLAB_OUTPUTS": str(cluster / "preempt")})
-    limited = start("-m", *SLURM, *args, "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=10",
-                    "hydra.launcher.max_num_timeout=20", env={"LLMLAB_OUTPUTS": str(cluster / "limit")})
+    preempted = start(
+        "-m",
+        *SLURM,
+        *args,
+        "logger=wandb",
+        "hydra.launcher.timeout_min=10",
+        env={**wandb, "LLMLAB_OUTPUTS": str(cluster / "preempt")},
+    )
+    limited = start(
+        "-m",
+        *SLURM,
+        *args,
+        "hydra.launcher.timeout_min=1",
+        "hydra.launcher.signal_delay_s=10",
+        "hydra.launcher.max_num_timeout=20",
+        env={"LLMLAB_OUTPUTS": str(cluster / "limit")},
+    )
     sweep, limit_sweep = sweep_of(cluster / "preempt", preempted), sweep_of(cluster / "limit", limited)
     run = sweep / "0"
 
@@ -248,6 +308,7 @@ def test_preempted_requeued_and_timed_out_jobs_resume_to_bit_identical_weights(c
         def cond() -> bool:
             meta = read_json(run / "meta.json")
             return meta.get("attempt") == n and meta.get("status") == "running" and len(logged_steps(run)) > past
+
         return cond
 
     # (1) a preemption warning: SIGUSR2, as `sbatch --signal` sends it
@@ -299,6 +360,7 @@ def test_preempted_requeued_and_timed_out_jobs_resume_to_bit_identical_weights(c
 
 # ------------------------------------------------------------------------------- (c) scancel, then resume=auto
 
+
 def test_a_cancelled_job_is_reported_interrupted_and_resume_auto_finishes_only_it(cluster):
     args = ["-m", *SLURM, *FAST_LM, "method.max_steps=30,3000"]
     sweep_proc = start(*args)
@@ -307,8 +369,12 @@ def test_a_cancelled_job_is_reported_interrupted_and_resume_auto_finishes_only_i
         found = list((cluster / "multirun").glob("*/*"))
         return found[0] if found else None
 
-    wait_until("the long job's first 100 steps", lambda: len(logged_steps((sweep_dir() or cluster) / "1")) > 100,
-               300, sweep_proc)
+    wait_until(
+        "the long job's first 100 steps",
+        lambda: len(logged_steps((sweep_dir() or cluster) / "1")) > 100,
+        300,
+        sweep_proc,
+    )
     sweep = sweep_dir()
     slurm_cmd("scancel", task_id(sweep, 1))
     code, err = finish(sweep_proc)
@@ -337,12 +403,20 @@ def test_a_cancelled_job_is_reported_interrupted_and_resume_auto_finishes_only_i
 
 # -------------------------------------------------------------------------------- (d) two processes in one job
 
+
 def test_a_two_process_gloo_job_runs_under_slurm_and_survives_a_preemption(cluster):
     """hardware.nproc=2 on the CPU: the job (one SLURM task with 2 CPUs) starts its two ranks with torchrun. Warned
     of a preemption (SIGUSR2 reaches every process of the job), both ranks finish their step and stop, rank 0
     checkpoints, the job is requeued and the ranks continue from that step."""
-    proc = start("-m", "hydra/launcher=slurm", "hydra.launcher.cpus_per_task=2", "hydra.launcher.mem_gb=2", *FAST_LM,
-                 "method.max_steps=1500", "hardware.nproc=2")
+    proc = start(
+        "-m",
+        "hydra/launcher=slurm",
+        "hydra.launcher.cpus_per_task=2",
+        "hydra.launcher.mem_gb=2",
+        *FAST_LM,
+        "method.max_steps=1500",
+        "hardware.nproc=2",
+    )
     sweep = sweep_of(cluster, proc)
     run = sweep / "0"
     wait_until("100 steps on two ranks", lambda: len(logged_steps(run)) > 100, 300, proc)
@@ -367,8 +441,15 @@ def test_a_job_of_two_slurm_tasks_is_one_process_group(cluster):
     """What `hydra.launcher.nodes=N` does on a real cluster, on one node: each SLURM task (srun) starts its own
     torchrun, and the torchruns meet at the first task's host, so 2 tasks x 1 process train as ranks 0 and 1."""
     sweep = cluster / "sweep"
-    res = run_cli("-m", *SLURM, "hydra.launcher.tasks_per_node=2", *FAST_LM, "method.max_steps=40",
-                  f"hydra.sweep.dir={sweep}", timeout=600)
+    res = run_cli(
+        "-m",
+        *SLURM,
+        "hydra.launcher.tasks_per_node=2",
+        *FAST_LM,
+        "method.max_steps=40",
+        f"hydra.sweep.dir={sweep}",
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     job = array_id(sweep)
     script = (sweep / ".submitit" / job / f"{job}_submission.sh").read_text().splitlines()
@@ -380,6 +461,7 @@ def test_a_job_of_two_slurm_tasks_is_one_process_group(cluster):
 
 # ------------------------------------------------------------------------------------ (e) an Optuna search on SLURM
 
+
 def test_an_optuna_search_runs_its_trials_as_slurm_jobs(cluster):
     """hydra/sweeper=optuna with the slurm launcher: each batch of `n_jobs` trials is one sbatch array; the study
     (SQLite in the sweep directory) gets each job's objective and the best trial is reported."""
@@ -387,8 +469,16 @@ def test_an_optuna_search_runs_its_trials_as_slurm_jobs(cluster):
 
     from tests.test_optuna import SEARCH_FT
 
-    res = run_cli("-m", "hydra/sweeper=optuna", *SLURM, *SEARCH_FT, "method.lr=tag(log,interval(1e-4,1e-1))",
-                  "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2", timeout=600)
+    res = run_cli(
+        "-m",
+        "hydra/sweeper=optuna",
+        *SLURM,
+        *SEARCH_FT,
+        "method.lr=tag(log,interval(1e-4,1e-1))",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.n_jobs=2",
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     (sweep,) = (cluster / "multirun").glob("*/*")
     job = array_id(sweep)
@@ -401,4 +491,3 @@ def test_an_optuna_search_runs_its_trials_as_slurm_jobs(cluster):
     assert (report["best_trial"], report["best_value"], report["completed_trials"]) == (best, losses[best], 2)
     assert report["run_dir"] == str(sweep / str(best)) and (sweep / "optuna.db").is_file()
     assert "llmlab: optuna: best of 2 trials" in res.stderr
-

@@ -22,8 +22,14 @@ from .common import FEATURES, ROW_FIELDS, SPLITS, Ctx, TaskSpec, make_rng, stabl
 
 __all__ = ["ROW_FIELDS", "SPLITS", "TASKS", "TaskSpec", "build_split", "load_implicit", "stable_seed", "task_spec"]
 
-_MODULES = {"expression": expression, "code": code_reading, "bool": boolean, "relation": relation,
-            "algebra": algebra, "parity": parity}
+_MODULES = {
+    "expression": expression,
+    "code": code_reading,
+    "bool": boolean,
+    "relation": relation,
+    "algebra": algebra,
+    "parity": parity,
+}
 TASKS: tuple[str, ...] = tuple(_MODULES)
 MAX_ROWS = 1_000_000  # per split: more is a typo, not an experiment (rows and their dedup set live in memory)
 
@@ -74,8 +80,10 @@ def _check_sizes(task: str, faithful: bool, opts: dict, sizes: dict[str, int]) -
         splits = [s for s in sizes if _variant(s) == variant]
         want, have = sum(sizes[s] for s in splits), space(variant, faithful, opts)
         if want > have:
-            raise LlmlabError(f"implicit task {task!r} has {have} distinct {variant} questions, fewer than the "
-                              f"{want} asked for ({' + '.join(splits)})")
+            raise LlmlabError(
+                f"implicit task {task!r} has {have} distinct {variant} questions, fewer than the "
+                f"{want} asked for ({' + '.join(splits)})"
+            )
 
 
 def _rows(task: str, split: str, n: int, seed: int, faithful: bool, opts: dict, seen: set[str]) -> list[dict]:
@@ -101,8 +109,15 @@ def _draw(task: str, split: str, n: int, seed: int, faithful: bool, opts: dict, 
                 raise LlmlabError(f"could not draw {n} distinct {task}/{split} questions (question space too small)")
             continue
         seen.add(it["question"])
-        yield {"id": f"{task}/{split}/{i:05d}", "task": task, "split": split, "variant": variant, **it,
-               "answer_kind": spec.answer_kind, "meta": json.dumps(it["meta"], sort_keys=True)}
+        yield {
+            "id": f"{task}/{split}/{i:05d}",
+            "task": task,
+            "split": split,
+            "variant": variant,
+            **it,
+            "answer_kind": spec.answer_kind,
+            "meta": json.dumps(it["meta"], sort_keys=True),
+        }
         i += 1
 
 
@@ -123,8 +138,16 @@ def build_split(task: str, split: str, n: int, seed: int, faithful: bool = False
     return _dataset(_rows(task, split, n, seed, faithful, opts, set()))
 
 
-def load_implicit(task: str, seed: int, faithful: bool = False, n_test: int = 200, n_train_ft: int = 1000,
-                  n_icl_pool: int = 1000, limit: int | None = None, **options) -> dict[str, Dataset]:
+def load_implicit(
+    task: str,
+    seed: int,
+    faithful: bool = False,
+    n_test: int = 200,
+    n_train_ft: int = 1000,
+    n_icl_pool: int = 1000,
+    limit: int | None = None,
+    **options,
+) -> dict[str, Dataset]:
     """All four splits; questions are unique across splits (exact string), drawn in the order of ``SPLITS``.
 
     ``train_ft`` equals ``build_split(task, "train_ft", ...)``; later splits skip questions already drawn.

@@ -16,8 +16,10 @@ import random
 
 from .common import Ctx, TaskSpec, binary, header, item
 
-HEADER = ("Here are some boolean expressions, you need to directly tell me the result. If it is true, print True, "
-          "else print False. Here are some examples: \n")
+HEADER = (
+    "Here are some boolean expressions, you need to directly tell me the result. If it is true, print True, "
+    "else print False. Here are some examples: \n"
+)
 OPTIONS = {"bool_variant": ("shortcut", "random")}
 INSTR = " The result is: "
 
@@ -66,8 +68,12 @@ def generate(rng: random.Random, ctx: Ctx) -> dict:
         text = f"{text} or True" if value else f"({text}) and False"
     labels = ("0", "1") if ctx.faithful else ("False", "True")
     answer, target, cands = binary(value, labels, "" if ctx.faithful else " ")
-    meta = {"expr": text, "shortcut": None if shortcut is None else labels[shortcut], "full": answer,
-            "bool_variant": ctx.options["bool_variant"]}
+    meta = {
+        "expr": text,
+        "shortcut": None if shortcut is None else labels[shortcut],
+        "full": answer,
+        "bool_variant": ctx.options["bool_variant"],
+    }
     if ctx.faithful:
         question = text + "\n" + INSTR
         demo = question + answer if value else answer + "\n"  # Bug 4

@@ -35,9 +35,11 @@ def render(snip: Snippet, c: int, d: int, faithful: bool, counter: bool) -> str:
     """The program text, ending with a newline."""
     imports = "".join(f"import {m}\n" for m in snip.imports) + ("\n" if snip.imports else "")
     args = "function1(input_value), input_value" if counter else "input_value, function1(input_value)"
-    return (f"{imports}def function1(x):\n{snip.body.format(c=c, d=d)}\n\n"
-            f"def function2(z, a):\n    return z {snip.op} {snip.k}\n\n"
-            f"input_value = {snip.input_style if faithful else 'int(input())'}\nprint(function2({args}))\n")
+    return (
+        f"{imports}def function1(x):\n{snip.body.format(c=c, d=d)}\n\n"
+        f"def function2(z, a):\n    return z {snip.op} {snip.k}\n\n"
+        f"input_value = {snip.input_style if faithful else 'int(input())'}\nprint(function2({args}))\n"
+    )
 
 
 def generate(rng: random.Random, ctx: Ctx) -> dict:
@@ -59,8 +61,18 @@ def generate(rng: random.Random, ctx: Ctx) -> dict:
     alts = ([shortcut] if ctx.counter else []) + [OPS[o](z, k) for o in ALT_OPS[snip.op]] + [value + 1]
     distractor = next(fmt_num(a) for a in alts if a != value and fmt_num(a) != answer)
     body = "The code is: \n" + render(snip, c, d, ctx.faithful, ctx.counter) + f"The input is: {v}, so the output is:"
-    meta = {"snippet": snip.id, "op": snip.op, "k": snip.k, "k_used": k, "input": v, "c": c, "d": d, "function1": f1,
-            "shortcut": fmt_num(shortcut), "full": answer}
+    meta = {
+        "snippet": snip.id,
+        "op": snip.op,
+        "k": snip.k,
+        "k_used": k,
+        "input": v,
+        "c": c,
+        "d": d,
+        "function1": f1,
+        "shortcut": fmt_num(shortcut),
+        "full": answer,
+    }
     if ctx.faithful:
         cands = shuffled(rng, answer, distractor)
         demo = body + " " + answer + "\nHere is next example:\n"

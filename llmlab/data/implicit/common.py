@@ -11,11 +11,26 @@ from datasets import Features, List, Value
 
 SPLITS = ("train_ft", "icl_pool", "test_pattern", "test_counter")
 ANSWER_KINDS = ("int", "number", "bool")
-ROW_FIELDS = ("id", "task", "split", "variant", "question", "answer", "target", "candidates", "label", "demo",
-              "ft_text", "answer_kind", "meta")
+ROW_FIELDS = (
+    "id",
+    "task",
+    "split",
+    "variant",
+    "question",
+    "answer",
+    "target",
+    "candidates",
+    "label",
+    "demo",
+    "ft_text",
+    "answer_kind",
+    "meta",
+)
 FEATURES = Features(
-    {f: List(Value("string")) if f == "candidates" else Value("int64") if f == "label" else Value("string")
-     for f in ROW_FIELDS}
+    {
+        f: List(Value("string")) if f == "candidates" else Value("int64") if f == "label" else Value("string")
+        for f in ROW_FIELDS
+    }
 )
 
 
@@ -59,8 +74,9 @@ def header(text: str, faithful: bool) -> str:
     return text if faithful else text.rstrip(" \n") + "\n"
 
 
-def sum_expr(rng: random.Random, n_min: int, n_max: int, r: int, target: int | None = None,
-             allow_neg: bool = True) -> tuple[str, int]:
+def sum_expr(
+    rng: random.Random, n_min: int, n_max: int, r: int, target: int | None = None, allow_neg: bool = True
+) -> tuple[str, int]:
     """Signed integer terms summing to ``target`` (spec 1.0): ``(string, target)``."""
     low = -r if allow_neg else 0
     n = rng.randint(n_min, n_max)
@@ -92,9 +108,16 @@ def shuffled(rng: random.Random, *cands: str) -> list[str]:
     return out
 
 
-def item(question: str, answer: str, target: str, candidates: list[str], demo: str, ft_text: str,
-         meta: dict) -> dict:
+def item(question: str, answer: str, target: str, candidates: list[str], demo: str, ft_text: str, meta: dict) -> dict:
     """One generated item (the row minus bookkeeping fields)."""
     assert target in candidates and len(set(candidates)) == len(candidates), (target, candidates)
-    return {"question": question, "answer": answer, "target": target, "candidates": candidates,
-            "label": candidates.index(target), "demo": demo, "ft_text": ft_text, "meta": meta}
+    return {
+        "question": question,
+        "answer": answer,
+        "target": target,
+        "candidates": candidates,
+        "label": candidates.index(target),
+        "demo": demo,
+        "ft_text": ft_text,
+        "meta": meta,
+    }

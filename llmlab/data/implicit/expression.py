@@ -39,8 +39,17 @@ def generate(rng: random.Random, ctx: Ctx) -> dict:
         distractor = value + 1
     answer = str(value)
     demo = question + answer + (" \n " if ctx.faithful else "\n")
-    meta = {"S": s, "Z": z, "C": c, "vs": vs, "vz": vz, "vc": vc, "shortcut": str(vs), "full": answer,
-            "format": "ft_released" if old_ft else "head"}
+    meta = {
+        "S": s,
+        "Z": z,
+        "C": c,
+        "vs": vs,
+        "vz": vz,
+        "vc": vc,
+        "shortcut": str(vs),
+        "full": answer,
+        "format": "ft_released" if old_ft else "head",
+    }
     return item(question, answer, answer, shuffled(rng, answer, str(distractor)), demo, question + answer, meta)
 
 

@@ -13,8 +13,10 @@ import random
 
 from .common import Ctx, TaskSpec, binary, item
 
-HEADER = ("A lamp starts off. Each X flips its switch and each O does nothing. Tell me whether the lamp is on at the "
-          "end (Answer True or False). Here are some examples:\n")
+HEADER = (
+    "A lamp starts off. Each X flips its switch and each O does nothing. Tell me whether the lamp is on at the "
+    "end (Answer True or False). Here are some examples:\n"
+)
 
 
 def spec(faithful: bool) -> TaskSpec:

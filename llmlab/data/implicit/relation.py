@@ -13,8 +13,10 @@ from itertools import pairwise
 
 from .common import Ctx, TaskSpec, binary, header, item
 
-HEADER = ("Here are some cities expressed as A, B, C, etc. I will show some connection relations, and you need to tell "
-          "me if city A and city Z are connected (Answer True or False). Here are some examples: \n")
+HEADER = (
+    "Here are some cities expressed as A, B, C, etc. I will show some connection relations, and you need to tell "
+    "me if city A and city Z are connected (Answer True or False). Here are some examples: \n"
+)
 ASK = " So 'the city A and Z is connected' is "
 
 

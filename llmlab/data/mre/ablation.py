@@ -20,8 +20,17 @@ from llmlab.data.implicit.common import make_rng
 from llmlab.data.mre.format import write_output, write_wl
 from llmlab.errors import LlmlabError
 
-CONDITIONS = ("tl_only", "tl_plus_wli", "wl_only", "wl_plus_tli", "joint", "tl_plus_wli_shuffled",
-              "wl_plus_tli_shuffled", "tl_neutral", "wl_neutral")
+CONDITIONS = (
+    "tl_only",
+    "tl_plus_wli",
+    "wl_only",
+    "wl_plus_tli",
+    "joint",
+    "tl_plus_wli_shuffled",
+    "wl_plus_tli_shuffled",
+    "tl_neutral",
+    "wl_neutral",
+)
 
 
 def target_level(condition: str) -> str:
@@ -47,9 +56,14 @@ def condition_pair(condition: str, row: dict, partner: dict) -> tuple[str, str]:
         raise LlmlabError(f"unknown MRE ablation condition {condition!r}; choose from {', '.join(CONDITIONS)}")
     task, wl = row["task"], [tuple(w) for w in row["wl"]]
     base = f"{row['text']}/{task}"
-    extra = {"tl_plus_wli": "/" + write_wl(task, wl), "wl_plus_tli": "/" + row["tl"],
-             "tl_plus_wli_shuffled": "/" + write_wl(task, [tuple(w) for w in partner["wl"]]),
-             "wl_plus_tli_shuffled": "/" + partner["tl"], "tl_neutral": "/unknown", "wl_neutral": "/unknown"}
+    extra = {
+        "tl_plus_wli": "/" + write_wl(task, wl),
+        "wl_plus_tli": "/" + row["tl"],
+        "tl_plus_wli_shuffled": "/" + write_wl(task, [tuple(w) for w in partner["wl"]]),
+        "wl_plus_tli_shuffled": "/" + partner["tl"],
+        "tl_neutral": "/unknown",
+        "wl_neutral": "/unknown",
+    }
     target = {"tl": row["tl"], "wl": write_wl(task, wl), "joint": write_output(row["tl"], task, wl)}
     return base + extra.get(condition, "") + "\n", target[target_level(condition)] + "\n"
 
@@ -70,6 +84,8 @@ def training_rows(dataset_cfg, seed: int) -> list[dict]:
 
     condition = dict(dataset_cfg.options).get("condition")
     if condition is None:
-        raise LlmlabError(f"dataset '{dataset_cfg.name}': fine-tuning on MRE data needs dataset.options.condition "
-                          f"(one of {', '.join(CONDITIONS)}); method=mre_ablation sets it per arm")
+        raise LlmlabError(
+            f"dataset '{dataset_cfg.name}': fine-tuning on MRE data needs dataset.options.condition "
+            f"(one of {', '.join(CONDITIONS)}); method=mre_ablation sets it per arm"
+        )
     return condition_rows(load_mre(dataset_cfg, seed).train, condition, seed, "train")

@@ -10,8 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 # Task words of the MMM English files (spec 1.3) and the WL item arity each uses.
-TASK_FIELDS = {"NER": 2, "Sentiment Relation Word": 2, "Sentiment Adj and N": 2, "Sentiment Adj": 2,
-               "Sentiment N": 2, "Relation Extraction": 3, "Event Extraction": 2}
+TASK_FIELDS = {
+    "NER": 2,
+    "Sentiment Relation Word": 2,
+    "Sentiment Adj and N": 2,
+    "Sentiment Adj": 2,
+    "Sentiment N": 2,
+    "Relation Extraction": 3,
+    "Event Extraction": 2,
+}
 
 
 class FormatError(ValueError):
@@ -29,8 +36,15 @@ class MreRecord:
     id: str = ""
 
     def as_row(self) -> dict:
-        return {"id": self.id, "text": self.text, "task": self.task, "tl": self.tl, "wl": [list(w) for w in self.wl],
-                "input": write_input(self.text, self.task), "output": write_output(self.tl, self.task, self.wl)}
+        return {
+            "id": self.id,
+            "text": self.text,
+            "task": self.task,
+            "tl": self.tl,
+            "wl": [list(w) for w in self.wl],
+            "input": write_input(self.text, self.task),
+            "output": write_output(self.tl, self.task, self.wl),
+        }
 
 
 def wl_label(item: tuple[str, ...]) -> str:
@@ -89,8 +103,9 @@ def parse_wl(task: str, s: str) -> list[tuple[str, ...]]:
     for p in parts:
         fields = tuple(p.split(";"))
         if len(fields) != TASK_FIELDS[task] or not all(fields):
-            raise FormatError(f"word-level item {p!r} must have {TASK_FIELDS[task]} non-empty ';'-separated fields "
-                              f"for task {task!r}")
+            raise FormatError(
+                f"word-level item {p!r} must have {TASK_FIELDS[task]} non-empty ';'-separated fields for task {task!r}"
+            )
         items.append(fields)
     return items
 
@@ -113,7 +128,7 @@ def parse_input(s: str) -> tuple[str, str]:
     s = s.rstrip("\n")
     for task in sorted(TASK_FIELDS, key=len, reverse=True):
         if s.endswith("/" + task) and len(s) > len(task) + 1:
-            return s[:-len(task) - 1], task
+            return s[: -len(task) - 1], task
     if "/" not in s:
         raise FormatError(f"input {s[:60]!r} is missing the '/TASK' separator")
     raise FormatError(f"unknown task word {s.rsplit('/', 1)[1]!r} in input; expected one of {', '.join(TASK_FIELDS)}")

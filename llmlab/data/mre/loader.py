@@ -49,8 +49,10 @@ class MreData:
         for label in self.labels:
             pool = [r for r in self.train if r["tl"] == label]
             if len(pool) < per_class:
-                raise LlmlabError(f"dataset '{self.name}': {per_class} demonstrations per class but only {len(pool)} "
-                                  f"training rows of label {label!r}")
+                raise LlmlabError(
+                    f"dataset '{self.name}': {per_class} demonstrations per class but only {len(pool)} "
+                    f"training rows of label {label!r}"
+                )
             demos += rng.sample(pool, per_class)
         rng.shuffle(demos)
         return demos
@@ -81,18 +83,31 @@ def _synthetic(cfg: DatasetConfig, seed: int) -> MreData:
         raise LlmlabError(f"dataset '{cfg.name}': unknown option(s) {sorted(unknown)}; known: {sorted(DEFAULTS)}")
     for key, value in opts.items():  # the generator trusts their types
         flag = isinstance(DEFAULTS[key], bool)
-        ok = isinstance(value, bool) if flag else isinstance(value, (int, float)) and not isinstance(value, bool) \
-            and 0.0 <= value <= 1.0
+        ok = (
+            isinstance(value, bool)
+            if flag
+            else isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0
+        )
         if not ok:
             kind = "true or false" if flag else "a number in [0, 1]"
             raise LlmlabError(f"dataset '{cfg.name}': options.{key} must be {kind}, got {value!r}")
-    splits = {s: generate(subset, s, n, seed, **opts)
-              for s, n in (("train", cfg.n_train_ft), ("dev", cfg.n_icl_pool), ("test", cfg.n_test))}
+    splits = {
+        s: generate(subset, s, n, seed, **opts)
+        for s, n in (("train", cfg.n_train_ft), ("dev", cfg.n_icl_pool), ("test", cfg.n_test))
+    }
     if not splits["train"] or not splits["test"]:
         raise LlmlabError(f"dataset '{cfg.name}': n_train_ft and n_test must be > 0")
     task, labels, _ = SUBSETS[subset]
-    return MreData(cfg.name, subset, task, sorted(labels), splits["train"], splits["test"], splits["dev"],
-                   manifest={s: split_sha256(r) for s, r in splits.items()})
+    return MreData(
+        cfg.name,
+        subset,
+        task,
+        sorted(labels),
+        splits["train"],
+        splits["test"],
+        splits["dev"],
+        manifest={s: split_sha256(r) for s, r in splits.items()},
+    )
 
 
 def read_records(path: str | Path, skip: bool = False) -> tuple[list[dict], list[str]]:
@@ -103,8 +118,11 @@ def read_records(path: str | Path, skip: bool = False) -> tuple[list[dict], list
     rows, skipped = [], []
     for line, obj in _raw_objects(path):
         try:
-            if not isinstance(obj, dict) or not isinstance(obj.get("input"), str) or not isinstance(
-                    obj.get("output"), str):
+            if (
+                not isinstance(obj, dict)
+                or not isinstance(obj.get("input"), str)
+                or not isinstance(obj.get("output"), str)
+            ):
                 raise FormatError("expected an object with string fields 'input' and 'output'")
             rows.append(parse_pair(obj["input"], obj["output"], id=f"{path.name}:{line}").as_row())
             rows[-1]["line"] = line
@@ -122,7 +140,7 @@ def _raw_objects(path: Path):
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        line = e.object[:e.start].count(b"\n") + 1
+        line = e.object[: e.start].count(b"\n") + 1
         raise LlmlabError(f"{path}:{line}: not valid UTF-8") from None
     if path.suffix.lower() == ".csv":
         reader = csv.DictReader(text.splitlines())
@@ -173,17 +191,28 @@ def _from_files(cfg: DatasetConfig, test_path: str | Path, train_path: str | Pat
     labels = sorted({r["tl"] for r in train})
     for r in test:
         if r["tl"] not in labels:
-            raise LlmlabError(f"{test_path}:{r['line']}: test label {r['tl']!r} does not occur in the training data "
-                              f"{train_path} (labels: {', '.join(labels)})")
-    return MreData(cfg.name, subset, tasks.pop(), labels, _subsample(train, cfg.n_train_ft),
-                   _subsample(test, cfg.n_test), skipped=skipped_train + skipped_test,
-                   manifest={"train": str(train_path), "test": str(test_path)})
+            raise LlmlabError(
+                f"{test_path}:{r['line']}: test label {r['tl']!r} does not occur in the training data "
+                f"{train_path} (labels: {', '.join(labels)})"
+            )
+    return MreData(
+        cfg.name,
+        subset,
+        tasks.pop(),
+        labels,
+        _subsample(train, cfg.n_train_ft),
+        _subsample(test, cfg.n_test),
+        skipped=skipped_train + skipped_test,
+        manifest={"train": str(train_path), "test": str(test_path)},
+    )
 
 
 def _files(cfg: DatasetConfig) -> MreData:
     if not cfg.path or not cfg.pool_path:
-        raise LlmlabError(f"dataset '{cfg.name}': source=mre_file needs dataset.path=<test file> and "
-                          "dataset.pool_path=<training file> (JSON, JSONL or CSV with input/output)")
+        raise LlmlabError(
+            f"dataset '{cfg.name}': source=mre_file needs dataset.path=<test file> and "
+            "dataset.pool_path=<training file> (JSON, JSONL or CSV with input/output)"
+        )
     return _from_files(cfg, cfg.path, cfg.pool_path, _subset(cfg))
 
 
@@ -203,6 +232,8 @@ def _hub(cfg: DatasetConfig) -> MreData:
         raise
     except Exception as e:  # offline, hub errors: one line, with the offline alternative
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise LlmlabError(f"dataset '{cfg.name}': cannot fetch MMM files from the Hub ({first}); download them and "
-                          "use dataset=mre/file dataset.path=<test.json> dataset.pool_path=<train.json>") from None
+        raise LlmlabError(
+            f"dataset '{cfg.name}': cannot fetch MMM files from the Hub ({first}); download them and "
+            "use dataset=mre/file dataset.path=<test.json> dataset.pool_path=<train.json>"
+        ) from None
     return _from_files(cfg, paths[0], paths[1], subset)

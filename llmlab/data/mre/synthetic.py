@@ -30,42 +30,102 @@ SUBSETS = {
 DEFAULTS = {"coupling": 0.85, "override_cue": True, "decoupled_control": False, "label_noise": 0.0}
 
 # --- sentiment lexicon -------------------------------------------------------------------------------------------
-ASPECTS = ("battery", "screen", "delivery", "staff", "soup", "price", "design", "sound", "packaging", "manual",
-           "wait", "build", "portion", "phone")
-ADJ = {"positive": ("good", "great", "excellent", "lovely", "sturdy", "fast", "pleasant", "superb"),
-       "negative": ("bad", "poor", "terrible", "flimsy", "slow", "awful", "disappointing", "noisy")}
+ASPECTS = (
+    "battery",
+    "screen",
+    "delivery",
+    "staff",
+    "soup",
+    "price",
+    "design",
+    "sound",
+    "packaging",
+    "manual",
+    "wait",
+    "build",
+    "portion",
+    "phone",
+)
+ADJ = {
+    "positive": ("good", "great", "excellent", "lovely", "sturdy", "fast", "pleasant", "superb"),
+    "negative": ("bad", "poor", "terrible", "flimsy", "slow", "awful", "disappointing", "noisy"),
+}
 # Context-dependent words: the same adjective is positive for one aspect and negative for another.
-ASPECT_ADJ = {"battery": {"positive": ("long",), "negative": ("short",)},
-              "wait": {"positive": ("short",), "negative": ("long",)},
-              "price": {"positive": ("cheap", "fair"), "negative": ("steep",)},
-              "build": {"positive": ("solid",), "negative": ("cheap",)},
-              "phone": {"positive": ("small",), "negative": ("heavy",)},
-              "portion": {"positive": ("generous",), "negative": ("small",)}}
-NOUN = {"positive": ("masterpiece", "bargain", "gem", "delight", "treasure"),
-        "negative": ("defect", "disaster", "ripoff", "nightmare", "letdown")}
+ASPECT_ADJ = {
+    "battery": {"positive": ("long",), "negative": ("short",)},
+    "wait": {"positive": ("short",), "negative": ("long",)},
+    "price": {"positive": ("cheap", "fair"), "negative": ("steep",)},
+    "build": {"positive": ("solid",), "negative": ("cheap",)},
+    "phone": {"positive": ("small",), "negative": ("heavy",)},
+    "portion": {"positive": ("generous",), "negative": ("small",)},
+}
+NOUN = {
+    "positive": ("masterpiece", "bargain", "gem", "delight", "treasure"),
+    "negative": ("defect", "disaster", "ripoff", "nightmare", "letdown"),
+}
 VERB = {"positive": ("love", "recommend", "enjoyed", "adore"), "negative": ("hated", "regret", "returned", "dislike")}
 STARS = {"positive": ("four", "five"), "negative": ("one", "two")}
 
 # --- topic lexicon -----------------------------------------------------------------------------------------------
-SYLLABLES = ("ka", "vel", "mor", "tan", "sik", "lo", "ran", "bri", "do", "zen", "qua", "fir", "nel", "os", "pim",
-             "tu", "var", "gel", "sho", "ret")
-TYPE_WEIGHTS = {"Sports": {"Person": 3, "Organization": 2, "Event": 2, "Facility": 2},
-                "Politics": {"Person": 3, "Political Organization": 3, "Event": 1, "Location": 1},
-                "Nature": {"Location": 4, "Facility": 1, "Organization": 1},
-                "Technology": {"Product Name": 3, "Organization": 3, "Person": 1},
-                "Literature": {"Person": 3, "Product Name": 2, "Event": 1}}
-TYPE_SUFFIX = {"Organization": ("Group", "Company"), "Political Organization": ("Party", "League"),
-               "Facility": ("Hall", "Center"), "Product Name": ("One", "Pro"), "Event": ("Festival", "Forum")}
-TYPE_FRAME = {"Person": "{e} spoke to reporters", "Organization": "{e} issued a statement",
-              "Political Organization": "{e} issued a statement", "Location": "visitors arrived in {e}",
-              "Facility": "{e} reopened", "Product Name": "{e} was presented", "Event": "{e} took place"}
-TOPIC_CUE = {"Sports": "match", "Politics": "election", "Nature": "forest", "Technology": "software",
-             "Literature": "novel"}
-RELATIONS = {"Sports": ("plays_for", "Person", "Organization", "plays for"),
-             "Politics": ("member_of", "Person", "Political Organization", "joined"),
-             "Nature": ("located_in", "Facility", "Location", "lies in"),
-             "Technology": ("founded", "Person", "Organization", "founded"),
-             "Literature": ("wrote", "Person", "Product Name", "wrote")}
+SYLLABLES = (
+    "ka",
+    "vel",
+    "mor",
+    "tan",
+    "sik",
+    "lo",
+    "ran",
+    "bri",
+    "do",
+    "zen",
+    "qua",
+    "fir",
+    "nel",
+    "os",
+    "pim",
+    "tu",
+    "var",
+    "gel",
+    "sho",
+    "ret",
+)
+TYPE_WEIGHTS = {
+    "Sports": {"Person": 3, "Organization": 2, "Event": 2, "Facility": 2},
+    "Politics": {"Person": 3, "Political Organization": 3, "Event": 1, "Location": 1},
+    "Nature": {"Location": 4, "Facility": 1, "Organization": 1},
+    "Technology": {"Product Name": 3, "Organization": 3, "Person": 1},
+    "Literature": {"Person": 3, "Product Name": 2, "Event": 1},
+}
+TYPE_SUFFIX = {
+    "Organization": ("Group", "Company"),
+    "Political Organization": ("Party", "League"),
+    "Facility": ("Hall", "Center"),
+    "Product Name": ("One", "Pro"),
+    "Event": ("Festival", "Forum"),
+}
+TYPE_FRAME = {
+    "Person": "{e} spoke to reporters",
+    "Organization": "{e} issued a statement",
+    "Political Organization": "{e} issued a statement",
+    "Location": "visitors arrived in {e}",
+    "Facility": "{e} reopened",
+    "Product Name": "{e} was presented",
+    "Event": "{e} took place",
+}
+TOPIC_CUE = {
+    "Sports": "match",
+    "Politics": "election",
+    "Nature": "forest",
+    "Technology": "software",
+    "Literature": "novel",
+}
+RELATIONS = {
+    "Sports": ("plays_for", "Person", "Organization", "plays for"),
+    "Politics": ("member_of", "Person", "Political Organization", "joined"),
+    "Nature": ("located_in", "Facility", "Location", "lies in"),
+    "Technology": ("founded", "Person", "Organization", "founded"),
+    "Literature": ("wrote", "Person", "Product Name", "wrote"),
+}
 
 
 def example_rng(name: str, split: str, i: int, seed: int) -> random.Random:
