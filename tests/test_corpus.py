@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 from llmlab.config import DatasetConfig
 from llmlab.data import corpus as C
 from llmlab.errors import LlmlabError
+from tests.helpers import SHARED, compose
 
 WORDS = [
     "the",
@@ -121,3 +122,23 @@ def test_an_empty_corpus_is_refused(tmp_path):
     (tmp_path / "empty.txt").write_text("  \n")
     with pytest.raises(LlmlabError, match="is empty"):
         C.load_corpus(dataset(files=[str(tmp_path / "empty.txt")]), tmp_path)
+
+
+def test_relative_corpus_globs_fall_back_to_the_repository_root(tmp_path, monkeypatch):
+    from llmlab.data.corpus import match_files
+    from llmlab.paths import REPO_ROOT
+
+    monkeypatch.chdir(tmp_path)  # not the repository root
+    found = match_files("conf/dataset/corpus/*.yaml")
+    assert found and all(p.startswith(str(REPO_ROOT)) for p in found)
+    (tmp_path / "conf" / "dataset" / "corpus").mkdir(parents=True)
+    (tmp_path / "conf" / "dataset" / "corpus" / "own.yaml").write_text("x")
+    assert match_files("conf/dataset/corpus/*.yaml") == [str(tmp_path / "conf/dataset/corpus/own.yaml")]  # cwd first
+
+
+@pytest.mark.skipif(not (SHARED / "data" / "corpus" / "shakespeare").is_dir(), reason="no ../shared corpus here")
+def test_the_shakespeare_corpus_loads_from_any_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = compose(["dataset=corpus/shakespeare", "dataset.max_chars=20000"]).dataset
+    corpus = C.load_corpus(cfg, tmp_path / "cache")
+    assert len(corpus.train) > 1000

@@ -59,7 +59,9 @@ def test_hardware_resolution():
     assert hw.device.type == "cpu" and hw.dtype == torch.float32 and hw.is_main
     with pytest.raises(LlmlabError, match="dtype"):
         setup_hardware(OmegaConf.merge(compose(["hardware=cpu"]).hardware, {"dtype": "fp8"}))
-    if not torch.cuda.is_available():
+    if torch.cuda.is_available():
+        assert setup_hardware(compose(["hardware=gpu"]).hardware).device.type == "cuda"
+    else:
         with pytest.raises(LlmlabError, match="no CUDA GPU"):
             setup_hardware(compose(["hardware=gpu"]).hardware)
 

@@ -2,8 +2,8 @@
 layout, pretraining, and ICL scoring of a saved model. All weights random (the official init zeroes most matrices,
 which would make equivalence tests vacuous).
 
-The Triton kernel runs under TRITON_INTERPRET=1 on the CPU, set by importing the StableMask tests' module before
-triton (see its docstring); if triton was imported compiled first, the Triton tests run in a subprocess instead.
+The Triton kernel runs under TRITON_INTERPRET=1 on the CPU, set by tests/conftest.py before triton is imported; if
+triton was imported compiled first, the Triton tests run in a subprocess instead.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from llmlab.models.rwkv import RWKV, L2Wrap, load_rwkv_checkpoint, load_weights
 from llmlab.models.wkv import wkv_chunked, wkv_naive, wkv_sequential
 from llmlab.paths import REPO_ROOT
 from tests.helpers import runner_setup
-from tests.test_stablemask_attention import TRITON_HERE, needs_triton  # sets TRITON_INTERPRET before triton
+from tests.test_stablemask_attention import TRITON_HERE, needs_triton
 
 try:
     from llmlab.kernels import wkv_triton as wt

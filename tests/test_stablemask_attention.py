@@ -1,8 +1,8 @@
 """StableMask attention: the dense reference (the paper's formula), the SDPA sink path and the Triton kernel agree.
 
-The Triton kernel runs under TRITON_INTERPRET=1 on the CPU. Triton reads that variable when its own library is
-imported, so it is set here before anything imports triton; if another test module imported triton first (compiled
-mode), the Triton tests are skipped in this process and run in one subprocess instead.
+The Triton kernel runs under TRITON_INTERPRET=1 on the CPU (set in tests/conftest.py, before anything imports
+triton); if triton was imported in compiled mode anyway, the Triton tests are skipped in this process and run in one
+subprocess instead.
 """
 
 from __future__ import annotations
@@ -13,12 +13,10 @@ import subprocess
 import sys
 import textwrap
 
-os.environ.setdefault("TRITON_INTERPRET", "1")  # before the first `import triton` of the session
+import pytest
+import torch
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from llmlab.models.stablemask import (  # noqa: E402
+from llmlab.models.stablemask import (
     alibi_slopes,
     causal_attention,
     sink_logits,
@@ -26,7 +24,7 @@ from llmlab.models.stablemask import (  # noqa: E402
     stablemask_reference,
     stablemask_sdpa,
 )
-from llmlab.paths import REPO_ROOT  # noqa: E402
+from llmlab.paths import REPO_ROOT
 
 try:
     import triton.language as tl

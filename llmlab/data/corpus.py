@@ -3,7 +3,7 @@
 Sources (`dataset.source`):
 - `corpus_stdlib`: the pydoc topics that ship with CPython (`pydoc_data.topics`), one document per topic; offline.
 - `corpus_files`: local text files from globs (`dataset.files`), one document per file; relative paths are resolved
-  against the current directory.
+  against the current directory, then against the repository root.
 - `corpus_hub`: a Hugging Face dataset (`dataset.hub_id`/`hub_config`), its own train and held-out splits.
 
 Local documents are split by document: a `val_fraction` share of them (seeded by `dataset.split_seed`, at least one)
@@ -29,6 +29,7 @@ import torch
 
 from llmlab.config import DatasetConfig
 from llmlab.errors import LlmlabError
+from llmlab.paths import REPO_ROOT
 from llmlab.tracking import atomic_write
 
 SEPARATOR = "\n\n"
@@ -86,7 +87,10 @@ def read_split(cfg: DatasetConfig) -> tuple[list[str], list[str]]:
     elif cfg.source == "corpus_files":
         docs = read_files(cfg.name, list(cfg.files))
     else:
-        raise LlmlabError(f"unknown corpus source '{cfg.source}'; choose corpus_stdlib, corpus_files or corpus_hub")
+        raise LlmlabError(
+            f"dataset '{cfg.name}' is not a corpus (source {cfg.source}); pretraining reads one: add "
+            "dataset=corpus/pydoc (ships with Python) or another dataset=corpus/*"
+        )
     docs = [d for d in docs if d.strip()]
     if not docs:
         raise LlmlabError(f"corpus '{cfg.name}' is empty")
@@ -95,17 +99,28 @@ def read_split(cfg: DatasetConfig) -> tuple[list[str], list[str]]:
     return split_documents(docs, cfg.val_fraction, cfg.split_seed)
 
 
+def match_files(pattern: str) -> list[str]:
+    """The files matching `pattern`, sorted; a relative pattern that matches nothing from the current directory is
+    tried from the repository root (so `dataset=corpus/shakespeare` works from anywhere in an editable install)."""
+    path = Path(pattern).expanduser()
+    for base in [Path.cwd()] if path.is_absolute() else [Path.cwd(), REPO_ROOT]:
+        found = [p for p in sorted(glob.glob(str(base / path), recursive=True)) if Path(p).is_file()]
+        if found:
+            return found
+    return []
+
+
 def read_files(name: str, patterns: list[str]) -> list[str]:
     """The text of every file matching `patterns` (sorted, each file once)."""
     if not patterns:
         raise LlmlabError(f"corpus '{name}': source=corpus_files needs dataset.files=[<glob>, ...]")
     paths: list[str] = []
     for pattern in patterns:
-        found = sorted(glob.glob(str(Path(pattern).expanduser()), recursive=True))
-        found = [p for p in found if Path(p).is_file()]
+        found = match_files(pattern)
         if not found:
             where = Path(pattern).expanduser().resolve()
-            raise LlmlabError(f"corpus '{name}': no files match '{pattern}' (looked for {where})")
+            also = "" if Path(pattern).expanduser().is_absolute() else f" and {REPO_ROOT / pattern}"
+            raise LlmlabError(f"corpus '{name}': no files match '{pattern}' (looked for {where}{also})")
         paths += [p for p in found if p not in paths]
     texts = []
     for p in paths:
