@@ -71,6 +71,7 @@ def _run(cfg: DictConfig) -> float | None:
         if hw.is_main:
             OmegaConf.update(cfg, "output_dir", str(run_dir.path))
             save_hydra_files(run_dir.path, cfg, hc)
+            say(plan(cfg, hw, run_dir.path))
         name = ",".join(overrides) or cfg.method.runner
         group = Path(hc.sweep.dir).name if hc.mode == RunMode.MULTIRUN else None  # one W&B group per sweep
         tracker = Tracker(cfg, run_dir, name=name, group=group, is_main=hw.is_main)
@@ -81,6 +82,15 @@ def _run(cfg: DictConfig) -> float | None:
     if hw.is_main:
         say(f"run directory: {run_dir.path}")
     return primary_metric(result)
+
+
+def plan(cfg: DictConfig, hw, path: Path) -> str:
+    """The one line a run prints before it starts: what runs, on what, where it writes."""
+    dtype = str(hw.dtype).removeprefix("torch.")
+    return (
+        f"llmlab: {cfg.method.runner} · model {cfg.model.name} · dataset {cfg.dataset.name} · seed {cfg.seed} · "
+        f"{hw.device.type} {dtype} · writing to {path}"
+    )
 
 
 def named_dir(hc) -> bool:

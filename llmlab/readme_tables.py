@@ -4,6 +4,8 @@ A table in `experiments/<paper>/README.md` sits between two marker comments that
 
     <!-- table: runs results/icl_implicit_smollm2 -->            `llmlab report` over the runs in that folder
     <!-- table: icl_vs_ft results/gemma3-270m -->                the ICL-vs-FT comparison of one experiment run
+    <!-- table: paired results/s2 arm=attention ref=softmax by=position metrics=val_loss,ppl@8x/ppl@1x -->
+                                                                 arms compared seed by seed (pretraining runs)
     ...generated text...
     <!-- /table -->
 
@@ -81,14 +83,58 @@ def render_icl_vs_ft(base: Path, folder: str) -> str:
     )
 
 
-KINDS: dict[str, Callable[[Path, str], str]] = {"runs": render_runs, "icl_vs_ft": render_icl_vs_ft}
+def render_paired(base: Path, folder: str, arm: str, ref: str, by: str, metrics: str) -> str:
+    """Arms compared seed by seed: for each `by` group and metric, the mean of every arm and the paired difference
+    (arm − `ref` on the same seed) with a 95% Student t interval over seeds. A metric `a/b` is the ratio of two."""
+    from llmlab import report
+
+    runs, _ = report.load_runs(base / folder)
+    if not runs:
+        raise LlmlabError(f"{base / folder}: no finished runs")
+
+    def value(run: dict, metric: str) -> float:
+        values = next(iter(run["metrics"].values()))
+        num, _, den = metric.partition("/")
+        return values[num] / values[den] if den else values[num]
+
+    arms = sorted({r[arm] for r in runs} - {ref})
+    head = [by, "metric", f"{ref}", *arms, *(f"Δ {a} − {ref} [95% t, seeds]" for a in arms), "seeds with Δ < 0"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for group in sorted({r[by] for r in runs}):
+        sub = [r for r in runs if r[by] == group]
+        seeds = sorted({r["seed"] for r in sub if r[arm] == ref})
+        for metric in metrics.split(","):
+            at = {(r[arm], r["seed"]): value(r, metric) for r in sub}
+            cells = [f"{sum(at[ref, s] for s in seeds) / len(seeds):.4f}"]
+            cells += [f"{sum(at[a, s] for s in seeds) / len(seeds):.4f}" for a in arms]
+            wins = []
+            for a in arms:
+                diffs = [at[a, s] - at[ref, s] for s in seeds if (a, s) in at]
+                mean = sum(diffs) / len(diffs)
+                sd = (sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)) ** 0.5 if len(diffs) > 1 else 0.0
+                half = report.t95(len(diffs) - 1) * sd / len(diffs) ** 0.5 if len(diffs) > 1 else float("nan")
+                cells.append(f"{mean:+.4f} [{mean - half:+.4f}, {mean + half:+.4f}]")
+                wins.append(f"{sum(d < 0 for d in diffs)}/{len(diffs)}")
+            lines.append(f"| {group} | {metric} | " + " | ".join(cells + [", ".join(wins)]) + " |")
+    return (
+        "\n".join(lines) + f"\n\nValues: mean over seeds {seeds}; Δ: the paired difference on the same seed (same data "
+        "order and validation blocks), mean with a 95% Student t interval over seeds (no items: one number per run)."
+        "\n"
+    )
+
+
+KINDS: dict[str, Callable[..., str]] = {"runs": render_runs, "icl_vs_ft": render_icl_vs_ft, "paired": render_paired}
 
 
 def render(spec: str, base: Path) -> str:
     kind, *args = shlex.split(spec)
-    if kind not in KINDS or len(args) != 1:
-        raise LlmlabError(f"table '{spec}': expected '<{'|'.join(KINDS)}> <results folder>'")
-    return KINDS[kind](base, args[0])
+    options = dict(a.split("=", 1) for a in args[1:] if "=" in a)
+    if kind not in KINDS or not args or len(options) != len(args) - 1:
+        raise LlmlabError(f"table '{spec}': expected '<{'|'.join(KINDS)}> <results folder> [key=value ...]'")
+    try:
+        return KINDS[kind](base, args[0], **options)
+    except TypeError as e:  # options the kind does not take, or misses
+        raise LlmlabError(f"table '{spec}': {e}") from None
 
 
 def refreshed(readme: Path) -> str:

@@ -57,3 +57,14 @@ def test_every_user_group_has_a_line_in_the_help():
         loader = GlobalHydra.instance().config_loader()
         groups = {g for g in loader.list_groups("") if g not in ("hydra", "schema")}
     assert groups == {g for g in GROUPS if not g.startswith("hydra/")}
+
+
+def test_a_run_says_what_it_is_about_to_run(outputs):
+    res = run_cli("model=tiny-random", "hardware=cpu", "logger=none", "dataset.n_test=2", "method.shots=0")
+    assert res.returncode == 0, res.stderr[-2000:]
+    (run,) = outputs.glob("runs/*/*")
+    first = res.stdout.splitlines()[0]
+    assert (
+        first
+        == f"llmlab: icl · model tiny-random · dataset implicit/expression · seed 0 · cpu float32 · writing to {run}"
+    )

@@ -14,6 +14,7 @@ import pytest
 
 from llmlab import collect, readme_tables, report
 from llmlab.analysis import bootstrap
+from llmlab.errors import LlmlabError
 from tests.helpers import REPO
 
 EXPERIMENTS = REPO / "experiments"
@@ -154,3 +155,34 @@ def test_the_icl_vs_ft_table_uses_the_finished_seeds_and_says_when_it_is_prelimi
     text = readme_tables.render_icl_vs_ft(tmp_path, "results/exp")
     assert "Seeds [0, 1]" in text and "preliminary" not in text
     assert "0.925 [" in text  # ICL k=8 over both seeds: (0.95 + 0.90) / 2
+
+
+def test_the_paired_table_differences_arms_seed_by_seed(tmp_path):
+    runs = tmp_path / "results" / "s2"
+    values = {
+        ("softmax", 0): (2.0, 8.0),
+        ("softmax", 1): (2.2, 8.8),
+        ("softmax", 2): (2.1, 8.4),
+        ("stablemask", 0): (1.9, 9.5),
+        ("stablemask", 1): (2.0, 8.0),
+        ("stablemask", 2): (2.05, 8.2),
+    }
+    for (attention, seed), (loss, ppl8) in values.items():
+        d = runs / f"{attention}-{seed}"
+        d.mkdir(parents=True)
+        metrics = {"val": {"val_loss": loss, "ppl@1x": 4.0, "ppl@8x": ppl8}}
+        (d / "results.json").write_text(
+            json.dumps(
+                {"runner": "pretrain", "attention": attention, "position": "rope", "seed": seed, "metrics": metrics}
+            )
+        )
+    text = readme_tables.render(
+        "paired results/s2 arm=attention ref=softmax by=position metrics=val_loss,ppl@8x/ppl@1x", tmp_path
+    )
+    diffs = [-0.1, -0.2, -0.05]  # val_loss, stablemask - softmax per seed
+    mean = sum(diffs) / 3
+    half = 4.303 * (sum((d - mean) ** 2 for d in diffs) / 2) ** 0.5 / 3**0.5
+    assert f"| rope | val_loss | 2.1000 | 1.9833 | {mean:+.4f} [{mean - half:+.4f}, {mean + half:+.4f}] | 3/3 |" in text
+    assert "| rope | ppl@8x/ppl@1x | 2.1000 | 2.1417 |" in text and "| 2/3 |" in text  # ratios 2.375/2.0/2.05
+    with pytest.raises(LlmlabError, match="unexpected keyword"):
+        readme_tables.render("paired results/s2 arm=attention ref=softmax by=position metrics=x bogus=1", tmp_path)
