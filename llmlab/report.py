@@ -87,7 +87,12 @@ def _cell(value):
 
 def aggregate(runs: list[dict]) -> tuple[list[str], list[dict]]:
     """Rows keyed by the varying fields + variant, with per-metric (mean, half-width, n_seeds, kind)."""
-    nested = {k for r in runs for k, v in r.items() if isinstance(v, dict)}  # an object in any run
+    nested = {  # objects, and lists of objects (e.g. per-length evaluations), in any run: not table cells
+        k
+        for r in runs
+        for k, v in r.items()
+        if isinstance(v, dict) or (isinstance(v, list) and any(isinstance(x, dict) for x in v))
+    }
     fields = list(dict.fromkeys(k for r in runs for k in r if k not in SKIP and k not in nested))  # first seen first
     varying = [k for k in fields if len({json.dumps(r.get(k)) for r in runs}) > 1] or fields[:2]
     groups: dict[tuple, list[dict]] = defaultdict(list)

@@ -186,3 +186,19 @@ def test_the_paired_table_differences_arms_seed_by_seed(tmp_path):
     assert "| rope | ppl@8x/ppl@1x | 2.1000 | 2.1417 |" in text and "| 2/3 |" in text  # ratios 2.375/2.0/2.05
     with pytest.raises(LlmlabError, match="unexpected keyword"):
         readme_tables.render("paired results/s2 arm=attention ref=softmax by=position metrics=x bogus=1", tmp_path)
+
+
+def test_lists_of_objects_in_results_do_not_split_the_arms(tmp_path):
+    for seed in range(2):
+        d = tmp_path / f"s{seed}"
+        d.mkdir()
+        result = {
+            "runner": "pretrain",
+            "attention": "softmax",
+            "seed": seed,
+            "metrics": {"val": {"val_loss": 1.0 + seed}},
+            "extrapolation": [{"length": 128, "ppl": 5.0 + seed}],
+        }  # differs per run, as evaluations do
+        (d / "results.json").write_text(json.dumps(result))
+    keys, rows = report.aggregate(report.load_runs(tmp_path)[0])
+    assert "extrapolation" not in keys and len(rows) == 1 and rows[0]["val_loss"][0] == 1.5
