@@ -512,7 +512,7 @@ MRE_CONDITIONS = (
     "wl_plus_tli_shuffled",
     "tl_neutral",
     "wl_neutral",
-)  # llmlab.data.mre.ablation.CONDITIONS
+)  # the fine-tuning ablation's conditions (llmlab.data.mre.ablation builds their rows)
 
 
 @dataclass

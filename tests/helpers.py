@@ -10,6 +10,33 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 TINY = ["model=tiny-random", "hardware=cpu", "logger=none"]
+# a 1-layer lm-tiny on the pydoc corpus: pretraining steps of a few milliseconds (resume, launcher and cluster tests)
+LM_SHAPE = [
+    "method=pretrain",
+    "model=lm-tiny",
+    "dataset=corpus/pydoc",
+    "model.lm.n_layer=1",
+    "model.lm.d_model=32",
+    "model.lm.n_head=2",
+    "model.lm.ffn_hidden=64",
+    "dataset.block_size=32",
+    "method.micro_batch_size=4",
+    "method.grad_accum=2",
+]
+# ... trained 300 steps with a checkpoint every 20: long enough to be stopped in the middle
+FAST_LM = [
+    *LM_SHAPE,
+    "method.warmup_steps=2",
+    "method.eval_every=1000",
+    "method.log_every=10",
+    "method.eval_blocks=4",
+    "method.eval_lengths=[1]",
+    "method.sink_blocks=1",
+    "hardware=cpu",
+    "logger=none",
+    "method.max_steps=300",
+    "method.save_every=20",
+]
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:

@@ -16,20 +16,11 @@ import pytest
 
 from llmlab.distributed import micro_split
 from llmlab.errors import LlmlabError
-from tests.helpers import run_cli, runner_setup
+from tests.helpers import LM_SHAPE, run_cli, runner_setup
 
 RTOL = 1e-5
 PRETRAIN = [
-    "method=pretrain",
-    "model=lm-tiny",
-    "dataset=corpus/pydoc",
-    "model.lm.n_layer=1",
-    "model.lm.d_model=32",
-    "model.lm.n_head=2",
-    "model.lm.ffn_hidden=64",
-    "dataset.block_size=32",
-    "method.micro_batch_size=4",
-    "method.grad_accum=2",
+    *LM_SHAPE,
     "method.max_steps=4",
     "method.save_every=2",
     "method.warmup_steps=2",

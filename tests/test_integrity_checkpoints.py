@@ -19,7 +19,7 @@ from llmlab.errors import LlmlabError
 from llmlab.hardware import Hardware
 from llmlab.models import loading
 from llmlab.runners import finetune, pretrain
-from tests.helpers import compose, runner_setup
+from tests.helpers import LM_SHAPE, compose, runner_setup
 
 CPU = Hardware(torch.device("cpu"), torch.float32)
 SIGNATURE = {"model": "linear"}
@@ -34,16 +34,7 @@ FAST_FT = [
     "method.save_every=2",
 ]
 FAST_LM = [
-    "method=pretrain",
-    "model=lm-tiny",
-    "dataset=corpus/pydoc",
-    "model.lm.n_layer=1",
-    "model.lm.d_model=32",
-    "model.lm.n_head=2",
-    "model.lm.ffn_hidden=64",
-    "dataset.block_size=32",
-    "method.micro_batch_size=4",
-    "method.grad_accum=2",
+    *LM_SHAPE,
     "method.max_steps=6",
     "method.save_every=2",
     "method.warmup_steps=2",

@@ -19,31 +19,9 @@ from omegaconf import OmegaConf
 from llmlab import interrupts
 from llmlab.errors import LlmlabError
 from llmlab.tracking import RunDir, read_jsonl, record_failure, resume_jsonl
-from tests.helpers import REPO, TINY, run_cli
+from tests.helpers import FAST_LM, REPO, TINY, run_cli
 
 ICL = [*TINY, "dataset=implicit/bool", "method.shots=2", "dataset.n_icl_pool=50"]
-FAST_LM = [
-    "method=pretrain",
-    "model=lm-tiny",
-    "dataset=corpus/pydoc",
-    "model.lm.n_layer=1",
-    "model.lm.d_model=32",
-    "model.lm.n_head=2",
-    "model.lm.ffn_hidden=64",
-    "dataset.block_size=32",
-    "method.micro_batch_size=4",
-    "method.grad_accum=2",
-    "method.warmup_steps=2",
-    "method.eval_every=1000",
-    "method.log_every=10",
-    "method.eval_blocks=4",
-    "method.eval_lengths=[1]",
-    "method.sink_blocks=1",
-    "hardware=cpu",
-    "logger=none",
-    "method.max_steps=300",
-    "method.save_every=20",
-]
 
 
 def cfg_of(**values):

@@ -13,19 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO, TINY, compose, run_cli
+from tests.helpers import LM_SHAPE, REPO, TINY, compose, run_cli
 
 FAST_LM = [
-    "method=pretrain",
-    "model=lm-tiny",
-    "dataset=corpus/pydoc",
-    "model.lm.n_layer=1",
-    "model.lm.d_model=32",
-    "model.lm.n_head=2",
-    "model.lm.ffn_hidden=64",
-    "dataset.block_size=32",
-    "method.micro_batch_size=4",
-    "method.grad_accum=2",
+    *LM_SHAPE,
     "method.warmup_steps=2",
     "method.eval_every=1000",
     "method.log_every=1",

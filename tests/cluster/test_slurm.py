@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO, TINY, run_cli
+from tests.helpers import LM_SHAPE, REPO, TINY, run_cli
 
 pytestmark = pytest.mark.slurm
 
@@ -27,16 +27,7 @@ STATE = Path(os.environ.get("LLMLAB_SLURM_DIR", "/var/tmp/llmlab-slurm"))
 # Each job asks for one of the node's CPUs and 1 GB: two jobs run at once on a 2-CPU machine.
 SLURM = ["hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1"]
 FAST_LM = [
-    "method=pretrain",
-    "model=lm-tiny",
-    "dataset=corpus/pydoc",
-    "model.lm.n_layer=1",
-    "model.lm.d_model=32",
-    "model.lm.n_head=2",
-    "model.lm.ffn_hidden=64",
-    "dataset.block_size=32",
-    "method.micro_batch_size=4",
-    "method.grad_accum=2",
+    *LM_SHAPE,
     "method.warmup_steps=2",
     "method.eval_every=1000",
     "method.log_every=1",

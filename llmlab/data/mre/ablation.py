@@ -16,21 +16,12 @@ cut at the first newline), the schema the finetune runner reads.
 
 from __future__ import annotations
 
+from llmlab.config import MRE_CONDITIONS
 from llmlab.data.implicit.common import make_rng
 from llmlab.data.mre.format import write_output, write_wl
 from llmlab.errors import LlmlabError
 
-CONDITIONS = (
-    "tl_only",
-    "tl_plus_wli",
-    "wl_only",
-    "wl_plus_tli",
-    "joint",
-    "tl_plus_wli_shuffled",
-    "wl_plus_tli_shuffled",
-    "tl_neutral",
-    "wl_neutral",
-)
+CONDITIONS = MRE_CONDITIONS  # the schema's choices (llmlab.config) are the one list
 
 
 def target_level(condition: str) -> str:
