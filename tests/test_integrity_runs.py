@@ -88,9 +88,10 @@ def test_identical_commands_started_in_the_same_second_get_their_own_directories
     for p in procs:
         out, err = p.communicate(timeout=300)
         assert p.returncode == 0, err[-2000:]
+    # one directory per process; that they started in the same second is likely, not certain (the deterministic
+    # case is test_a_directory_held_by_a_live_run_is_not_shared)
     runs = sorted(outputs.glob("runs/*/*"))
-    names = {r.name for r in runs}
-    assert len(runs) == 3 or len({n.split("_")[0] for n in names}) > 1  # one per process (the same second or not)
+    assert len(runs) == 3
     for run in runs:
         meta = json.loads((run / "meta.json").read_text())
         assert meta["status"] == "completed" and not (run / "error.txt").exists()
