@@ -57,8 +57,9 @@ def _job(cfg: DictConfig) -> float | None:
 
 
 def _run(cfg: DictConfig) -> float | None:
-    from llmlab.hardware import seed_everything, setup_hardware
+    from llmlab.hardware import setup_hardware
     from llmlab.runners.context import RunContext, execute
+    from llmlab.seeding import seed_everything
     from llmlab.tracking import RunDir, Tracker
 
     runner = get_runner(cfg.method.runner)

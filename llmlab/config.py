@@ -347,10 +347,10 @@ class PretrainConfig(MethodConfig):
 
 
 @dataclass
-class LMEvalConfig(MethodConfig):
-    """Evaluate a pretrained `lm` (`method=lm_eval`): perplexity at longer contexts and attention-sink metrics."""
+class LMMetricsConfig(MethodConfig):
+    """Evaluate a pretrained `lm` (`method=lm_metrics`): perplexity at longer contexts and attention-sink metrics."""
 
-    runner: str = "lm_eval"
+    runner: str = "lm_metrics"
     model_dir: str = MISSING  # a pretrain run's `model/` directory
     eval_lengths: list[int] = field(default_factory=lambda: [1, 2, 4, 8])  # multiples of the training length
     eval_window: int | None = None

@@ -3,10 +3,8 @@ join the process group (`llmlab.distributed`): one device per rank (cuda:LOCAL_R
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from llmlab import distributed
@@ -78,12 +76,3 @@ def check_device(name: str) -> None:
         raise LlmlabError(f"hardware.device={name} but only {torch.cuda.device_count()} CUDA GPU(s) are visible")
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise LlmlabError(f"hardware.device={name} but MPS is not available here; use hardware=cpu")
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (all devices). Data generators take the seed explicitly."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
-        raise LlmlabError(f"seed must be an integer in [0, 2^63), got {seed!r}")
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)

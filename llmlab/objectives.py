@@ -7,7 +7,7 @@ it as `direction(runner)` says (conf/hydra/sweeper/optuna.yaml), unless `hydra.s
     icl             strict: exact-match accuracy of the generated answers           maximize
     pretrain        val_loss: validation loss (nats/token) after the last step      minimize
     finetune        final_loss: training loss of the last step (no held-out set)    minimize
-    lm_eval         ppl@1x: perplexity at the training context length               minimize
+    lm_metrics      ppl@1x: perplexity at the training context length               minimize
     icl_vs_ft       the first task/condition accuracy                               maximize
     position_probe  accuracy                                                        maximize
     cot, mcts       accuracy (Blocksworld plans solved)                             maximize
@@ -26,7 +26,7 @@ OBJECTIVES: dict[str, tuple[str | None, str]] = {
     "icl": ("strict", "maximize"),
     "pretrain": ("val_loss", "minimize"),
     "finetune": ("final_loss", "minimize"),
-    "lm_eval": ("ppl@1x", "minimize"),
+    "lm_metrics": ("ppl@1x", "minimize"),
     "icl_vs_ft": (None, "maximize"),
     "position_probe": ("accuracy", "maximize"),
     "cot": ("accuracy", "maximize"),

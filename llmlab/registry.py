@@ -17,7 +17,7 @@ from llmlab.config import (
     ICLConfig,
     IclVsFtConfig,
     InfoFlowConfig,
-    LMEvalConfig,
+    LMMetricsConfig,
     MCTSConfig,
     MethodConfig,
     MreAblationConfig,
@@ -60,7 +60,7 @@ register_runner("finetune", "llmlab.runners.finetune:run", FinetuneConfig)
 register_runner("icl_vs_ft", "llmlab.runners.icl_vs_ft:run", IclVsFtConfig)
 register_runner("circuit_shift", "llmlab.runners.circuit_shift:run", CircuitShiftConfig)
 register_runner("pretrain", "llmlab.runners.pretrain:run", PretrainConfig)
-register_runner("lm_eval", "llmlab.runners.lm_eval:run", LMEvalConfig)
+register_runner("lm_metrics", "llmlab.runners.lm_metrics:run", LMMetricsConfig)
 register_runner("position_probe", "llmlab.runners.position_probe:run", PositionProbeConfig)
 register_runner("info_flow", "llmlab.runners.info_flow:run", InfoFlowConfig)
 register_runner("verbalizer", "llmlab.runners.verbalizer:run", VerbalizerConfig)

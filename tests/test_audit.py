@@ -119,7 +119,7 @@ METHODS = [
     "icl_vs_ft",
     "circuit_shift",
     "pretrain",
-    "lm_eval",
+    "lm_metrics",
     "position_probe",
     "info_flow",
     "verbalizer",
@@ -212,7 +212,7 @@ RUNNER_ERRORS = [
         "no files match",
     ),
     (
-        ["method=lm_eval", "model=lm-tiny", "dataset=corpus/pydoc", f"method.model_dir={ESCAPE}"],
+        ["method=lm_metrics", "model=lm-tiny", "dataset=corpus/pydoc", f"method.model_dir={ESCAPE}"],
         "is not a saved scratch model",
     ),
     (["method=position_probe", "model=lm-tiny", "method.n_classes=1"], "method.n_classes must be >= 2"),
@@ -560,7 +560,7 @@ def test_mre_ablation_scores_unparseable_generations_as_wrong():
 
 def test_cot_plan_that_matches_nothing_is_a_failed_problem(tmp_path, monkeypatch):
     import llmlab.runners.cot as cot
-    from llmlab.spec_decode import DecodeStats
+    from llmlab.decoding.speculative import DecodeStats
 
     texts, seen = iter(["fly the ünï 🙂 block\nstack the red\n[PLAN END]", UNICODE]), {}
     real_load = cot.load_model
@@ -714,7 +714,7 @@ def test_runner_name_cannot_move_the_run_directory(sandbox):
 
 
 def test_huge_seed_is_one_line():
-    from llmlab.hardware import seed_everything
+    from llmlab.seeding import seed_everything
 
     state = torch.random.get_rng_state()
     try:

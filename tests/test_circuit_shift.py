@@ -15,7 +15,7 @@ from torch import nn
 
 from llmlab.analysis import patching
 from llmlab.analysis.circuits import spearman_shift
-from llmlab.analysis.pairs import bool_value, build_pairs, encode
+from llmlab.analysis.corrupt_pairs import bool_value, build_pairs, encode
 from llmlab.data.loading import load_eval_data
 from llmlab.errors import LlmlabError
 from llmlab.models.loading import load_model

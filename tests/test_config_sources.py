@@ -22,7 +22,7 @@ def test_an_experiments_tags_survive_composition(experiment):
 # The schema of each group whose options are checked (a method option's is its runner's). Not yet `hardware`: its
 # presets are being reworked to inherit `auto` (issue 18); add it here when they state only what differs.
 GROUP_SCHEMAS = {"model": "ModelConfig", "dataset": "DatasetConfig", "logger": "LoggerConfig"}
-REQUIRED = {"method/lm_eval": ["method.model_dir=/nonexistent/model"]}  # `???` values the option leaves to the user
+REQUIRED = {"method/lm_metrics": ["method.model_dir=/nonexistent/model"]}  # `???` values the option leaves to the user
 
 
 def options(group: str) -> list[str]:
@@ -214,7 +214,7 @@ FREE_TEXT = {
     "LoraSpec.target_modules",  # module names of the model
     "IclVsFtConfig.run_arms",  # keys of method.arms, checked by the runner
     "CircuitShiftConfig.finetuned",
-    "LMEvalConfig.model_dir",
+    "LMMetricsConfig.model_dir",
     "DraftConfig.model",
     "AmateurConfig.model",
 }

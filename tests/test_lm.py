@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from llmlab.analysis import lm_eval
+from llmlab.analysis import lm_metrics
 from llmlab.analysis.position_probe import chance, probe_arch, train_probe
 from llmlab.config import LMArch
 from llmlab.data.corpus import Corpus
@@ -89,12 +89,12 @@ def tiny_corpus(n_tokens=2000) -> Corpus:
 
 def test_extrapolation_reports_perplexity_per_length():
     m = model(attention="stablemask", position="rope")
-    rows = lm_eval.extrapolation(
+    rows = lm_metrics.extrapolation(
         m, tiny_corpus(), 16, [1, 2, 8], max_blocks=4, batch_size=4, device=torch.device("cpu")
     )
     assert [r["length"] for r in rows] == [16, 32, 128]
     assert all(r["ppl"] > 1 and r["bpb"] > 0 for r in rows[:2]) and "max_seq_len" in rows[2]["skipped"]
-    windowed = lm_eval.extrapolation(m, tiny_corpus(), 16, [2], 4, 4, torch.device("cpu"), window=8)
+    windowed = lm_metrics.extrapolation(m, tiny_corpus(), 16, [2], 4, 4, torch.device("cpu"), window=8)
     assert windowed[0]["window"] == 8 and windowed[0]["ppl"] != rows[1]["ppl"]
     assert all(b.attn.window is None for b in m.blocks)
 
@@ -103,7 +103,7 @@ def test_extrapolation_reports_perplexity_per_length():
 def test_sink_metrics_on_a_tiny_model(attention):
     m = model(attention=attention, position="rope", train_len=64)  # horizon 64: every row has pseudo columns
     blocks = tiny_corpus().blocks("val", 32)[:3]
-    out = lm_eval.sink_metrics(m, blocks, torch.device("cpu"), batch_size=2)
+    out = lm_metrics.sink_metrics(m, blocks, torch.device("cpu"), batch_size=2)
     assert len(out["layers"]) == 2 and out["n_sequences"] == 3 and out["length"] == 32
     mean = out["mean"]
     assert 0 < mean["first_token_mass"] < 1 and 0 < mean["max_key_mass"] <= 1 and mean["entropy"] > 0

@@ -21,7 +21,7 @@ from tests.helpers import runner_setup
 def tiny():
     from llmlab.hardware import Hardware
     from llmlab.models.loading import load_model
-    from llmlab.models.pairs import named_model_config
+    from llmlab.models.partners import named_model_config
 
     return load_model(named_model_config("tiny-random"), Hardware(torch.device("cpu"), torch.float32), "/tmp", seed=0)
 
@@ -238,7 +238,7 @@ def test_action_scorer_matches_direct_forward(tiny):
 
 
 def test_early_exit_model_shares_weights_and_equals_hidden_state_exit(tiny):
-    from llmlab.models.pairs import early_exit_model, lowp_copy, rtn_copy
+    from llmlab.models.partners import early_exit_model, lowp_copy, rtn_copy
 
     model, tok = tiny
     small = early_exit_model(model, 1)
@@ -259,8 +259,8 @@ def test_early_exit_model_shares_weights_and_equals_hidden_state_exit(tiny):
 
 @pytest.mark.parametrize("n_draft", [1, 3, 5])
 def test_speculative_decoding_equals_plain_greedy(tiny, n_draft):
-    from llmlab.models.pairs import early_exit_model
-    from llmlab.spec_decode import greedy, speculative, stopper
+    from llmlab.decoding.speculative import greedy, speculative, stopper
+    from llmlab.models.partners import early_exit_model
 
     model, tok = tiny
     draft = early_exit_model(model, 1)
@@ -278,8 +278,8 @@ def test_speculative_decoding_equals_plain_greedy(tiny, n_draft):
 
 def test_prompt_lookup_and_prefix_cache_keep_greedy_output(tiny):
     """Lookup drafts (prompt + earlier outputs) and prefix caching on both sides: still exactly plain greedy."""
-    from llmlab.models.prefix_cache import PrefixCache
-    from llmlab.spec_decode import PromptLookup, greedy, speculative, stopper
+    from llmlab.decoding.prefix_cache import PrefixCache
+    from llmlab.decoding.speculative import PromptLookup, greedy, speculative, stopper
 
     model, tok = tiny
     head = "[STATE 0] I have that, the red block is clear, the blue block is on the table.\n"
@@ -300,7 +300,7 @@ def test_prompt_lookup_and_prefix_cache_keep_greedy_output(tiny):
 
 
 def test_prompt_lookup_proposes_from_prompt_then_history():
-    from llmlab.spec_decode import PromptLookup
+    from llmlab.decoding.speculative import PromptLookup
 
     draft = PromptLookup(ngram=3, history=2)
     assert draft.propose([1, 2, 3, 9, 1, 2], 2) == [3, 9]  # the prompt's own earlier "1 2" -> "3 9"
@@ -314,7 +314,7 @@ def test_prompt_lookup_proposes_from_prompt_then_history():
 
 
 def test_prefix_cache_continuation_equals_full_forward(tiny):
-    from llmlab.models.prefix_cache import PrefixCache
+    from llmlab.decoding.prefix_cache import PrefixCache
 
     model, tok = tiny
     a, b = tok("the red block is on the table").input_ids, tok("the red block is clear").input_ids
@@ -335,7 +335,7 @@ def test_prefix_cache_continuation_equals_full_forward(tiny):
 def test_grouped_query_sdpa_matches_default_attention_and_restores_the_flag(tiny, monkeypatch):
     import os
 
-    from llmlab.models.sdpa import grouped_query_sdpa
+    from llmlab.decoding.sdpa import grouped_query_sdpa
 
     model, tok = tiny
     ids = tok("the red block is on the table and the blue block is clear").input_ids

@@ -142,14 +142,14 @@ def test_warmup_then_cosine_to_the_final_ratio():
     assert f(60) == pytest.approx(0.55) and f(110) == pytest.approx(0.1) and f(500) == pytest.approx(0.1)
 
 
-def test_the_saved_model_is_evaluated_by_lm_eval(tmp_path):
-    from llmlab.runners import lm_eval
+def test_the_saved_model_is_evaluated_by_lm_metrics(tmp_path):
+    from llmlab.runners import lm_metrics
 
     cfg, ctx = setup(tmp_path / "train", "method.max_steps=2", "method.eval_lengths=[1]", "method.sink_metrics=false")
     trained = pretrain.run(cfg, ctx)
     cfg2, ctx2 = setup(
         tmp_path / "eval",
-        "method=lm_eval",
+        "method=lm_metrics",
         f"method.model_dir={ctx.run_dir.file('model')}",
         "method.eval_lengths=[1,2]",
         "method.eval_window=8",
@@ -157,12 +157,12 @@ def test_the_saved_model_is_evaluated_by_lm_eval(tmp_path):
         "method.sink_blocks=2",
         base=TINY_LM,
     )
-    res = lm_eval.run(cfg2, ctx2)
+    res = lm_metrics.run(cfg2, ctx2)
     assert res["metrics"]["val"]["ppl@1x"] == pytest.approx(trained["val"]["ppl"], rel=1e-5)
     assert {"ppl@2x", "ppl@2x_w8", "first_token_mass"} <= set(res["metrics"]["val"])
-    cfg3, ctx3 = setup(tmp_path / "bad", "method=lm_eval", f"method.model_dir={tmp_path}", base=TINY_LM)
+    cfg3, ctx3 = setup(tmp_path / "bad", "method=lm_metrics", f"method.model_dir={tmp_path}", base=TINY_LM)
     with pytest.raises(LlmlabError, match="not a saved scratch model"):
-        lm_eval.run(cfg3, ctx3)
+        lm_metrics.run(cfg3, ctx3)
 
 
 def test_the_position_probe_runner_compares_the_arms(tmp_path):

@@ -23,11 +23,11 @@ from omegaconf import OmegaConf
 from llmlab.analysis.saliency import attention_saliency, naive_saliency
 from llmlab.config import DatasetConfig, ModelConfig
 from llmlab.data.mre.loader import load_mre
+from llmlab.data.mre.prompts import key_words, label_first_tokens, words_line
 from llmlab.hardware import Hardware
 from llmlab.models.loading import load_model, model_dir
 from llmlab.paths import REPO_ROOT, conf_dir
 from llmlab.runners.info_flow import build_prompt, draw_demos, tokenize
-from llmlab.runners.mre_prompts import key_words, label_first_tokens, words_line
 from llmlab.tracking import write_json
 
 NAME = "saliency"

@@ -30,12 +30,12 @@ import torch
 from llmlab.blocksworld.data import DEFAULT_ROOT, load_prompts, prompt_file_exists
 from llmlab.blocksworld.domain import apply, generate_problems, legal_actions
 from llmlab.blocksworld.text import action_text, state_text, update_template, world_update_prompt
+from llmlab.decoding.prefix_cache import PrefixCache
+from llmlab.decoding.speculative import PromptLookup, greedy, speculative, stopper
 from llmlab.hardware import Hardware
 from llmlab.models.loading import load_model
-from llmlab.models.pairs import early_exit_model, named_model_config
-from llmlab.models.prefix_cache import PrefixCache
+from llmlab.models.partners import early_exit_model, named_model_config
 from llmlab.paths import REPO_ROOT
-from llmlab.spec_decode import PromptLookup, greedy, speculative, stopper
 from llmlab.tracking import write_json
 
 NAME = "spec_decode"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from llmlab.data.implicit.common import make_rng
 from llmlab.errors import LlmlabError
+from llmlab.seeding import make_rng
 from llmlab.tracking import resume_jsonl, write_json, write_jsonl
 
 

@@ -2,9 +2,9 @@
 and MLPs more than fine-tuning does?
 
 Conditions: B0 (base model, 0-shot), BK (base model, k demonstrations fixed per item) and F0 (the fine-tuned model
-`method.finetuned`, 0-shot). On the same clean/corrupt pairs (`llmlab.analysis.pairs`) each condition gets one score
-per component (`llmlab.analysis.patching`, mean over pairs), its accuracy (share of clean prompts whose gold answer
-token beats the other one) and its circuit; BK and F0 are compared with B0 by 1 - Jaccard of the circuits, the
+`method.finetuned`, 0-shot). On the same clean/corrupt pairs (`llmlab.analysis.corrupt_pairs`) each condition gets
+one score per component (`llmlab.analysis.patching`, mean over pairs), its accuracy (share of clean prompts whose gold
+answer token beats the other one) and its circuit; BK and F0 are compared with B0 by 1 - Jaccard of the circuits, the
 total-variation distance of |score| and 1 - Spearman rho, for heads and MLPs separately, and beside them the noise
 floor: the same metrics between the B0 circuits of two disjoint halves of the pairs. Writes `results.json`,
 `scores.npz` (per-pair and mean scores), `pairs.jsonl` and the heatmaps `circuit_shift.png`.
@@ -23,7 +23,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from llmlab.analysis import circuits
-from llmlab.analysis.pairs import TASKS, build_pairs, encode
+from llmlab.analysis.corrupt_pairs import TASKS, build_pairs, encode
 from llmlab.analysis.patching import SCORERS, model_shape
 from llmlab.data.loading import load_eval_data
 from llmlab.errors import LlmlabError

@@ -12,12 +12,12 @@ from llmlab.blocksworld.data import load_blocksworld, row_problem
 from llmlab.blocksworld.domain import validate
 from llmlab.blocksworld.runs import append, draw_shots, finish, load_done, summarize
 from llmlab.blocksworld.text import action_text, fewshot_prefix, parse_plan, query_text
+from llmlab.decoding.prefix_cache import PrefixCache
+from llmlab.decoding.speculative import greedy, speculative, stopper
 from llmlab.models.loading import load_model
-from llmlab.models.pairs import build_draft
-from llmlab.models.prefix_cache import PrefixCache
+from llmlab.models.partners import build_draft
 from llmlab.progress import progress_bar
 from llmlab.runners.context import RunContext
-from llmlab.spec_decode import greedy, speculative, stopper
 
 STOP = ("[PLAN END]", "\n[")
 

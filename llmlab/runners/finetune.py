@@ -242,7 +242,7 @@ def encode(rows: list[dict], tok, max_length: int, loss_on: str) -> list[tuple[l
 
 def sample_order(n: int, seed: int, first: int, count: int) -> list[int]:
     """Examples at sample positions first..first+count-1 of an endless stream of seeded per-epoch permutations."""
-    from llmlab.data.implicit.common import make_rng
+    from llmlab.seeding import make_rng
 
     picked = []
     for pos in range(first, first + count):

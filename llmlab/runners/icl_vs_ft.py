@@ -23,11 +23,11 @@ from omegaconf import DictConfig, OmegaConf
 from llmlab.analysis import icl_vs_ft as analysis
 from llmlab.data.implicit import task_spec
 from llmlab.errors import LlmlabError
-from llmlab.hardware import seed_everything
 from llmlab.models.loading import finetuned_model
 from llmlab.paths import safe_name
 from llmlab.runners import finetune, icl
 from llmlab.runners.context import RunContext, execute
+from llmlab.seeding import seed_everything
 from llmlab.tracking import RunDir, Tracker, atomic_write, write_json
 
 

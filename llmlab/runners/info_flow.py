@@ -25,12 +25,12 @@ from omegaconf import DictConfig
 
 from llmlab.analysis.paired_runs import bootstrap_means
 from llmlab.analysis.saliency import attention_saliency, flow_means
-from llmlab.data.implicit.common import make_rng
 from llmlab.data.mre.loader import MreData, load_mre
+from llmlab.data.mre.prompts import key_words, label_first_tokens, words_line
 from llmlab.errors import LlmlabError
 from llmlab.models.loading import load_model
 from llmlab.runners.context import RunContext
-from llmlab.runners.mre_prompts import key_words, label_first_tokens, words_line
+from llmlab.seeding import make_rng
 from llmlab.tracking import write_json
 
 FLOWS = ("S_tw", "S_wq", "S_tq", "S_pq", "S_wp", "S_rest")

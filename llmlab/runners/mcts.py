@@ -19,15 +19,15 @@ from llmlab.blocksworld.domain import generate_problems, validate
 from llmlab.blocksworld.runs import append, draw_shots, finish, load_done, summarize
 from llmlab.blocksworld.search import BWSearch, RuleWorld, random_rollout_samples
 from llmlab.blocksworld.text import action_text, parse_action, update_template, world_update_prompt
+from llmlab.decoding.prefix_cache import PrefixCache
+from llmlab.decoding.speculative import greedy, speculative, stopper
 from llmlab.errors import LlmlabError
 from llmlab.models.loading import load_model
-from llmlab.models.pairs import build_amateur, build_draft
-from llmlab.models.prefix_cache import PrefixCache
+from llmlab.models.partners import build_amateur, build_draft
 from llmlab.progress import progress_bar
 from llmlab.runners.context import RunContext
 from llmlab.search.mcts import MCTS, MCTSSettings, dump_tree
 from llmlab.search.rewards import ActionScorer, RewardModel
-from llmlab.spec_decode import greedy, speculative, stopper
 from llmlab.tracking import write_json
 
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from llmlab import distributed, interrupts
-from llmlab.analysis.lm_eval import extrapolation, loss_row, mean_loss, sink_metrics
+from llmlab.analysis.lm_metrics import extrapolation, loss_row, mean_loss, sink_metrics
 from llmlab.data.corpus import Corpus, eval_blocks, load_corpus, train_batch
 from llmlab.errors import LlmlabError
 from llmlab.models.scratch import build_scratch_model, save_scratch_model

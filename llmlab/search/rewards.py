@@ -17,9 +17,9 @@ import torch
 from transformers import PreTrainedModel
 
 from llmlab.config import RewardConfig, choices_of
+from llmlab.decoding.prefix_cache import PrefixCache
+from llmlab.decoding.sdpa import grouped_query_sdpa
 from llmlab.errors import LlmlabError
-from llmlab.models.prefix_cache import PrefixCache
-from llmlab.models.sdpa import grouped_query_sdpa
 from llmlab.scoring import Request, Scorer
 from llmlab.search.regions import region_cuts
 

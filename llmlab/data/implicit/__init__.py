@@ -16,9 +16,11 @@ from itertools import islice
 
 from datasets import Dataset
 
+from llmlab.seeding import make_rng, stable_seed
+
 from ...errors import LlmlabError
 from . import algebra, boolean, code_reading, expression, parity, relation
-from .common import FEATURES, ROW_FIELDS, SPLITS, Ctx, TaskSpec, make_rng, stable_seed
+from .common import FEATURES, ROW_FIELDS, SPLITS, Ctx, TaskSpec
 
 __all__ = ["ROW_FIELDS", "SPLITS", "TASKS", "TaskSpec", "build_split", "load_implicit", "stable_seed", "task_spec"]
 

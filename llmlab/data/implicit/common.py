@@ -1,9 +1,7 @@
-"""Shared pieces of the implicit-pattern generators: stable seeding, ``sum_expr``, task specs and the row schema."""
+"""Shared pieces of the implicit-pattern generators: ``sum_expr``, task specs and the row schema."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import random
 from dataclasses import dataclass, field
 
@@ -57,16 +55,6 @@ class Ctx:
     @property
     def counter(self) -> bool:
         return self.variant == "counter"
-
-
-def stable_seed(*parts: object) -> int:
-    """A process-independent 64-bit seed from ``parts`` (sha256; never Python's salted ``hash``)."""
-    blob = json.dumps([str(p) for p in parts]).encode()
-    return int.from_bytes(hashlib.sha256(blob).digest()[:8], "big")
-
-
-def make_rng(*parts: object) -> random.Random:
-    return random.Random(stable_seed(*parts))
 
 
 def header(text: str, faithful: bool) -> str:

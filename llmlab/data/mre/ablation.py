@@ -17,9 +17,9 @@ cut at the first newline), the schema the finetune runner reads.
 from __future__ import annotations
 
 from llmlab.config import MRE_CONDITIONS
-from llmlab.data.implicit.common import make_rng
 from llmlab.data.mre.format import write_output, write_wl
 from llmlab.errors import LlmlabError
+from llmlab.seeding import make_rng
 
 CONDITIONS = MRE_CONDITIONS  # the schema's choices (llmlab.config) are the one list
 

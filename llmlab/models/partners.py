@@ -114,7 +114,7 @@ def build_amateur(cfg, expert: PreTrainedModel, tok, hw: Hardware, cache_dir, at
 
 def build_draft(cfg, target: PreTrainedModel, tok, hw: Hardware, cache_dir, attn: str):
     """None, a draft model, or a model-free prompt-lookup draft (`lookup`)."""
-    from llmlab.spec_decode import PromptLookup
+    from llmlab.decoding.speculative import PromptLookup
 
     if cfg.kind == "none":
         return None

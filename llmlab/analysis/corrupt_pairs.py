@@ -20,8 +20,8 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from llmlab.data.implicit.common import make_rng
 from llmlab.errors import LlmlabError
+from llmlab.seeding import make_rng
 
 TASKS = ("bool", "expression", "relation")
 

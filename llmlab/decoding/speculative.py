@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 import torch
 from transformers import PreTrainedModel
 
-from llmlab.models.prefix_cache import PrefixCache
-from llmlab.models.sdpa import grouped_query_sdpa
+from llmlab.decoding.prefix_cache import PrefixCache
+from llmlab.decoding.sdpa import grouped_query_sdpa
 
 
 @dataclass

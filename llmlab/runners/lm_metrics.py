@@ -1,11 +1,11 @@
-"""`method=lm_eval`: evaluate a pretrain run's saved model on the dataset's held-out split: perplexity at longer
+"""`method=lm_metrics`: evaluate a pretrain run's saved model on the dataset's held-out split: perplexity at longer
 contexts (optionally with a sliding attention window) and the attention-sink statistics."""
 
 from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from llmlab.analysis.lm_eval import extrapolation, sink_metrics
+from llmlab.analysis.lm_metrics import extrapolation, sink_metrics
 from llmlab.data.corpus import eval_blocks, load_corpus
 from llmlab.errors import LlmlabError
 from llmlab.models.scratch import load_scratch_model
@@ -39,7 +39,7 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict:
             window=m.eval_window,
         )
     results = {
-        "runner": "lm_eval",
+        "runner": "lm_metrics",
         "model_dir": str(m.model_dir),
         "dataset": cfg.dataset.name,
         "attention": saved["lm"]["attention"],
