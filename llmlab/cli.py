@@ -58,9 +58,10 @@ def _job(cfg: DictConfig) -> float | None:
 
 def _run(cfg: DictConfig) -> float | None:
     from llmlab.hardware import setup_hardware
+    from llmlab.run_dir import RunDir
     from llmlab.runners.context import RunContext, execute
     from llmlab.seeding import seed_everything
-    from llmlab.tracking import RunDir, Tracker
+    from llmlab.tracking import Tracker
 
     runner = get_runner(cfg.method.runner)
     hw = setup_hardware(cfg.hardware)
@@ -104,7 +105,7 @@ def named_dir(hc) -> bool:
 def save_hydra_files(path: Path, cfg: DictConfig, hc) -> None:
     """`.hydra/` (composed config, Hydra's config, the overrides), written by this job into the directory it claimed
     (conf/config.yaml turns Hydra's own copy off: two jobs of the same second would write it into one directory)."""
-    from llmlab.tracking import atomic_write
+    from llmlab.io import atomic_write
 
     atomic_write(path / ".hydra" / "config.yaml", OmegaConf.to_yaml(cfg))
     atomic_write(path / ".hydra" / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.create({"hydra": hc})))

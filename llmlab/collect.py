@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from llmlab.errors import LlmlabError
-from llmlab.tracking import atomic_write
+from llmlab.io import atomic_write
 
 PLAIN = ("results.json", "config.yaml", "meta.json", "comparison.json", "metrics.jsonl")
 ITEMS = ("predictions.jsonl", "problems.jsonl")

@@ -32,7 +32,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from llmlab.errors import LlmlabError
-from llmlab.tracking import notice, record_failure, write_json
+from llmlab.io import notice, write_json
+from llmlab.run_dir import record_failure
 
 _SWEEP: Path | None = None  # the sweep this (main) process launched
 _GPU: tuple[str, Any] | None = None  # this worker's GPU and the open lock file that holds it

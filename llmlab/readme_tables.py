@@ -145,7 +145,7 @@ def refreshed(readme: Path) -> str:
 
 def write(folder: str | Path) -> list[str]:
     """Rewrite the marked tables of `folder/README.md`; the names of the tables."""
-    from llmlab.tracking import atomic_write
+    from llmlab.io import atomic_write
 
     readme = Path(folder) / "README.md"
     if not readme.is_file():

@@ -25,7 +25,7 @@ import numpy as np
 
 from llmlab.analysis import bootstrap
 from llmlab.errors import LlmlabError
-from llmlab.tracking import atomic_write, read_rows
+from llmlab.io import atomic_write, read_rows
 
 T95 = {
     1: 12.706,

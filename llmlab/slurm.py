@@ -136,7 +136,7 @@ class SlurmLauncher(SubmititSlurmLauncher):
             )
         record = sweep / ".jobs" / f"{num}.json"
         if not record.exists():
-            from llmlab.tracking import write_json
+            from llmlab.io import write_json
 
             write_json(
                 record,

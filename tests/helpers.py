@@ -72,8 +72,9 @@ def runner_setup(tmp_path, *overrides: str):
     from omegaconf import OmegaConf
 
     from llmlab.hardware import Hardware
+    from llmlab.run_dir import RunDir
     from llmlab.runners.context import RunContext
-    from llmlab.tracking import RunDir, Tracker
+    from llmlab.tracking import Tracker
 
     cfg = compose([*TINY, "dataset.n_test=10", "dataset.n_icl_pool=50", "dataset.n_train_ft=20", *overrides])
     cfg.output_dir = str(tmp_path / "run")

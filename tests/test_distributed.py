@@ -138,7 +138,7 @@ def test_multi_gpu_composes():
 
 
 def test_only_rank_0_writes_the_run_directory(tmp_path, monkeypatch):
-    from llmlab.tracking import RunDir
+    from llmlab.run_dir import RunDir
 
     cfg, _ = runner_setup(tmp_path / "compose")
     monkeypatch.setenv("RANK", "1")

@@ -296,7 +296,7 @@ def enospc(fd):
 
 def test_a_full_disk_keeps_the_previous_file_and_leaves_no_temporary(tmp_path, monkeypatch):
     from llmlab.errors import LlmlabError
-    from llmlab.tracking import DiskFullError, write_json
+    from llmlab.io import DiskFullError, write_json
 
     path = tmp_path / "results.json"
     write_json(path, {"old": 1})

@@ -18,7 +18,8 @@ from omegaconf import OmegaConf
 
 from llmlab import interrupts
 from llmlab.errors import LlmlabError
-from llmlab.tracking import RunDir, read_jsonl, record_failure, resume_jsonl
+from llmlab.io import read_jsonl, resume_jsonl
+from llmlab.run_dir import RunDir, record_failure
 from tests.helpers import FAST_LM, REPO, TINY, run_cli
 
 ICL = [*TINY, "dataset=implicit/bool", "method.shots=2", "dataset.n_icl_pool=50"]

@@ -228,7 +228,7 @@ def test_joblib_runs_jobs_in_parallel_workers_with_one_gpu_each(outputs):
 
 
 def logged_steps(run: Path) -> list[int]:
-    from llmlab.tracking import read_jsonl
+    from llmlab.io import read_jsonl
 
     path = run / "metrics.jsonl"
     return [r["step"] for r in read_jsonl(path) if "train/loss" in r] if path.is_file() else []

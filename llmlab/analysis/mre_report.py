@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from llmlab.errors import LlmlabError
+from llmlab.io import atomic_write
 from llmlab.paths import safe_name
-from llmlab.tracking import atomic_write
 
 
 def load(root: Path) -> dict[str, list[dict]]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from llmlab.errors import LlmlabError
-from llmlab.tracking import read_jsonl
+from llmlab.io import read_jsonl
 
 
 def mcnemar_exact(only_a: int, only_b: int) -> float:

@@ -23,8 +23,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from llmlab.io import write_json
 from llmlab.paths import REPO_ROOT
-from llmlab.tracking import write_json
 
 
 def overrides(args) -> list[str]:

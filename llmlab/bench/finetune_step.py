@@ -22,8 +22,8 @@ import time
 from rich.console import Console
 from rich.table import Table
 
+from llmlab.io import write_json
 from llmlab.paths import REPO_ROOT
-from llmlab.tracking import write_json
 
 MODES = ("full", "lora")
 SIDES = ("llmlab", "trainer")

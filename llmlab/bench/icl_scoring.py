@@ -39,11 +39,11 @@ from rich.table import Table
 from llmlab.config import DatasetConfig, ModelConfig
 from llmlab.data.loading import load_eval_data
 from llmlab.hardware import Hardware
+from llmlab.io import write_json
 from llmlab.models.loading import load_model, model_dir
 from llmlab.paths import REPO_ROOT, conf_dir
 from llmlab.runners.icl import draw_demos
 from llmlab.scoring import Request, Scorer
-from llmlab.tracking import write_json
 
 NAME = "icl_scoring"
 TASKS = ("expression", "relation")

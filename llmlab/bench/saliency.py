@@ -25,10 +25,10 @@ from llmlab.config import DatasetConfig, ModelConfig
 from llmlab.data.mre.loader import load_mre
 from llmlab.data.mre.prompts import key_words, label_first_tokens, words_line
 from llmlab.hardware import Hardware
+from llmlab.io import write_json
 from llmlab.models.loading import load_model, model_dir
 from llmlab.paths import REPO_ROOT, conf_dir
 from llmlab.runners.info_flow import build_prompt, draw_demos, tokenize
-from llmlab.tracking import write_json
 
 NAME = "saliency"
 

@@ -33,10 +33,10 @@ from llmlab.blocksworld.text import action_text, state_text, update_template, wo
 from llmlab.decoding.prefix_cache import PrefixCache
 from llmlab.decoding.speculative import PromptLookup, greedy, speculative, stopper
 from llmlab.hardware import Hardware
+from llmlab.io import write_json
 from llmlab.models.loading import load_model
 from llmlab.models.partners import early_exit_model, named_model_config
 from llmlab.paths import REPO_ROOT
-from llmlab.tracking import write_json
 
 NAME = "spec_decode"
 TARGET = 1.3

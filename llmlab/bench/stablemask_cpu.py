@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
+from llmlab.io import write_json
 from llmlab.models.stablemask import alibi_slopes, stablemask_reference, stablemask_sdpa
 from llmlab.paths import REPO_ROOT, conf_dir
-from llmlab.tracking import write_json
 
 TARGET = 1.3
 

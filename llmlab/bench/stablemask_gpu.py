@@ -25,9 +25,9 @@ import time
 import torch
 import torch.nn.functional as F
 
+from llmlab.io import write_json
 from llmlab.models.stablemask import alibi_slopes, stablemask_reference, stablemask_sdpa
 from llmlab.paths import REPO_ROOT
-from llmlab.tracking import write_json
 
 HEADS = 16
 TOKENS = 16 * 1024  # batch * seq per shape

@@ -31,8 +31,8 @@ from dataclasses import dataclass, replace
 import torch
 
 from llmlab.config import LMArch, RWKVArch
+from llmlab.io import write_json
 from llmlab.paths import REPO_ROOT
-from llmlab.tracking import write_json
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,8 @@ import time
 
 import torch
 
+from llmlab.io import write_json
 from llmlab.paths import REPO_ROOT
-from llmlab.tracking import write_json
 
 
 def median_s(fn, reps: int, warmup: int = 1, sync=lambda: None) -> float:

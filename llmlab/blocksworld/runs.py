@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 from llmlab.errors import LlmlabError
+from llmlab.io import resume_jsonl, write_json, write_jsonl
 from llmlab.seeding import make_rng
-from llmlab.tracking import resume_jsonl, write_json, write_jsonl
 
 
 def draw_shots(pool: list[dict], shots: int, seed: int, problem_id: str) -> list[dict]:

@@ -29,8 +29,8 @@ import torch
 
 from llmlab.config import DatasetConfig
 from llmlab.errors import LlmlabError
+from llmlab.io import atomic_write
 from llmlab.paths import REPO_ROOT
-from llmlab.tracking import atomic_write
 
 SEPARATOR = "\n\n"
 

@@ -27,10 +27,10 @@ from llmlab.analysis.corrupt_pairs import TASKS, build_pairs, encode
 from llmlab.analysis.patching import SCORERS, model_shape
 from llmlab.data.loading import load_eval_data
 from llmlab.errors import LlmlabError
+from llmlab.io import write_json, write_jsonl
 from llmlab.models.loading import finetuned_model, load_model
 from llmlab.progress import progress_bar
 from llmlab.runners.context import RunContext
-from llmlab.tracking import write_json, write_jsonl
 
 METRICS = ("jaccard", "tv", "spearman")
 KINDS = ("heads", "mlps")

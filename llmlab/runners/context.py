@@ -9,7 +9,8 @@ from omegaconf import DictConfig
 
 from llmlab import interrupts
 from llmlab.hardware import Hardware
-from llmlab.tracking import RunDir, Tracker
+from llmlab.run_dir import RunDir
+from llmlab.tracking import Tracker
 
 
 @dataclass

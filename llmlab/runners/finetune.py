@@ -32,9 +32,9 @@ from safetensors.torch import load_file, save_file
 
 from llmlab import distributed, interrupts
 from llmlab.errors import LlmlabError
+from llmlab.io import notice, write_json
 from llmlab.progress import progress_bar
 from llmlab.runners.context import RunContext
-from llmlab.tracking import notice, write_json
 
 IGNORE = -100
 

@@ -19,13 +19,13 @@ from omegaconf import DictConfig
 
 from llmlab.data.loading import load_eval_data
 from llmlab.errors import LlmlabError
+from llmlab.io import resume_jsonl, write_json, write_jsonl
 from llmlab.metrics import loose_match, strict_match
 from llmlab.models.loading import load_model
 from llmlab.progress import progress_bar
 from llmlab.runners.context import RunContext
 from llmlab.scoring import Request, Scorer
 from llmlab.seeding import make_rng
-from llmlab.tracking import resume_jsonl, write_json, write_jsonl
 
 CHUNK = 64  # items scored between two appends to the partial predictions file
 

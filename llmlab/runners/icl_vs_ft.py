@@ -23,12 +23,14 @@ from omegaconf import DictConfig, OmegaConf
 from llmlab.analysis import icl_vs_ft as analysis
 from llmlab.data.implicit import task_spec
 from llmlab.errors import LlmlabError
+from llmlab.io import atomic_write, write_json
 from llmlab.models.loading import finetuned_model
 from llmlab.paths import safe_name
+from llmlab.run_dir import RunDir
 from llmlab.runners import finetune, icl
 from llmlab.runners.context import RunContext, execute
 from llmlab.seeding import seed_everything
-from llmlab.tracking import RunDir, Tracker, atomic_write, write_json
+from llmlab.tracking import Tracker
 
 
 def run(cfg: DictConfig, ctx: RunContext) -> dict:

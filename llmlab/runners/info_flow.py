@@ -28,10 +28,10 @@ from llmlab.analysis.saliency import attention_saliency, flow_means
 from llmlab.data.mre.loader import MreData, load_mre
 from llmlab.data.mre.prompts import key_words, label_first_tokens, words_line
 from llmlab.errors import LlmlabError
+from llmlab.io import write_json
 from llmlab.models.loading import load_model
 from llmlab.runners.context import RunContext
 from llmlab.seeding import make_rng
-from llmlab.tracking import write_json
 
 FLOWS = ("S_tw", "S_wq", "S_tq", "S_pq", "S_wp", "S_rest")
 

@@ -8,9 +8,9 @@ from omegaconf import DictConfig
 from llmlab.analysis.lm_metrics import extrapolation, sink_metrics
 from llmlab.data.corpus import eval_blocks, load_corpus
 from llmlab.errors import LlmlabError
+from llmlab.io import write_json
 from llmlab.models.scratch import load_scratch_model
 from llmlab.runners.context import RunContext
-from llmlab.tracking import write_json
 
 
 def run(cfg: DictConfig, ctx: RunContext) -> dict:

@@ -22,13 +22,13 @@ from llmlab.blocksworld.text import action_text, parse_action, update_template, 
 from llmlab.decoding.prefix_cache import PrefixCache
 from llmlab.decoding.speculative import greedy, speculative, stopper
 from llmlab.errors import LlmlabError
+from llmlab.io import write_json
 from llmlab.models.loading import load_model
 from llmlab.models.partners import build_amateur, build_draft
 from llmlab.progress import progress_bar
 from llmlab.runners.context import RunContext
 from llmlab.search.mcts import MCTS, MCTSSettings, dump_tree
 from llmlab.search.rewards import ActionScorer, RewardModel
-from llmlab.tracking import write_json
 
 
 def run(cfg: DictConfig, ctx: RunContext) -> dict:

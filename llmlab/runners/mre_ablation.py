@@ -22,12 +22,14 @@ from llmlab.data.mre.ablation import CONDITIONS, condition_rows, target_level
 from llmlab.data.mre.format import FormatError, parse_output, parse_wl
 from llmlab.data.mre.loader import load_mre
 from llmlab.errors import LlmlabError
+from llmlab.io import write_json, write_jsonl
 from llmlab.models.loading import finetuned_model, load_model
+from llmlab.run_dir import RunDir
 from llmlab.runners import finetune
 from llmlab.runners.context import RunContext, execute
 from llmlab.scoring import Request, Scorer
 from llmlab.seeding import seed_everything
-from llmlab.tracking import RunDir, Tracker, write_json, write_jsonl
+from llmlab.tracking import Tracker
 
 DELTAS = {
     "tl": ("tl_plus_wli", "tl_plus_wli_shuffled", "tl_neutral"),

@@ -7,10 +7,10 @@ from omegaconf import DictConfig
 
 from llmlab.analysis.position_probe import chance, probe_arch, train_probe
 from llmlab.errors import LlmlabError
+from llmlab.io import write_json
 from llmlab.models.scratch import arch_from
 from llmlab.progress import progress_bar
 from llmlab.runners.context import RunContext
-from llmlab.tracking import write_json
 
 
 def run(cfg: DictConfig, ctx: RunContext) -> dict:

@@ -30,11 +30,11 @@ from llmlab import distributed, interrupts
 from llmlab.analysis.lm_metrics import extrapolation, loss_row, mean_loss, sink_metrics
 from llmlab.data.corpus import Corpus, eval_blocks, load_corpus, train_batch
 from llmlab.errors import LlmlabError
+from llmlab.io import write_json
 from llmlab.models.scratch import build_scratch_model, save_scratch_model
 from llmlab.progress import progress_bar
 from llmlab.runners.context import RunContext
 from llmlab.runners.finetune import resume, save_checkpoint, save_interrupted
-from llmlab.tracking import write_json
 
 
 def run(cfg: DictConfig, ctx: RunContext) -> dict:

@@ -25,11 +25,11 @@ from llmlab.analysis.mre_metrics import accuracy, macro_f1
 from llmlab.data.mre.format import wl_label, wl_spans
 from llmlab.data.mre.loader import MreData, load_mre
 from llmlab.errors import LlmlabError
+from llmlab.io import write_json, write_jsonl
 from llmlab.models.loading import load_model
 from llmlab.runners.context import RunContext
 from llmlab.scoring import Request, Scorer
 from llmlab.seeding import make_rng
-from llmlab.tracking import write_json, write_jsonl
 
 TEMPLATES = {
     "sentiment": "{text}\nThe sentiment of this review is",
