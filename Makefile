@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PIP := $(BIN)/pip install -q -c constraints.txt
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: help install demo test test-slurm test-all test-gpu bench bench-gpu lint format clean
+.PHONY: help install demo test test-unit test-cli test-slurm test-all test-gpu bench bench-gpu lint format clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -28,8 +28,14 @@ demo: install ## ICL on SmolLM2-135M-Instruct (2 tasks x 2 shot counts, CPU), th
 		method.shots=0,4 seed=0 dataset.n_test=20 hydra.sweep.dir=outputs/demo
 	$(BIN)/llmlab report outputs/demo
 
-test: install ## the default test suite (no slow, GPU or SLURM tests)
+test: install ## the default test suite: tests/unit + tests/cli (no slow, GPU or SLURM tests)
 	$(BIN)/pytest -q -m "not slow and not gpu and not slurm"
+
+test-unit: install ## the in-process tests only (tests/unit), the quick loop while editing
+	$(BIN)/pytest -q -m "not slow" tests/unit
+
+test-cli: install ## the tests that drive the real `llmlab` command (tests/cli)
+	$(BIN)/pytest -q -m "not slow and not slurm" tests/cli
 
 test-slurm: install ## the SLURM tests, against the local cluster (tests/cluster/slurm-local.sh start)
 	$(BIN)/pytest -q -m slurm
@@ -37,8 +43,8 @@ test-slurm: install ## the SLURM tests, against the local cluster (tests/cluster
 test-all: install ## every CPU test, slow ones included (real pretrained models)
 	$(BIN)/pytest -q -m "not gpu"
 
-test-gpu: install ## the GPU tests (needs a CUDA GPU)
-	$(BIN)/pytest -q -m gpu
+test-gpu: install ## the GPU tier, tests/gpu (needs a CUDA GPU; skipped without one)
+	$(BIN)/pytest -q tests/gpu
 
 bench: install ## benchmarks against their baselines (lm-eval-harness, ...), printed side by side
 	$(BIN)/python -m llmlab.bench

@@ -19,13 +19,28 @@ from llmlab.errors import LlmlabError
 
 IMPLICIT_TASKS = ("expression", "code", "bool", "relation", "algebra", "parity")  # llmlab.data.implicit.TASKS
 DTYPES = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16")  # llmlab.hardware.DTYPES
+MRE_SUBSETS = ("scnm", "scpos_rw", "scpos_adjn", "scpos_adj", "scpos_n", "tcree")  # llmlab.data.mre.synthetic.SUBSETS
+MRE_CONDITIONS = (
+    "tl_only",
+    "tl_plus_wli",
+    "wl_only",
+    "wl_plus_tli",
+    "joint",
+    "tl_plus_wli_shuffled",
+    "wl_plus_tli_shuffled",
+    "tl_neutral",
+    "wl_neutral",
+)  # the fine-tuning ablation's conditions (llmlab.data.mre.ablation builds their rows)
+_FIRST = object()  # `choice`'s default: the first option
 
 
-def choice(*options: str, default: Any = None) -> Any:
+def choice(*options: str, default: Any = _FIRST) -> Any:
     """A dataclass field whose value (for a list field: each entry) must be one of `options`; its default is the first
-    option unless given. `validate_config` checks it against the composed config; `choices_of` reads it back."""
-    default = options[0] if default is None else default
-    if default is not MISSING and not set(default if isinstance(default, list) else [default]) <= set(options):
+    option unless given (None: an optional field, unset). `validate_config` checks it against the composed config;
+    `choices_of` reads it back."""
+    default = options[0] if default is _FIRST else default
+    given = [] if default is MISSING or default is None else default if isinstance(default, list) else [default]
+    if not set(given) <= set(options):
         raise ValueError(f"default {default!r} is not among {options}")
     meta = {"choices": options}
     if isinstance(default, list):
@@ -116,44 +131,169 @@ class ModelConfig:
 
 @dataclass
 class DatasetConfig:
-    """A task's test items and demonstration pool: generated (`implicit`) or read from JSONL files (`file`)."""
+    """Fields every dataset has. Each source has a schema extending it (`DATASET_SCHEMAS`; its loader:
+    `llmlab.data.sources`); a dataset YAML lists `/schema/dataset/<source>@_here_`, which also sets its source."""
 
     name: str = MISSING
-    source: str = choice(
-        "implicit",
-        "file",
-        "blocksworld",
-        "blocksworld_generated",
-        "corpus_stdlib",
-        "corpus_files",
-        "corpus_hub",
-        "mre_synth",
-        "mre_file",
-        "mre_hub",
-        default=MISSING,
-    )
-    task: str | None = None  # implicit: expression | code | bool | relation | algebra | parity; mre_*: the subset
+    source: str = MISSING
+
+
+@dataclass
+class EvalDatasetConfig(DatasetConfig):
+    """Test items per variant, demonstrations and a header, for evaluation (`implicit`, `file`)."""
+
+    variants: list[str] = field(default_factory=lambda: ["pattern", "counter"])
+    max_new_tokens: int | None = None  # override the task's generation length
+
+
+@dataclass
+class ImplicitOptions:
+    """Options of the implicit tasks (their modules' `OPTIONS`); a task refuses the ones it does not have."""
+
+    # bool: shortcut (the paper's pattern) | random (the released eval's `randoms`); null: follows `faithful`
+    # (shortcut when false, random when true)
+    bool_variant: str | None = choice("shortcut", "random", default=None)
+
+
+@dataclass
+class ImplicitDatasetConfig(EvalDatasetConfig):
+    """An implicit-pattern task's seeded generator (`source=implicit`, ICL vs fine-tuning spec)."""
+
+    task: str = choice(*IMPLICIT_TASKS, default=MISSING)
     faithful: bool = False  # reproduce the released code's quirks (see the ICL-vs-FT spec)
     n_test: int = 200  # per variant
     n_train_ft: int = 1000
     n_icl_pool: int = 1000
-    variants: list[str] = field(default_factory=lambda: ["pattern", "counter"])
-    options: dict[str, Any] = field(default_factory=dict)  # task options, e.g. bool_variant: shortcut
-    path: str | None = None  # file, mre_file (required): the test rows; blocksworld: the data directory
-    pool_path: str | None = None  # file: JSONL demonstration rows; mre_file (required): the training rows
-    header: str = ""  # file: instruction text placed before the demonstrations
-    max_new_tokens: int | None = None  # override the task's generation length
+    options: ImplicitOptions = field(default_factory=ImplicitOptions)
+
+
+@dataclass
+class FileDatasetConfig(EvalDatasetConfig):
+    """Your own JSONL rows (`source=file`) with the implicit row schema."""
+
+    path: str | None = None  # the test rows (required)
+    pool_path: str | None = None  # JSONL demonstration rows (required for method.shots > 0)
+    header: str = ""  # instruction text placed before the demonstrations
+
+
+@dataclass
+class CorpusDatasetConfig(DatasetConfig):
+    """A text corpus for pretraining: `corpus_stdlib` (pydoc topics), `corpus_files` (globs) or `corpus_hub`."""
+
     files: list[str] = field(default_factory=list)  # corpus_files: globs (relative to the current directory)
     hub_id: str | None = None  # corpus_hub: a Hugging Face dataset id
     hub_config: str | None = None  # corpus_hub: its configuration name
     hub_splits: list[str] = field(default_factory=lambda: ["train", "validation"])  # corpus_hub: train, held-out
     text_field: str = "text"  # corpus_hub: the column holding the text
-    max_chars: int | None = None  # corpus: read at most this many characters of training text
-    tokenizer: str = choice("byte", "bpe")  # corpus: byte (256 ids, no training) | bpe (trained locally, cached)
-    vocab_size: int = 8192  # corpus, bpe: vocabulary size
-    block_size: int = 128  # corpus: tokens per training sequence (each block holds one more, the shifted target)
-    val_fraction: float = 0.05  # corpus: share of documents (or of the text's tail, for one document) held out
-    split_seed: int = 0  # corpus: which documents are held out (fixed across run seeds)
+    max_chars: int | None = None  # read at most this many characters of training text
+    tokenizer: str = choice("byte", "bpe")  # byte (256 ids, no training) | bpe (trained locally, cached)
+    vocab_size: int = 8192  # bpe: vocabulary size
+    block_size: int = 128  # tokens per training sequence (each block holds one more, the shifted target)
+    val_fraction: float = 0.05  # local sources: share of documents (or of the text's tail, for one document) held out
+    split_seed: int = 0  # local sources: which documents are held out (fixed across run seeds)
+
+
+@dataclass
+class BlocksworldOptions:
+    """A llm-reasoners Blocksworld split."""
+
+    mode: str = choice("easy", "hard", "full")  # easy: split_v2 | hard: split_v1 | full: full_data
+    step: int = 2  # optimal plan length
+    check: bool = True  # validate every problem's plan with the simulator when loading
+
+
+@dataclass
+class BlocksworldDatasetConfig(DatasetConfig):
+    """Blocksworld problems from the llm-reasoners / PlanBench files (`source=blocksworld`)."""
+
+    path: str | None = None  # the data directory (null: shared/data/blocksworld next to the repository)
+    options: BlocksworldOptions = field(default_factory=BlocksworldOptions)
+
+
+@dataclass
+class GeneratedBlocksworldOptions:
+    """Problems of the seeded generator."""
+
+    mode: str = choice("easy", "hard", "full")  # prompts=builtin: the split whose prompts are used
+    step: int = 2  # optimal plan length (by BFS), of the problems and of the demonstrations
+    n: int = 20  # test problems
+    pool: int = 10  # demonstration problems
+    blocks: list[int] = field(default_factory=lambda: [3, 4, 5])  # block counts drawn from (each in [2, 12])
+    gen_seed: int | None = None  # the generator's seed; null: the run's seed
+    prompts: str = choice("builtin", "files")  # builtin (short, our wording) | files (the PlanBench texts, from path)
+
+
+@dataclass
+class GeneratedBlocksworldDatasetConfig(DatasetConfig):
+    """Blocksworld problems made by the seeded generator (`source=blocksworld_generated`); no files needed."""
+
+    path: str | None = None  # options.prompts=files: the data directory, as for `blocksworld`
+    options: GeneratedBlocksworldOptions = field(default_factory=GeneratedBlocksworldOptions)
+
+
+@dataclass
+class MreOptions:
+    """Options of every MRE source."""
+
+    condition: str | None = choice(*MRE_CONDITIONS, default=None)  # fine-tuning rows' arm (set by method=mre_ablation)
+
+
+@dataclass
+class MreFileOptions(MreOptions):
+    on_error: str = choice("raise", "skip")  # raise: stop at the first bad line (file:line) | skip: count and list them
+
+
+@dataclass
+class MreSynthOptions(MreOptions):
+    """The synthetic generator's knobs (`llmlab.data.mre.synthetic`)."""
+
+    coupling: float = 0.85  # P(the label the word-level items imply == the text-level label)
+    override_cue: bool = True  # when they differ, an un-annotated cue sentence carries the TL label
+    decoupled_control: bool = False  # word-level items carry no text-level information
+    label_noise: float = 0.0
+
+
+@dataclass
+class MreDatasetConfig(DatasetConfig):
+    """MMM English files from the Hugging Face Hub (`source=mre_hub`); the base of the other MRE sources."""
+
+    task: str = choice(*MRE_SUBSETS, default=MISSING)  # the subset
+    n_test: int = 200  # deterministic subsample (synthetic: the size of the test split)
+    n_train_ft: int = 1000
+    options: MreFileOptions = field(default_factory=MreFileOptions)
+
+
+@dataclass
+class MreFileDatasetConfig(MreDatasetConfig):
+    """Your own MRE files in the OIELLM format (`source=mre_file`)."""
+
+    path: str | None = None  # the test rows (required)
+    pool_path: str | None = None  # the training rows (required)
+
+
+@dataclass
+class MreSynthDatasetConfig(MreDatasetConfig):
+    """A seeded synthetic MRE set (`source=mre_synth`, MRE spec 7.3); n_train_ft / n_icl_pool / n_test are the train /
+    dev / test sizes."""
+
+    n_icl_pool: int = 1000
+    options: MreSynthOptions = field(default_factory=MreSynthOptions)
+
+
+# `dataset.source` -> its schema: composed through `schema/dataset/<source>` and checked by `validate_config`; the
+# loaders are in `llmlab.data.sources`
+DATASET_SCHEMAS: dict[str, type[DatasetConfig]] = {
+    "implicit": ImplicitDatasetConfig,
+    "file": FileDatasetConfig,
+    "blocksworld": BlocksworldDatasetConfig,
+    "blocksworld_generated": GeneratedBlocksworldDatasetConfig,
+    "corpus_stdlib": CorpusDatasetConfig,
+    "corpus_files": CorpusDatasetConfig,
+    "corpus_hub": CorpusDatasetConfig,
+    "mre_synth": MreSynthDatasetConfig,
+    "mre_file": MreFileDatasetConfig,
+    "mre_hub": MreDatasetConfig,
+}
 
 
 @dataclass
@@ -195,7 +335,6 @@ class MethodConfig:
 class ICLConfig(MethodConfig):
     """k-shot in-context evaluation (`method=icl`)."""
 
-    runner: str = "icl"
     shots: int = 8
     fixed_demos: bool = False  # one demonstration set for all queries (prefix computed once) vs redrawn per query
     scoring: list[str] = choice("generate", "loglik", default=["generate", "loglik"])  # generate (loose/strict), loglik
@@ -220,7 +359,6 @@ class LoraSpec:
 class FinetuneConfig(MethodConfig):
     """Causal-LM fine-tuning (`method=finetune`), full-parameter or LoRA, on the dataset's fine-tuning rows."""
 
-    runner: str = "finetune"
     peft: str = choice("none", "lora")
     # implicit tasks mixed into one pool (default: the released 4-task mixture); []: dataset.task alone
     tasks: list[str] = choice(*IMPLICIT_TASKS, default=["expression", "relation", "bool", "algebra"])
@@ -255,7 +393,6 @@ class IclVsFtConfig(MethodConfig):
         "arms",
     )  # each step checks its own config
 
-    runner: str = "icl_vs_ft"
     tasks: list[str] = choice(*IMPLICIT_TASKS, default=["bool", "expression", "relation", "code"])  # evaluated tasks
     shots: list[int] = field(default_factory=lambda: [0, 1, 2, 4, 8, 16])  # must include 0 (the base@0 reference)
     report_k: int = 8  # the pre-registered k of the comparison (besides the max over k >= 1)
@@ -274,7 +411,7 @@ class RootConfig:
     """The composed config: one option per group plus run-level settings."""
 
     model: ModelConfig = MISSING
-    dataset: DatasetConfig = MISSING
+    dataset: Any = MISSING  # the schema of its source (`DATASET_SCHEMAS`)
     method: Any = MISSING
     hardware: HardwareConfig = MISSING
     logger: LoggerConfig = MISSING
@@ -287,10 +424,13 @@ class RootConfig:
 
 
 def register_schemas() -> None:
-    """Put the root schema in Hydra's ConfigStore (`conf/config.yaml` lists it first); groups are typed through it."""
+    """Put the root schema in Hydra's ConfigStore (`conf/config.yaml` lists it first), through which groups are typed,
+    and each dataset source's schema as `schema/dataset/<source>` with `source` set (dataset YAMLs list it)."""
     from hydra.core.config_store import ConfigStore
 
     ConfigStore.instance().store(name="root_schema", node=RootConfig)
+    for source, schema in DATASET_SCHEMAS.items():
+        ConfigStore.instance().store(group="schema/dataset", name=source, node=schema(source=source))
     from omegaconf import OmegaConf
 
     from llmlab.paths import safe_name
@@ -305,7 +445,6 @@ class CircuitShiftConfig(MethodConfig):
     """Circuit shift (`method=circuit_shift`): patching scores of heads and MLPs for base 0-shot, base k-shot and a
     fine-tuned model 0-shot, and how far the k-shot and fine-tuned circuits move from the base one."""
 
-    runner: str = "circuit_shift"
     # attribution (one forward + backward per pair; the CPU choice) | exact (one forward per component)
     method: str = choice("attribution", "exact")
     shots: int = 8  # demonstrations of the k-shot condition (fixed per item)
@@ -321,7 +460,6 @@ class PretrainConfig(MethodConfig):
     """Pretraining from scratch on a corpus (`method=pretrain`): AdamW, warm-up + cosine, exact resume, a watchdog,
     periodic validation, and at the end the extrapolation, attention-sink and (optional) evaluations."""
 
-    runner: str = "pretrain"
     lr: float = 1e-3
     lr_final_ratio: float = 0.1  # cosine decays to lr * lr_final_ratio at max_steps
     warmup_steps: int = 100
@@ -350,7 +488,6 @@ class PretrainConfig(MethodConfig):
 class LMMetricsConfig(MethodConfig):
     """Evaluate a pretrained `lm` (`method=lm_metrics`): perplexity at longer contexts and attention-sink metrics."""
 
-    runner: str = "lm_metrics"
     model_dir: str = MISSING  # a pretrain run's `model/` directory
     eval_lengths: list[int] = field(default_factory=lambda: [1, 2, 4, 8])  # multiples of the training length
     eval_window: int | None = None
@@ -365,7 +502,6 @@ class PositionProbeConfig(MethodConfig):
     """The absolute-position probe (`method=position_probe`, StableMask spec S1): N copies of one token, predict the
     position bucket floor(k*i/N) (or i mod k). Causal attention with a relative position scheme cannot beat chance."""
 
-    runner: str = "position_probe"
     arms: list[str] = choice("softmax", "stablemask", default=["softmax", "stablemask"])  # attention kinds compared
     task: str = choice("bucket", "mod")  # bucket: floor(k*i/N) | mod: i mod k
     n_classes: int = 8
@@ -395,7 +531,6 @@ class DraftConfig:
 class CoTConfig(MethodConfig):
     """Few-shot chain-of-thought planning on Blocksworld (`method=cot`): greedy plan, validated by the simulator."""
 
-    runner: str = "cot"
     shots: int = 4
     max_new_tokens: int = 200
     limit: int | None = None  # first N problems of the split
@@ -443,7 +578,6 @@ class RewardConfig:
 class MCTSConfig(MethodConfig):
     """MCTS planning on Blocksworld (`method=mcts`; `mcts_rap`, `sc_mcts` are settings of it)."""
 
-    runner: str = "mcts"
     shots: int = 4
     n_iters: int = 10
     depth_limit: int | None = None  # null: the split's optimal plan length (as the released scripts)
@@ -471,7 +605,6 @@ class InfoFlowConfig(MethodConfig):
     """Information flow between word- and text-level labels (`method=info_flow`, MRE spec 2.3): attention x
     gradient saliency per layer on the eager path, with gold / shuffled / removed word-level controls."""
 
-    runner: str = "info_flow"
     demos_per_class: int = 1
     # word-level controls compared; gold (the reference) must be among them
     conditions: list[str] = choice("gold", "shuffled", "none", default=["gold", "shuffled", "none"])
@@ -485,7 +618,6 @@ class VerbalizerConfig(MethodConfig):
     """Verbalizer prompt learning (`method=verbalizer`, MRE spec 4.2): label-name baseline vs the knowledgeable
     verbalizer built from word-level information, zero- and few-shot, scored by label-word log-likelihoods."""
 
-    runner: str = "verbalizer"
     shots: list[int] = field(default_factory=lambda: [0, 4])  # demonstrations per class
     top_k: int = 100  # label words per class
     # pmi: count * log(C * count_c / count) | tfidf (the spec's formula): count * log(C / classes with it) | freq (the
@@ -502,19 +634,6 @@ class VerbalizerConfig(MethodConfig):
     limit: int | None = None  # test examples
 
 
-MRE_CONDITIONS = (
-    "tl_only",
-    "tl_plus_wli",
-    "wl_only",
-    "wl_plus_tli",
-    "joint",
-    "tl_plus_wli_shuffled",
-    "wl_plus_tli_shuffled",
-    "tl_neutral",
-    "wl_neutral",
-)  # the fine-tuning ablation's conditions (llmlab.data.mre.ablation builds their rows)
-
-
 @dataclass
 class MreAblationConfig(MethodConfig):
     """MRE fine-tuning ablation (`method=mre_ablation`, spec 3.3): one fine-tuning run per condition through the
@@ -522,10 +641,10 @@ class MreAblationConfig(MethodConfig):
 
     resume_free: ClassVar[tuple[str, ...]] = ("conditions",)  # each condition's run checks its own config
 
-    runner: str = "mre_ablation"
     conditions: list[str] = choice(*MRE_CONDITIONS, default=list(MRE_CONDITIONS))
     finetune: FinetuneConfig = field(
         default_factory=lambda: FinetuneConfig(
+            runner="finetune",  # the runner of each condition's fine-tuning run
             tasks=[],
             lr=5e-5,
             warmup_steps=5,
@@ -562,17 +681,37 @@ NOT_RESOLVED = ("hydra", "output_dir")  # Hydra's own, set when the job starts
 def validate_config(cfg: DictConfig) -> None:
     """Refuse a composed config that Hydra accepts but a run cannot use: a missing interpolation, a key outside the
     schemas (`+key=`/`++key=` bypass Hydra's check), a value out of range or outside its field's choices (the method's
-    schema comes from the runner registry). Raises a one-line `LlmlabError`; loads nothing."""
+    schema is the one the runner registry stored). Raises a one-line `LlmlabError`; loads nothing."""
     data = resolved(cfg)
     check_schema(data, RootConfig, "", skip=NOT_RESOLVED)
     method = data.get("method")
-    if isinstance(method, dict):
-        from llmlab.registry import RUNNERS
-
-        entry = RUNNERS.get(method.get("runner"))
-        if entry is not None:  # an unknown runner is reported, with the registered ones, when the run starts
-            check_schema(method, entry.schema, "method.")
+    schema = method_schema(method.get("runner")) if isinstance(method, dict) else None
+    if schema is not None:  # an unknown runner is reported, with the registered ones, when the run starts
+        check_schema(method, schema, "method.")
+    check_dataset(data.get("dataset"))
     check_values(data)
+
+
+def check_dataset(dataset: Any) -> None:
+    """The dataset node against the schema of its source: a key of another source's schema is refused too."""
+    if not isinstance(dataset, dict):
+        return
+    source = dataset.get("source")
+    check_choice("dataset.source", source, tuple(DATASET_SCHEMAS))
+    if source in DATASET_SCHEMAS:
+        check_schema(dataset, DATASET_SCHEMAS[source], "dataset.")
+
+
+def method_schema(runner: Any) -> type[MethodConfig] | None:
+    """The schema of runner `runner` as the runner registry stored it in Hydra's ConfigStore (`schema/method/<runner>`,
+    what the method YAMLs compose; this module cannot import the registry, which imports it); None if there is none."""
+    from hydra.core.config_store import ConfigStore
+    from hydra.plugins.config_source import ConfigLoadError
+
+    try:
+        return OmegaConf.get_type(ConfigStore.instance().load(f"schema/method/{runner}.yaml").node)
+    except ConfigLoadError:
+        return None
 
 
 def resolved(cfg: DictConfig) -> dict[str, Any]:
@@ -619,9 +758,10 @@ def check_schema(node: dict, schema: type, prefix: str, skip: tuple[str, ...] = 
 
 
 def check_choice(key: str, value: Any, options: tuple[str, ...]) -> None:
-    """`value` (each entry of a list) must be one of `options`; a missing value is reported by the CLI."""
+    """`value` (each entry of a list) must be one of `options`; a missing value is reported by the CLI, and None is
+    left to the field's type (only an optional field takes it)."""
     for item in value if isinstance(value, list) else [value]:
-        if item not in options and item != MISSING:
+        if item not in options and item != MISSING and item is not None:
             close = difflib.get_close_matches(str(item), options, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             raise LlmlabError(f"{key} must be one of {', '.join(options)}, got {item!r}{hint}")

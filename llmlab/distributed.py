@@ -223,11 +223,6 @@ def all_reduce_sum(value: float) -> float:
     return _reduce(value, "SUM") if active() else value
 
 
-def all_reduce_mean(value: float) -> float:
-    """Mean of `value` over the ranks."""
-    return _reduce(value, "SUM") / world() if active() else value
-
-
 def all_true(flag: bool) -> bool:
     """True on every rank when `flag` is true on every rank (one decision for all)."""
     return _reduce(float(bool(flag)), "MIN") > 0.5 if active() else bool(flag)

@@ -58,8 +58,23 @@ def relevant(cfg: dict, free: tuple[str, ...] = ()) -> dict[str, Any]:
 
 def changed_keys(saved: dict, current: dict, free: tuple[str, ...] = ()) -> list[str]:
     """The results-relevant keys whose values differ between two resolved configs."""
-    a, b = relevant(saved, free), relevant(current, free)
+    a, b = as_dataset_schema(relevant(saved, free), current), relevant(current, free)
     return sorted(k for k in a.keys() | b.keys() if a.get(k, _ABSENT) != b.get(k, _ABSENT))
+
+
+def as_dataset_schema(leaves: dict[str, Any], current: dict) -> dict[str, Any]:
+    """A saved config's `leaves` with its dataset read through the schema of `current`'s dataset source: fields that
+    schema lacks dropped and those it has but `leaves` lacks at their defaults, so a config written when every dataset
+    held every source's fields (and only the options it stated) still matches the one that config composes now."""
+    from omegaconf import OmegaConf
+
+    from llmlab.config import DATASET_SCHEMAS
+
+    schema = DATASET_SCHEMAS.get(str((current.get("dataset") or {}).get("source")))
+    if schema is None:
+        return leaves
+    fields = flatten({"dataset": OmegaConf.to_container(OmegaConf.structured(schema))})
+    return {**fields, **{k: v for k, v in leaves.items() if not k.startswith("dataset.") or k in fields}}
 
 
 def fingerprint(cfg: dict, free: tuple[str, ...] = ()) -> str:
@@ -70,10 +85,10 @@ def fingerprint(cfg: dict, free: tuple[str, ...] = ()) -> str:
 
 def resume_free(cfg: dict) -> tuple[str, ...]:
     """The method fields its schema declares free to change between attempts (`resume_free`)."""
-    from llmlab.registry import RUNNERS
+    from llmlab.config import method_schema
 
-    entry = RUNNERS.get(str((cfg.get("method") or {}).get("runner")))
-    return tuple(getattr(entry.schema, "resume_free", ())) if entry else ()
+    schema = method_schema((cfg.get("method") or {}).get("runner"))
+    return tuple(getattr(schema, "resume_free", ())) if schema else ()
 
 
 _ABSENT = object()

@@ -32,6 +32,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from llmlab.errors import LlmlabError
+from llmlab.hydra_errors import one_line
 from llmlab.io import notice, write_json
 from llmlab.run_dir import record_failure
 
@@ -173,8 +174,6 @@ def _key(override: str) -> str:
 
 def error_line(exc: BaseException) -> str:
     """An exception as one line: llmlab's own errors by their message, others prefixed with their type."""
-    from llmlab.cli import one_line
-
     return one_line(exc) if isinstance(exc, LlmlabError) else f"{type(exc).__name__}: {one_line(exc)}"
 
 

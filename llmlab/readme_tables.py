@@ -25,6 +25,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from llmlab import runs_table
 from llmlab.errors import LlmlabError
 
 MARKED = re.compile(r"(<!-- table: (?P<spec>[^>]*?) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
@@ -34,13 +35,11 @@ SEPARATOR = re.compile(r"^\|\s*:?-{3,}")
 
 
 def render_runs(base: Path, folder: str) -> str:
-    from llmlab import report
-
-    runs, _ = report.load_runs(base / folder)
+    runs, _ = runs_table.load_runs(base / folder)
     if not runs:
         raise LlmlabError(f"{base / folder}: no finished runs")
-    keys, rows = report.aggregate(runs)
-    return report.markdown(keys, rows) + f"\n{report.method_note(runs)}\n"
+    keys, rows = runs_table.aggregate(runs)
+    return runs_table.markdown(keys, rows) + f"\n{runs_table.method_note(runs)}\n"
 
 
 def render_icl_vs_ft(base: Path, folder: str) -> str:
@@ -78,7 +77,8 @@ def render_icl_vs_ft(base: Path, folder: str) -> str:
         table + f"\nSeeds {list(m.seeds)}; {cfg.dataset.n_test} items per task, variant and seed; metric "
         f"`{m.metric}`; intervals: {bootstrap.METHOD} ({m.bootstrap} resamples); deltas and gaps resample "
         "both conditions with the same draws (paired: every condition of a seed is scored on the same items).\n\n"
-        f"Verdict (spec 6.3, pattern sets, {verdict.get('gap_key', '')}): **{verdict['outcome']}**"
+        f"Verdict (spec 6.3, pattern sets{', ' + verdict['gap_key'] if verdict.get('gap_key') else ''}): "
+        f"**{verdict['outcome']}**"
         f" — rule: {verdict.get('rule', verdict.get('why', ''))}\n"
     )
 
@@ -86,9 +86,7 @@ def render_icl_vs_ft(base: Path, folder: str) -> str:
 def render_paired(base: Path, folder: str, arm: str, ref: str, by: str, metrics: str) -> str:
     """Arms compared seed by seed: for each `by` group and metric, the mean of every arm and the paired difference
     (arm − `ref` on the same seed) with a 95% Student t interval over seeds. A metric `a/b` is the ratio of two."""
-    from llmlab import report
-
-    runs, _ = report.load_runs(base / folder)
+    runs, _ = runs_table.load_runs(base / folder)
     if not runs:
         raise LlmlabError(f"{base / folder}: no finished runs")
 
@@ -112,7 +110,7 @@ def render_paired(base: Path, folder: str, arm: str, ref: str, by: str, metrics:
                 diffs = [at[a, s] - at[ref, s] for s in seeds if (a, s) in at]
                 mean = sum(diffs) / len(diffs)
                 sd = (sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)) ** 0.5 if len(diffs) > 1 else 0.0
-                half = report.t95(len(diffs) - 1) * sd / len(diffs) ** 0.5 if len(diffs) > 1 else float("nan")
+                half = runs_table.t95(len(diffs) - 1) * sd / len(diffs) ** 0.5 if len(diffs) > 1 else float("nan")
                 cells.append(f"{mean:+.4f} [{mean - half:+.4f}, {mean + half:+.4f}]")
                 wins.append(f"{sum(d < 0 for d in diffs)}/{len(diffs)}")
             lines.append(f"| {group} | {metric} | " + " | ".join(cells + [", ".join(wins)]) + " |")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 # Triton kernels run interpreted on the CPU; Triton reads this when it is first imported, so it is set here, before
-# any test module imports it (tests/test_kernels_compile.py compiles them in subprocesses without it).
+# any test module imports it (tests/unit/test_kernels_compile.py compiles them in subprocesses without it).
 os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.update(
     WANDB_MODE="disabled",

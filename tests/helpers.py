@@ -7,9 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 TINY = ["model=tiny-random", "hardware=cpu", "logger=none"]
+# skip unless a CUDA GPU is visible (every test in tests/gpu/ carries it, with the `gpu` marker)
+requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 # a 1-layer lm-tiny on the pydoc corpus: pretraining steps of a few milliseconds (resume, launcher and cluster tests)
 LM_SHAPE = [
     "method=pretrain",
@@ -66,17 +71,22 @@ def compose(overrides: list[str]):
         return hydra_compose("config", overrides=overrides, return_hydra_config=True)
 
 
+SMALL_SIZES = {"n_test": 10, "n_icl_pool": 50, "n_train_ft": 20}
+
+
 def runner_setup(tmp_path, *overrides: str):
     """A composed tiny-model config (small dataset sizes) and a RunContext in `tmp_path/run`, for in-process runs."""
     import torch
     from omegaconf import OmegaConf
 
     from llmlab.hardware import Hardware
+    from llmlab.run_context import RunContext
     from llmlab.run_dir import RunDir
-    from llmlab.runners.context import RunContext
     from llmlab.tracking import Tracker
 
-    cfg = compose([*TINY, "dataset.n_test=10", "dataset.n_icl_pool=50", "dataset.n_train_ft=20", *overrides])
+    dataset = compose([*TINY, *overrides]).dataset
+    sizes = [f"dataset.{k}={n}" for k, n in SMALL_SIZES.items() if k in dataset]  # where its source has them
+    cfg = compose([*TINY, *sizes, *overrides])
     cfg.output_dir = str(tmp_path / "run")
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
     cfg.pop("hydra")

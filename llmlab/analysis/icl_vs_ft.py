@@ -15,8 +15,8 @@ import numpy as np
 
 from llmlab.analysis.bootstrap import resample
 from llmlab.errors import LlmlabError
+from llmlab.figures import save_figure
 from llmlab.io import read_rows
-from llmlab.report import save_figure
 
 GAP = 0.15  # the spec's "15 points"
 METRICS = {"strict": "strict", "loose": "loose", "loglik": "loglik_correct", "label_logit": "label_logit_correct"}

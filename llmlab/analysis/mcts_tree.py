@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from llmlab.errors import LlmlabError
-from llmlab.report import save_figure
+from llmlab.figures import save_figure
 
 
 def layout(nodes: list[dict]) -> dict[int, tuple[float, int]]:

@@ -131,7 +131,7 @@ def plot(runs: list[dict], root: Path) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from llmlab.report import save_figure
+    from llmlab.figures import save_figure
 
     paths = []
     for model in sorted({r["model"] for r in runs}):

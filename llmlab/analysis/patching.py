@@ -142,17 +142,6 @@ def normalised(ld, ld_clean, ld_corrupt):
     return (ld - ld_corrupt) / (ld_clean - ld_corrupt)
 
 
-def patched_metric(
-    model, clean: torch.Tensor, corrupt: torch.Tensor, answers: tuple[int, int], comps: list[Component]
-) -> float:
-    """The normalised LD of the corrupt run with the clean activations of all `comps` patched in at once."""
-    shape = model_shape(model)
-    clean_logits, acts = cache(model, clean)
-    ld_corrupt = logit_diff(cache(model, corrupt)[0], answers)
-    ld = logit_diff(patched_logits(model, corrupt, acts, [comps], shape), answers)
-    return float(normalised(ld, logit_diff(clean_logits, answers), ld_corrupt)[0])
-
-
 def exact_patching(
     model, clean: torch.Tensor, corrupt: torch.Tensor, answers: tuple[int, int], batch_size: int = 16
 ) -> PairScores:

@@ -17,8 +17,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from llmlab.errors import LlmlabError
+from llmlab.figures import save_figure
 from llmlab.io import read_jsonl
-from llmlab.report import save_figure
 
 
 def arm(result: dict) -> str:

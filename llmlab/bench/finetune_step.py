@@ -45,7 +45,8 @@ def child(side: str, mode: str, steps: int, warmup: int, batch: int, seq: int, t
     from llmlab.hardware import Hardware
     from llmlab.models.loading import load_model
     from llmlab.paths import conf_dir
-    from llmlab.runners.finetune import add_lora, optimizer_step
+    from llmlab.runners.finetune import add_lora, label_tokens, lm_logits
+    from llmlab.train.step import StepSettings, optimizer_step
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -65,9 +66,11 @@ def child(side: str, mode: str, steps: int, warmup: int, batch: int, seq: int, t
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
         sched = get_constant_schedule_with_warmup(opt, 1)
         mask = torch.ones(batch, seq, dtype=torch.long)
+        settings = StepSettings(device=torch.device("cpu"), clip=1.0)
         losses = []
-        for ids in data:
-            loss, _, _ = optimizer_step(model, params, opt, sched, [(ids, mask, ids)], 1.0, torch.device("cpu"))
+        for i, ids in enumerate(data):
+            micro = [((ids, mask, ids), label_tokens(ids))]
+            loss, _ = optimizer_step(model, opt, sched, micro, lm_logits, settings, step=i + 1)
             losses.append(loss)
             stamps.append(time.perf_counter())
     else:

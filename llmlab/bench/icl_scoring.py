@@ -38,6 +38,7 @@ from rich.table import Table
 
 from llmlab.config import DatasetConfig, ModelConfig
 from llmlab.data.loading import load_eval_data
+from llmlab.data.sources import dataset_option
 from llmlab.hardware import Hardware
 from llmlab.io import write_json
 from llmlab.models.loading import load_model, model_dir
@@ -78,8 +79,7 @@ class Query:
 
 def dataset_config(task: str, **overrides) -> DatasetConfig:
     """The repository's `dataset=implicit/<task>` config, with `overrides` (e.g. a smaller `n_test` for tests)."""
-    path = conf_dir() / "dataset" / "implicit" / f"{task}.yaml"
-    cfg = OmegaConf.merge(OmegaConf.structured(DatasetConfig), OmegaConf.load(path))
+    cfg = dataset_option(f"implicit/{task}")
     return OmegaConf.merge(cfg, overrides) if overrides else cfg
 
 

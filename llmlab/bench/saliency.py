@@ -21,9 +21,10 @@ import torch
 from omegaconf import OmegaConf
 
 from llmlab.analysis.saliency import attention_saliency, naive_saliency
-from llmlab.config import DatasetConfig, ModelConfig
+from llmlab.config import ModelConfig
 from llmlab.data.mre.loader import load_mre
 from llmlab.data.mre.prompts import key_words, label_first_tokens, words_line
+from llmlab.data.sources import dataset_option
 from llmlab.hardware import Hardware
 from llmlab.io import write_json
 from llmlab.models.loading import load_model, model_dir
@@ -48,9 +49,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def sequences(tok, n: int, tokens: int, dataset: str) -> tuple[list[list[int]], list[int], list[int]]:
-    cfg = OmegaConf.merge(
-        OmegaConf.structured(DatasetConfig), OmegaConf.load(conf_dir() / "dataset" / "mre" / f"{dataset}.yaml")
-    )
+    cfg = dataset_option(f"mre/{dataset}")
     cfg.n_test, cfg.n_train_ft = n + 1, 200
     data = load_mre(cfg, 0)
     text_key, label_key = key_words(data)

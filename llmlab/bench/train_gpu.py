@@ -5,8 +5,9 @@
 
 Each case builds a model of a paper's shape with random weights, draws random tokens (throughput does not depend on
 the data) and times `--steps` optimiser steps after `--warmup` untimed ones (the first compiles and autotunes the
-Triton kernels), using exactly the step functions the runners call: `pretrain.train_step` (bf16 autocast, fp32
-master weights, AdamW, clipping) for the from-scratch models and `finetune.optimizer_step` for the fine-tuned one.
+Triton kernels), using exactly the optimiser step the runners call (`llmlab.train.step.optimizer_step`: bf16
+autocast, fp32 master weights, AdamW, clipping) with `pretrain`'s forward for the from-scratch models and
+`finetune`'s for the fine-tuned one.
 
 - `lm71m_*`: the StableMask paper's 71M decoder (L6, D512, 8 heads, SwiGLU 1536, RoPE, GPT-2 vocabulary 50,257),
   1024 tokens x 16 sequences per step; softmax/SDPA, StableMask through the SDPA sink path, StableMask Triton kernel.
@@ -33,6 +34,7 @@ import torch
 from llmlab.config import LMArch, RWKVArch
 from llmlab.io import write_json
 from llmlab.paths import REPO_ROOT
+from llmlab.train.step import StepSettings, optimizer_step
 
 
 @dataclass(frozen=True)
@@ -138,19 +140,21 @@ def step_fn(case: Case, model, params, device: torch.device, amp):
     opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.98), weight_decay=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     gen = torch.Generator().manual_seed(1)
+    settings = StepSettings(device=device, clip=1.0, amp=amp, max_grad_norm=None if case.family == "llama" else 1e9)
     if case.family == "llama":
-        from llmlab.runners.finetune import optimizer_step
+        from llmlab.runners.finetune import label_tokens, lm_logits
 
         def run():
             ids = torch.randint(0, case.vocab, (case.batch, case.seq), generator=gen)
-            micro = [(ids, torch.ones_like(ids), ids.clone())]
-            return optimizer_step(model, params, opt, sched, micro, 1.0, device, amp)[0]
+            micro = [((ids, torch.ones_like(ids), ids.clone()), label_tokens(ids))]
+            return optimizer_step(model, opt, sched, micro, lm_logits, settings, step=1)[0]
     else:
-        from llmlab.runners.pretrain import train_step
+        from llmlab.runners.pretrain import next_token_logits
 
         def run():
             blocks = torch.randint(0, case.vocab, (case.batch, case.seq + 1), generator=gen)
-            return train_step(model, opt, sched, [(blocks, blocks[:, 1:].numel())], 1.0, device, amp, 1e9, 1)[0]
+            micro = [((blocks,), blocks[:, 1:].numel())]
+            return optimizer_step(model, opt, sched, micro, next_token_logits, settings, step=1)[0]
 
     return run
 

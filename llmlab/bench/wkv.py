@@ -135,7 +135,7 @@ def plot_decode(dec: dict, path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from llmlab.report import save_figure
+    from llmlab.figures import save_figure
 
     ctx = [r["context"] for r in dec["rows"]]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))

@@ -14,6 +14,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from datasets import Dataset
 
@@ -32,7 +33,8 @@ from llmlab.blocksworld.text import (
     problem_texts,
     state_text,
 )
-from llmlab.config import DatasetConfig
+from llmlab.config import BlocksworldDatasetConfig, DatasetConfig, GeneratedBlocksworldDatasetConfig
+from llmlab.data.sources import loader
 from llmlab.errors import LlmlabError
 from llmlab.paths import REPO_ROOT
 
@@ -170,42 +172,50 @@ def demo_from(problem: Problem, plan: list) -> dict:
 
 
 def load_blocksworld(cfg: DatasetConfig, seed: int) -> tuple[Dataset, Prompts]:
-    """The test problems and prompts of a `dataset=blocksworld/...` config."""
-    opts = dict(cfg.options)
-    mode, step = opts.get("mode", "easy"), int_option(opts, "step", 2)
-    if cfg.source == "blocksworld":
+    """The test problems and prompts of a `dataset=blocksworld/...` config, read by the loader of its source."""
+    return loader(cfg, "blocksworld")(cfg, seed)
+
+
+def split_data(cfg: BlocksworldDatasetConfig, seed: int) -> tuple[Dataset, Prompts]:
+    """A llm-reasoners split and its prompts from the data folder (`seed` is unused: the problems are fixed)."""
+    opts = cfg.options
+    step = int_option(opts, "step")
+    root = data_root(cfg.path)
+    return load_split(root, opts.mode, step, check=opts.check), load_prompts(root, opts.mode, step)
+
+
+def generated_data(cfg: GeneratedBlocksworldDatasetConfig, seed: int) -> tuple[Dataset, Prompts]:
+    """Problems and demonstrations of the seeded generator (seeded by `options.gen_seed`, else the run's seed)."""
+    opts = cfg.options
+    step, n, pool_n = int_option(opts, "step"), int_option(opts, "n"), int_option(opts, "pool")
+    gen_seed = seed if opts.gen_seed is None else int_option(opts, "gen_seed")
+    blocks = opts.blocks
+    if (
+        isinstance(blocks, str)
+        or not isinstance(blocks, Sequence)
+        or not blocks
+        or not all(isinstance(b, int) and 2 <= b <= 12 for b in blocks)
+    ):
+        raise LlmlabError(f"dataset.options.blocks must be a list of block counts in [2, 12], got {blocks!r}")
+    if not 1 <= step <= 4 * max(blocks):  # every block unstacked, put down, picked up and stacked at most once
+        raise LlmlabError(
+            f"dataset.options.step={step}: no problem with {max(blocks)} blocks has an optimal plan "
+            f"of that length (1 to {4 * max(blocks)})"
+        )
+    made = generate_problems(n + pool_n, step, gen_seed, tuple(blocks))
+    rows = [problem_row(p, plan, f"gen-s{step}-{i}", p.name) for i, (p, plan) in enumerate(made[:n])]
+    if opts.prompts == "files":  # the PlanBench intro / self-eval / world-update texts
         root = data_root(cfg.path)
-        return load_split(root, mode, step, check=bool(opts.get("check", True))), load_prompts(root, mode, step)
-    if cfg.source == "blocksworld_generated":
-        n, pool_n = int_option(opts, "n", 20), int_option(opts, "pool", 10)
-        blocks = opts.get("blocks", (3, 4, 5))
-        if (
-            isinstance(blocks, str)
-            or not isinstance(blocks, Sequence)
-            or not blocks
-            or not all(isinstance(b, int) and 2 <= b <= 12 for b in blocks)
-        ):
-            raise LlmlabError(f"dataset.options.blocks must be a list of block counts in [2, 12], got {blocks!r}")
-        if not 1 <= step <= 4 * max(blocks):  # every block unstacked, put down, picked up and stacked at most once
-            raise LlmlabError(
-                f"dataset.options.step={step}: no problem with {max(blocks)} blocks has an optimal plan "
-                f"of that length (1 to {4 * max(blocks)})"
-            )
-        made = generate_problems(n + pool_n, step, int_option(opts, "gen_seed", seed), tuple(blocks))
-        rows = [problem_row(p, plan, f"gen-s{step}-{i}", p.name) for i, (p, plan) in enumerate(made[:n])]
-        if opts.get("prompts", "builtin") == "files":  # the PlanBench intro / self-eval / world-update texts
-            root = data_root(cfg.path)
-            prompts = load_prompts(root, "easy", step if prompt_file_exists(root, step) else 2)
-        else:
-            prompts = load_prompts(None, mode, step)
-        prompts.pool = [demo_from(p, plan) for p, plan in made[n:]]  # demonstrations of the same length
-        return Dataset.from_list(rows), prompts
-    raise LlmlabError(f"dataset '{cfg.name}': source '{cfg.source}' is not a blocksworld source")
+        prompts = load_prompts(root, "easy", step if prompt_file_exists(root, step) else 2)
+    else:
+        prompts = load_prompts(None, opts.mode, step)
+    prompts.pool = [demo_from(p, plan) for p, plan in made[n:]]  # demonstrations of the same length
+    return Dataset.from_list(rows), prompts
 
 
-def int_option(opts: dict, key: str, default: int) -> int:
+def int_option(opts: Any, key: str) -> int:
     """`dataset.options.<key>` as a non-negative int; anything else is a one-line error."""
-    value = opts.get(key, default)
+    value = getattr(opts, key)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise LlmlabError(f"dataset.options.{key} must be a non-negative integer, got {value!r}")
     return value

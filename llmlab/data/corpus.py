@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from llmlab.config import DatasetConfig
+from llmlab.config import CorpusDatasetConfig
+from llmlab.data.sources import loader
 from llmlab.errors import LlmlabError
 from llmlab.io import atomic_write
 from llmlab.paths import REPO_ROOT
@@ -50,13 +51,15 @@ class Corpus:
         return packed_blocks(self.train if split == "train" else self.val, length)
 
 
-def load_corpus(cfg: DatasetConfig, cache_dir: str | Path) -> Corpus:
+def load_corpus(cfg: CorpusDatasetConfig, cache_dir: str | Path) -> Corpus:
     """Read, split and tokenize the corpus of `cfg`; errors are one-line `LlmlabError`s."""
+    read = loader(cfg, "corpus")  # its source's reader of (training, held-out) documents; first: another family's
+    # dataset has no corpus fields
     if cfg.block_size < 1:
         raise LlmlabError(f"dataset.block_size must be >= 1, got {cfg.block_size}")
     if not 0 < cfg.val_fraction < 1:
         raise LlmlabError(f"dataset.val_fraction must be in (0, 1), got {cfg.val_fraction}")
-    train_docs, val_docs = read_split(cfg)
+    train_docs, val_docs = read(cfg)
     train_text, val_text = SEPARATOR.join(train_docs), SEPARATOR.join(val_docs)
     if cfg.tokenizer == "byte":
         encode, vocab, tok_file = encode_bytes, 256, None
@@ -76,21 +79,20 @@ def load_corpus(cfg: DatasetConfig, cache_dir: str | Path) -> Corpus:
     return Corpus(cfg.name, cfg.tokenizer, vocab, train, val, len(val_text.encode()) / len(val), tok_file)
 
 
-def read_split(cfg: DatasetConfig) -> tuple[list[str], list[str]]:
-    """Training and held-out documents."""
-    if cfg.source == "corpus_hub":
-        return read_hub(cfg)
-    if cfg.source == "corpus_stdlib":
-        from pydoc_data.topics import topics
+def read_stdlib(cfg: CorpusDatasetConfig) -> tuple[list[str], list[str]]:
+    """The pydoc topics, one document per topic."""
+    from pydoc_data.topics import topics
 
-        docs = [topics[k] for k in sorted(topics)]
-    elif cfg.source == "corpus_files":
-        docs = read_files(cfg.name, list(cfg.files))
-    else:
-        raise LlmlabError(
-            f"dataset '{cfg.name}' is not a corpus (source {cfg.source}); pretraining reads one: add "
-            "dataset=corpus/pydoc (ships with Python) or another dataset=corpus/*"
-        )
+    return split_local(cfg, [topics[k] for k in sorted(topics)])
+
+
+def read_file_corpus(cfg: CorpusDatasetConfig) -> tuple[list[str], list[str]]:
+    """The files matching `dataset.files`, one document per file."""
+    return split_local(cfg, read_files(cfg.name, list(cfg.files)))
+
+
+def split_local(cfg: CorpusDatasetConfig, docs: list[str]) -> tuple[list[str], list[str]]:
+    """Local documents, non-empty and cut at `max_chars`, split by `val_fraction` and `split_seed`."""
     docs = [d for d in docs if d.strip()]
     if not docs:
         raise LlmlabError(f"corpus '{cfg.name}' is empty")
@@ -172,7 +174,7 @@ def split_documents(docs: list[str], val_fraction: float, seed: int) -> tuple[li
     return [d for i, d in enumerate(docs) if i not in held], [d for i, d in enumerate(docs) if i in held]
 
 
-def read_hub(cfg: DatasetConfig) -> tuple[list[str], list[str]]:
+def read_hub(cfg: CorpusDatasetConfig) -> tuple[list[str], list[str]]:
     """The train and held-out splits of a hub dataset; a one-line error when it is neither cached nor reachable."""
     if not cfg.hub_id:
         raise LlmlabError(f"corpus '{cfg.name}': source=corpus_hub needs dataset.hub_id")

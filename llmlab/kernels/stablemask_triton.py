@@ -1,9 +1,9 @@
 """StableMask as a fused causal FlashAttention kernel in Triton: forward and FlashAttention-2 style backward.
 
-The pseudo-attention mass of row i is one virtual key of value 0 and logit tau_i (`llmlab.models.stablemask`), so the
-only change to FlashAttention is the online-softmax start: running max m_i = tau_i and running sum l_i = 1 instead of
--inf and 0 (m_i = -inf, l_i = 0 where a row has no pseudo column). The saved log-sum-exp then includes the sink and the
-standard backward applies unchanged: dS = P * (dO V^T - rowsum(dO * O)), P = exp(S - LSE).
+The pseudo-attention mass of row i is one virtual key of value 0 and logit tau_i (`llmlab.kernels.stablemask_sink`),
+so the only change to FlashAttention is the online-softmax start: running max m_i = tau_i and running sum l_i = 1
+instead of -inf and 0 (m_i = -inf, l_i = 0 where a row has no pseudo column). The saved log-sum-exp then includes the
+sink and the standard backward applies unchanged: dS = P * (dO V^T - rowsum(dO * O)), P = exp(S - LSE).
 
 Kernels: forward (one program per query block, keeps LSE), a row-sum preprocess, dK/dV (one program per key block,
 looping over the query blocks that see it) and dQ (one program per query block). Scores live in log2 units
@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from llmlab.models.stablemask import check_qkv, sink_logits_on
+from llmlab.kernels.stablemask_sink import check_qkv, sink_logits_on
 
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")

@@ -12,7 +12,7 @@ attention module:
 
 ALiBi with StableMask (spec 3.4): the bias -m_h (i - j) goes on the real scores only, the pseudo logits stay as they
 are. The helpers in `llmlab.models.stablemask` take no bias, so that combination uses the sink-logit identity here:
-one extra key with value 0 whose score is tau_i (`sink_logits`), the ALiBi bias in a float mask. A sliding attention
+one extra key with value 0 whose score is tau_i (`sink_logits_on`), the ALiBi bias in a float mask. A sliding attention
 window (evaluation only) and recording attention maps (sink metrics) use the dense path.
 """
 
@@ -26,7 +26,8 @@ from torch import nn
 
 from llmlab.config import LMArch, choices_of
 from llmlab.errors import LlmlabError
-from llmlab.models.stablemask import alibi_slopes, sink_logits_on, stablemask_reference, stablemask_sdpa
+from llmlab.kernels.stablemask_sink import sink_logits_on
+from llmlab.models.stablemask import alibi_slopes, stablemask_reference, stablemask_sdpa
 
 ATTENTIONS = choices_of(LMArch, "attention")  # the schema's choices: also checked when a config is composed
 POSITIONS = choices_of(LMArch, "position")

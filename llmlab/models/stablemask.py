@@ -6,7 +6,8 @@ the share it gives away shrinks with i (absolute position). Shapes are (batch, h
 or one value per head (`alibi_slopes`).
 
 Because the pseudo logits do not depend on the data, a row's whole pseudo mass folds into one virtual "sink" key with
-value 0 and logit tau_i = log sum_{j>i} exp(-j*gamma) ("sink-logit identity"); `sink_logits` computes it in closed form.
+value 0 and logit tau_i = log sum_{j>i} exp(-j*gamma) ("sink-logit identity"), computed in closed form by
+`llmlab.kernels.stablemask_sink`, which the Triton kernel shares.
 
 Horizon (the last pseudo column is at H - 1):
 - `None`: H = number of keys, the paper's formula for the sequence at hand (training);
@@ -19,11 +20,12 @@ absolute position n_k - n_q + r.
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
 import torch.nn.functional as F
+
+from llmlab.kernels.stablemask_sink import check_horizon, check_qkv, gamma_per_head, sink_logits_on
 
 # Stand-in for tau = -inf on the SDPA path: the logit is carried through a q channel, where -inf * 0 would give NaN.
 _NO_SINK = -1e3
@@ -41,83 +43,6 @@ def alibi_slopes(n_heads: int) -> torch.Tensor:
     low = 2 ** int(math.floor(math.log2(n_heads)))
     slopes = geometric(low) + geometric(2 * low)[0::2][: n_heads - low]
     return torch.tensor(slopes, dtype=torch.float32)
-
-
-def gamma_per_head(gamma: float | torch.Tensor, n_heads: int) -> torch.Tensor:
-    """`gamma` as a float64 CPU tensor of shape (n_heads,); every value must be finite and > 0."""
-    g = torch.as_tensor(gamma, dtype=torch.float64).detach().cpu()
-    if g.dim() == 0:
-        g = g.expand(n_heads)
-    if g.shape != (n_heads,):
-        raise ValueError(f"stablemask: gamma must be a float or have shape ({n_heads},), got {tuple(g.shape)}")
-    if not (torch.isfinite(g).all() and (g > 0).all()):
-        raise ValueError("stablemask: gamma must be finite and > 0")
-    return g.clone()
-
-
-def check_horizon(horizon: int | float | None) -> None:
-    if horizon is None or horizon == math.inf:
-        return
-    if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1:
-        raise ValueError(f"stablemask: horizon must be None, an int >= 1 or math.inf, got {horizon!r}")
-
-
-def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-    """One-line ValueErrors for shapes the three implementations do not support."""
-    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        dims = f"{q.dim()}/{k.dim()}/{v.dim()}"
-        raise ValueError(f"stablemask: q, k, v must be (batch, heads, seq, head_dim), got {dims}-D tensors")
-    if q.shape[:2] != k.shape[:2] or k.shape[:2] != v.shape[:2]:
-        raise ValueError(f"stablemask: batch/heads differ: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
-    if q.shape[-1] != k.shape[-1] or k.shape[-1] != v.shape[-1]:
-        raise ValueError(f"stablemask: head dims differ: q {q.shape[-1]}, k {k.shape[-1]}, v {v.shape[-1]}")
-    if k.shape[2] != v.shape[2]:
-        raise ValueError(f"stablemask: k has {k.shape[2]} positions but v has {v.shape[2]}")
-    if q.shape[2] > k.shape[2] or q.shape[2] == 0:
-        raise ValueError(f"stablemask: need 1 <= query length <= key length, got {q.shape[2]} and {k.shape[2]}")
-    if q.dtype != k.dtype or k.dtype != v.dtype:
-        raise ValueError(f"stablemask: q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
-
-
-def sink_logits(
-    n_q: int, n_k: int, gamma: float | torch.Tensor, horizon: int | float | None = None, n_heads: int | None = None
-) -> torch.Tensor:
-    """tau[h, r] = log sum_{j=i+1}^{H-1} exp(-j*gamma_h) for query r at position i = n_k - n_q + r: a float64 CPU
-    tensor of shape (heads, n_q), -inf where a row has no pseudo column; heads = 1 for a float gamma unless given."""
-    check_horizon(horizon)
-    heads = n_heads or (1 if torch.as_tensor(gamma).dim() == 0 else len(gamma))
-    g = gamma_per_head(gamma, heads)[:, None]
-    pos = torch.arange(n_k - n_q, n_k, dtype=torch.float64)[None, :]
-    # sum_{j=i+1}^{H-1} e^{-j g} = e^{-(i+1) g} (1 - e^{-(H-1-i) g}) / (1 - e^{-g}); -expm1 keeps small g g accurate.
-    tau = -(pos + 1) * g - torch.log(-torch.expm1(-g))
-    h = n_k if horizon is None else horizon
-    if h != math.inf:
-        remaining = (h - 1 - pos).clamp(min=0)
-        tau = tau + torch.log(-torch.expm1(-remaining * g))
-    return tau
-
-
-def sink_logits_on(
-    like: torch.Tensor,
-    n_q: int,
-    n_k: int,
-    gamma: float | torch.Tensor,
-    horizon: int | float | None = None,
-    n_heads: int | None = None,
-) -> torch.Tensor:
-    """`sink_logits` on the device of `like`, fp64 for fp64 inputs and fp32 otherwise, cached per shape: copying a
-    fresh CPU tensor to a GPU would make the host wait for the GPU at every attention call. Do not modify the
-    result in place."""
-    g = torch.as_tensor(gamma, dtype=torch.float64)
-    key = float(g) if g.dim() == 0 else tuple(g.detach().cpu().flatten().tolist())
-    dtype = torch.promote_types(like.dtype, torch.float32)
-    return _sink_logits_cached(like.device, dtype, n_q, n_k, key, horizon, n_heads)
-
-
-@functools.lru_cache(maxsize=64)
-def _sink_logits_cached(device, dtype, n_q, n_k, gamma_key, horizon, n_heads) -> torch.Tensor:
-    gamma = torch.tensor(gamma_key, dtype=torch.float64) if isinstance(gamma_key, tuple) else gamma_key
-    return sink_logits(n_q, n_k, gamma, horizon, n_heads=n_heads).to(device=device, dtype=dtype)
 
 
 def _scale(q: torch.Tensor, scale: float | None) -> float:
@@ -202,11 +127,3 @@ def stablemask_sdpa(
         mask = torch.arange(-1, n_k, device=q.device)[None, :] <= pos  # column 0 is the sink: always visible
         out = F.scaled_dot_product_attention(qx, kx, vx, attn_mask=mask, scale=s)
     return out[..., :d]
-
-
-def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float | None = None) -> torch.Tensor:
-    """Plain causal softmax attention (queries a suffix of the keys), the gamma -> infinity limit of StableMask."""
-    check_qkv(q, k, v)
-    n_q, n_k = q.shape[2], k.shape[2]
-    mask = torch.arange(n_k, device=q.device)[None, :] <= torch.arange(n_k - n_q, n_k, device=q.device)[:, None]
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=_scale(q, scale))

@@ -1,1 +1,3 @@
-"""Runners: one file per method, each an explicit loop `run(cfg, ctx) -> results`. Registered in `llmlab.registry`."""
+"""Runners: one file per method, each an explicit loop `run(cfg, ctx) -> RunResult` marked
+`@register_runner(name, schema=..., objective=...)` (llmlab.registry, which finds the marks without importing these
+modules)."""

@@ -25,18 +25,21 @@ from omegaconf import DictConfig, OmegaConf
 from llmlab.analysis import circuits
 from llmlab.analysis.corrupt_pairs import TASKS, build_pairs, encode
 from llmlab.analysis.patching import SCORERS, model_shape
+from llmlab.config import CircuitShiftConfig
 from llmlab.data.loading import load_eval_data
 from llmlab.errors import LlmlabError
 from llmlab.io import write_json, write_jsonl
 from llmlab.models.loading import finetuned_model, load_model
 from llmlab.progress import progress_bar
-from llmlab.runners.context import RunContext
+from llmlab.registry import register_runner
+from llmlab.run_context import RunContext, RunResult
 
 METRICS = ("jaccard", "tv", "spearman")
 KINDS = ("heads", "mlps")
 
 
-def run(cfg: DictConfig, ctx: RunContext) -> dict:
+@register_runner("circuit_shift", schema=CircuitShiftConfig)
+def run(cfg: DictConfig, ctx: RunContext) -> RunResult:
     m, seed = cfg.method, cfg.seed
     check_config(cfg)
     ft_model = None
@@ -89,7 +92,7 @@ def check_config(cfg: DictConfig) -> None:
     if cfg.dataset.source != "implicit" or cfg.dataset.task not in TASKS:
         raise LlmlabError(
             f"circuit_shift supports the implicit tasks {', '.join(TASKS)}; got dataset "
-            f"'{cfg.dataset.name}' (task {cfg.dataset.task})"
+            f"'{cfg.dataset.name}' (source {cfg.dataset.source}, task {cfg.dataset.get('task')})"
         )
     if m.shots < 1 or m.n_pairs < 2 or not 0 < m.mass <= 1 or (m.top_frac is not None and not 0 < m.top_frac <= 1):
         raise LlmlabError(

@@ -12,17 +12,20 @@ from llmlab.blocksworld.data import load_blocksworld, row_problem
 from llmlab.blocksworld.domain import validate
 from llmlab.blocksworld.runs import append, draw_shots, finish, load_done, summarize
 from llmlab.blocksworld.text import action_text, fewshot_prefix, parse_plan, query_text
+from llmlab.config import CoTConfig
 from llmlab.decoding.prefix_cache import PrefixCache
 from llmlab.decoding.speculative import greedy, speculative, stopper
 from llmlab.models.loading import load_model
 from llmlab.models.partners import build_draft
 from llmlab.progress import progress_bar
-from llmlab.runners.context import RunContext
+from llmlab.registry import register_runner
+from llmlab.run_context import RunContext, RunResult
 
 STOP = ("[PLAN END]", "\n[")
 
 
-def run(cfg: DictConfig, ctx: RunContext) -> dict:
+@register_runner("cot", schema=CoTConfig, objective=("accuracy", "maximize"))
+def run(cfg: DictConfig, ctx: RunContext) -> RunResult:
     m, seed = cfg.method, cfg.seed
     data, prompts = load_blocksworld(cfg.dataset, seed)
     rows = data.to_list()[: m.limit]

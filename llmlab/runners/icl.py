@@ -17,20 +17,23 @@ import time
 
 from omegaconf import DictConfig
 
+from llmlab.config import ICLConfig
 from llmlab.data.loading import load_eval_data
 from llmlab.errors import LlmlabError
 from llmlab.io import resume_jsonl, write_json, write_jsonl
 from llmlab.metrics import loose_match, strict_match
 from llmlab.models.loading import load_model
 from llmlab.progress import progress_bar
-from llmlab.runners.context import RunContext
+from llmlab.registry import register_runner
+from llmlab.run_context import RunContext, RunResult
 from llmlab.scoring import Request, Scorer
 from llmlab.seeding import make_rng
 
 CHUNK = 64  # items scored between two appends to the partial predictions file
 
 
-def run(cfg: DictConfig, ctx: RunContext) -> dict:
+@register_runner("icl", schema=ICLConfig, objective=("strict", "maximize"))
+def run(cfg: DictConfig, ctx: RunContext) -> RunResult:
     m, seed = cfg.method, cfg.seed
     data = load_eval_data(cfg.dataset, seed, limit=m.limit)
     if m.shots < 0:
@@ -109,8 +112,8 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict:
         "runner": "icl",
         "model": cfg.model.name,
         "dataset": cfg.dataset.name,
-        "task": cfg.dataset.task,
-        "faithful": cfg.dataset.faithful,
+        "task": cfg.dataset.get("task"),  # implicit datasets have task and faithful
+        "faithful": cfg.dataset.get("faithful", False),
         "shots": m.shots,
         "fixed_demos": m.fixed_demos,
         "seed": seed,

@@ -21,19 +21,22 @@ import json
 from omegaconf import DictConfig, OmegaConf
 
 from llmlab.analysis import icl_vs_ft as analysis
+from llmlab.config import IclVsFtConfig
 from llmlab.data.implicit import task_spec
 from llmlab.errors import LlmlabError
 from llmlab.io import atomic_write, write_json
 from llmlab.models.loading import finetuned_model
 from llmlab.paths import safe_name
+from llmlab.registry import register_runner
+from llmlab.run_context import RunContext, RunResult, execute
 from llmlab.run_dir import RunDir
 from llmlab.runners import finetune, icl
-from llmlab.runners.context import RunContext, execute
 from llmlab.seeding import seed_everything
 from llmlab.tracking import Tracker
 
 
-def run(cfg: DictConfig, ctx: RunContext) -> dict:
+@register_runner("icl_vs_ft", schema=IclVsFtConfig, objective=(None, "maximize"))
+def run(cfg: DictConfig, ctx: RunContext) -> RunResult:
     m = cfg.method
     check(m)
     base = OmegaConf.to_container(cfg, resolve=True)

@@ -25,12 +25,14 @@ from omegaconf import DictConfig
 
 from llmlab.analysis.paired_runs import bootstrap_means
 from llmlab.analysis.saliency import attention_saliency, flow_means
+from llmlab.config import InfoFlowConfig
 from llmlab.data.mre.loader import MreData, load_mre
 from llmlab.data.mre.prompts import key_words, label_first_tokens, words_line
 from llmlab.errors import LlmlabError
 from llmlab.io import write_json
 from llmlab.models.loading import load_model
-from llmlab.runners.context import RunContext
+from llmlab.registry import register_runner
+from llmlab.run_context import RunContext, RunResult
 from llmlab.seeding import make_rng
 
 FLOWS = ("S_tw", "S_wq", "S_tq", "S_pq", "S_wp", "S_rest")
@@ -132,7 +134,8 @@ def paired_bootstrap(diff: np.ndarray, n: int, seed: int) -> float:
     return float((bootstrap_means(diff, n, seed) >= 0).mean())
 
 
-def run(cfg: DictConfig, ctx: RunContext) -> dict:
+@register_runner("info_flow", schema=InfoFlowConfig)
+def run(cfg: DictConfig, ctx: RunContext) -> RunResult:
     m = cfg.method
     if "gold" not in m.conditions:  # its entries are checked with the config (llmlab.config)
         raise LlmlabError(f"method.conditions must include gold, got {list(m.conditions)}")
@@ -213,7 +216,7 @@ def plot_flows(results: dict, path) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from llmlab.report import save_figure
+    from llmlab.figures import save_figure
 
     conds = results["conditions"]
     fig, axes = plt.subplots(1, len(conds), figsize=(4.2 * len(conds), 3.4), squeeze=False)

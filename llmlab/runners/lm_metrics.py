@@ -6,14 +6,17 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from llmlab.analysis.lm_metrics import extrapolation, sink_metrics
+from llmlab.config import LMMetricsConfig
 from llmlab.data.corpus import eval_blocks, load_corpus
 from llmlab.errors import LlmlabError
 from llmlab.io import write_json
 from llmlab.models.scratch import load_scratch_model
-from llmlab.runners.context import RunContext
+from llmlab.registry import register_runner
+from llmlab.run_context import RunContext, RunResult
 
 
-def run(cfg: DictConfig, ctx: RunContext) -> dict:
+@register_runner("lm_metrics", schema=LMMetricsConfig, objective=("ppl@1x", "minimize"))
+def run(cfg: DictConfig, ctx: RunContext) -> RunResult:
     m = cfg.method
     model, saved = load_scratch_model(m.model_dir)
     model = model.to(ctx.hw.device)

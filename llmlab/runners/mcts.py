@@ -19,6 +19,7 @@ from llmlab.blocksworld.domain import generate_problems, validate
 from llmlab.blocksworld.runs import append, draw_shots, finish, load_done, summarize
 from llmlab.blocksworld.search import BWSearch, RuleWorld, random_rollout_samples
 from llmlab.blocksworld.text import action_text, parse_action, update_template, world_update_prompt
+from llmlab.config import MCTSConfig
 from llmlab.decoding.prefix_cache import PrefixCache
 from llmlab.decoding.speculative import greedy, speculative, stopper
 from llmlab.errors import LlmlabError
@@ -26,12 +27,14 @@ from llmlab.io import write_json
 from llmlab.models.loading import load_model
 from llmlab.models.partners import build_amateur, build_draft
 from llmlab.progress import progress_bar
-from llmlab.runners.context import RunContext
+from llmlab.registry import register_runner
+from llmlab.run_context import RunContext, RunResult
 from llmlab.search.mcts import MCTS, MCTSSettings, dump_tree
 from llmlab.search.rewards import ActionScorer, RewardModel
 
 
-def run(cfg: DictConfig, ctx: RunContext) -> dict:
+@register_runner("mcts", schema=MCTSConfig, objective=("accuracy", "maximize"))
+def run(cfg: DictConfig, ctx: RunContext) -> RunResult:
     m, seed = cfg.method, cfg.seed
     check(m)
     data, prompts = load_blocksworld(cfg.dataset, seed)

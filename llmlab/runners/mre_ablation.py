@@ -18,15 +18,17 @@ import time
 from omegaconf import DictConfig, OmegaConf
 
 from llmlab.analysis.mre_metrics import accuracy, macro_f1, wl_micro_f1
+from llmlab.config import MreAblationConfig
 from llmlab.data.mre.ablation import CONDITIONS, condition_rows, target_level
 from llmlab.data.mre.format import FormatError, parse_output, parse_wl
 from llmlab.data.mre.loader import load_mre
 from llmlab.errors import LlmlabError
 from llmlab.io import write_json, write_jsonl
 from llmlab.models.loading import finetuned_model, load_model
+from llmlab.registry import register_runner
+from llmlab.run_context import RunContext, RunResult, execute
 from llmlab.run_dir import RunDir
 from llmlab.runners import finetune
-from llmlab.runners.context import RunContext, execute
 from llmlab.scoring import Request, Scorer
 from llmlab.seeding import seed_everything
 from llmlab.tracking import Tracker
@@ -37,7 +39,8 @@ DELTAS = {
 }
 
 
-def run(cfg: DictConfig, ctx: RunContext) -> dict:
+@register_runner("mre_ablation", schema=MreAblationConfig)
+def run(cfg: DictConfig, ctx: RunContext) -> RunResult:
     m = cfg.method
     unknown = [c for c in m.conditions if c not in CONDITIONS]  # also checked with the config; here because each
     if unknown or not m.conditions:  # names a directory, made before any data is read

@@ -6,14 +6,17 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from llmlab.analysis.position_probe import chance, probe_arch, train_probe
+from llmlab.config import PositionProbeConfig
 from llmlab.errors import LlmlabError
 from llmlab.io import write_json
 from llmlab.models.scratch import arch_from
 from llmlab.progress import progress_bar
-from llmlab.runners.context import RunContext
+from llmlab.registry import register_runner
+from llmlab.run_context import RunContext, RunResult
 
 
-def run(cfg: DictConfig, ctx: RunContext) -> dict:
+@register_runner("position_probe", schema=PositionProbeConfig, objective=("accuracy", "maximize"))
+def run(cfg: DictConfig, ctx: RunContext) -> RunResult:
     m = cfg.method
     if m.n_classes < 2 or m.seq_len < m.n_classes:
         raise LlmlabError("method.n_classes must be >= 2 and method.seq_len >= n_classes")

@@ -4,12 +4,12 @@ The corpus (`llmlab.data.corpus`) gives packed blocks; step s, micro-batch j rea
 (s * grad_accum + j) * micro_batch_size onwards of a seeded per-epoch order, so a resumed run sees the same data.
 AdamW (fp32 master weights; bf16 autocast on a GPU), linear warm-up then cosine decay to lr * lr_final_ratio,
 clipping. The watchdog stops the run with a one-line error when the loss or the gradient norm is NaN/inf or the norm
-exceeds `max_grad_norm`, before the optimiser step, and refuses to checkpoint non-finite weights: checkpoints on disk
-are always complete and healthy (written by `finetune.save_checkpoint`, atomically; `finetune.resume` skips one it
-cannot read). A Ctrl-C or SIGTERM ends the run after the current step, checkpointed. Logged: loss, lr, grad norm,
-tokens/s, achieved TFLOP/s (FLOPs = `model.flops_per_token`) and MFU when `method.peak_tflops` is set; validation
-loss, perplexity and bits per byte every `eval_every` steps. At the end: `model/` (safetensors + config.json), the
-extrapolation table and attention-sink statistics, and `results.json`.
+exceeds `max_grad_norm`, before the optimiser step (`llmlab.train.step`), and refuses to checkpoint non-finite
+weights: checkpoints on disk are always complete and healthy (`llmlab.train.checkpoint`: written atomically, one that
+cannot be read is skipped on resume). A Ctrl-C or SIGTERM ends the run after the current step, checkpointed. Logged:
+loss, lr, grad norm, tokens/s, achieved TFLOP/s (FLOPs = `model.flops_per_token`) and MFU when `method.peak_tflops` is
+set; validation loss, perplexity and bits per byte every `eval_every` steps. At the end: `model/` (safetensors +
+config.json), the extrapolation table and attention-sink statistics, and `results.json`.
 
 Several processes (`hardware.nproc`, DDP or FSDP; `llmlab.distributed`): micro_batch_size x grad_accum stays the global
 batch and each rank trains on its share of every step, so N processes follow the single-process trajectory; the logged
@@ -23,21 +23,24 @@ import math
 import time
 
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from llmlab import distributed, interrupts
 from llmlab.analysis.lm_metrics import extrapolation, loss_row, mean_loss, sink_metrics
+from llmlab.config import PretrainConfig
 from llmlab.data.corpus import Corpus, eval_blocks, load_corpus, train_batch
 from llmlab.errors import LlmlabError
 from llmlab.io import write_json
 from llmlab.models.scratch import build_scratch_model, save_scratch_model
 from llmlab.progress import progress_bar
-from llmlab.runners.context import RunContext
-from llmlab.runners.finetune import resume, save_checkpoint, save_interrupted
+from llmlab.registry import register_runner
+from llmlab.run_context import RunContext, RunResult
+from llmlab.train.checkpoint import resume, save_checkpoint, save_interrupted
+from llmlab.train.step import StepSettings, optimizer_step
 
 
-def run(cfg: DictConfig, ctx: RunContext) -> dict:
+@register_runner("pretrain", schema=PretrainConfig, objective=("val_loss", "minimize"))
+def run(cfg: DictConfig, ctx: RunContext) -> RunResult:
     m = cfg.method
     if m.max_steps < 1 or m.micro_batch_size < 1 or m.grad_accum < 1:
         raise LlmlabError("method.max_steps, method.micro_batch_size and method.grad_accum must be >= 1")
@@ -46,6 +49,14 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict:
     split = distributed.micro_split(m.micro_batch_size, m.grad_accum, ctx.hw.rank, ctx.hw.world_size)
     device = ctx.hw.device
     amp = ctx.hw.dtype if device.type == "cuda" and ctx.hw.dtype != torch.float32 else None
+    settings = StepSettings(
+        device=device,
+        clip=m.clip,
+        accum=m.grad_accum,
+        world=ctx.hw.world_size,
+        amp=amp,
+        max_grad_norm=m.max_grad_norm,
+    )
     corpus = load_corpus(cfg.dataset, cfg.cache_dir)
     block = cfg.dataset.block_size
     train_blocks, val_blocks = corpus.blocks("train", block), eval_blocks(corpus.blocks("val", block), m.eval_blocks)
@@ -78,31 +89,10 @@ def run(cfg: DictConfig, ctx: RunContext) -> dict:
         try:
             while step < m.max_steps:
                 with interrupts.deferred():  # Ctrl-C / SIGTERM: raised once this step is done (and checkpointed)
-                    micro = [
-                        (
-                            train_batch(
-                                train_blocks,
-                                cfg.seed,
-                                (step * m.grad_accum + j) * m.micro_batch_size,
-                                m.micro_batch_size,
-                            )[rows],
-                            m.micro_batch_size * block,
-                        )
-                        for j, rows in split
-                    ]
+                    micro = step_batches(train_blocks, cfg.seed, step, m, split)
                     steady = False
-                    loss_value, grad_norm = train_step(
-                        trained,
-                        opt,
-                        sched,
-                        micro,
-                        m.clip,
-                        device,
-                        amp,
-                        m.max_grad_norm,
-                        step + 1,
-                        m.grad_accum,
-                        ctx.hw.world_size,
+                    loss_value, grad_norm = optimizer_step(
+                        trained, opt, sched, micro, next_token_logits, settings, step=step + 1
                     )
                     step, steady = step + 1, True
                     steps_window += 1
@@ -231,45 +221,20 @@ def report_metrics(val: dict, results: dict) -> dict:
     return out
 
 
-def train_step(
-    model,
-    opt,
-    sched,
-    micro_batches: list[tuple[torch.Tensor, int]],
-    clip: float,
-    device,
-    amp,
-    max_grad_norm: float,
-    step: int,
-    accum: int | None = None,
-    world: int = 1,
-) -> tuple[float, float]:
-    """One optimiser step over `micro_batches`: (blocks of length + 1, target tokens of the whole global micro-batch)
-    pairs, this rank's share of `accum` global micro-batches (default: all of them, one process) over `world` ranks.
-    Returns the mean loss (over all ranks) and the gradient norm before clipping. Stops (LlmlabError) before updating
-    anything when either is non-finite or the norm too large (the same decision on every rank)."""
-    opt.zero_grad(set_to_none=True)
-    accum = accum or len(micro_batches)
-    loss_sum = 0.0
-    for i, (blocks, tokens) in enumerate(micro_batches):
-        blocks = blocks.to(device)
-        with distributed.grad_sync(model, i == len(micro_batches) - 1):  # synchronise on the last micro-step only
-            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                logits = model(blocks[:, :-1])
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), blocks[:, 1:].flatten(), reduction="sum") / tokens
-            del logits
-            (loss * world / accum).backward()  # DDP / FSDP average the ranks' gradients: x world makes it a sum
-        loss_sum += loss.item()
-    loss_value = distributed.all_reduce_sum(loss_sum / accum)
-    grad_norm = distributed.clip_grad_norm(model.parameters(), clip)
-    if not math.isfinite(loss_value) or not math.isfinite(grad_norm) or grad_norm > max_grad_norm:
-        raise LlmlabError(
-            f"watchdog: step {step} has loss {loss_value:.4g} and gradient norm {grad_norm:.4g} "
-            f"(limit {max_grad_norm:g}); stopped without updating or checkpointing (lower method.lr)"
-        )
-    opt.step()
-    sched.step()
-    return loss_value, grad_norm
+def step_batches(blocks: torch.Tensor, seed: int, step: int, m, split: list[tuple[int, list[int]]]) -> list:
+    """This rank's micro-batches of optimiser step `step` (the rows `split` gives it of each global micro-batch), each
+    with the target-token count of the whole global micro-batch."""
+    first = step * m.grad_accum
+    tokens = m.micro_batch_size * (blocks.shape[1] - 1)
+    return [
+        ((train_batch(blocks, seed, (first + j) * m.micro_batch_size, m.micro_batch_size)[rows],), tokens)
+        for j, rows in split
+    ]
+
+
+def next_token_logits(model, blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The logits of blocks of length + 1 on all but their last token, and the next tokens as targets."""
+    return model(blocks[:, :-1]), blocks[:, 1:]
 
 
 def param_groups(model, weight_decay: float) -> list[dict]:

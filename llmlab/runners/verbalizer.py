@@ -22,12 +22,14 @@ from collections import Counter
 from omegaconf import DictConfig
 
 from llmlab.analysis.mre_metrics import accuracy, macro_f1
+from llmlab.config import VerbalizerConfig
 from llmlab.data.mre.format import wl_label, wl_spans
 from llmlab.data.mre.loader import MreData, load_mre
 from llmlab.errors import LlmlabError
 from llmlab.io import write_json, write_jsonl
 from llmlab.models.loading import load_model
-from llmlab.runners.context import RunContext
+from llmlab.registry import register_runner
+from llmlab.run_context import RunContext, RunResult
 from llmlab.scoring import Request, Scorer
 from llmlab.seeding import make_rng
 
@@ -134,7 +136,8 @@ class WordScorer:
         return out
 
 
-def run(cfg: DictConfig, ctx: RunContext) -> dict:
+@register_runner("verbalizer", schema=VerbalizerConfig)
+def run(cfg: DictConfig, ctx: RunContext) -> RunResult:
     m = cfg.method
     if any(k < 0 for k in m.shots) or not m.shots:
         raise LlmlabError(f"method.shots must be a non-empty list of counts >= 0, got {list(m.shots)}")

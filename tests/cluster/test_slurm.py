@@ -458,7 +458,7 @@ def test_an_optuna_search_runs_its_trials_as_slurm_jobs(cluster):
     (SQLite in the sweep directory) gets each job's objective and the best trial is reported."""
     import yaml
 
-    from tests.test_optuna import SEARCH_FT
+    from tests.cli.test_optuna import SEARCH_FT
 
     res = run_cli(
         "-m",

@@ -14,9 +14,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llmlab.config import DatasetConfig
+from llmlab.config import MreDatasetConfig, MreFileDatasetConfig, MreSynthDatasetConfig
 from llmlab.data.mre.format import FormatError, parse_pair
 from llmlab.data.mre.synthetic import DEFAULTS, SUBSETS, generate, split_sha256
+from llmlab.data.sources import loader
 from llmlab.errors import LlmlabError
 
 TOPIC_SUBSETS = ("scnm", "tcree")
@@ -58,23 +59,19 @@ class MreData:
         return demos
 
 
-def load_mre(cfg: DatasetConfig, seed: int) -> MreData:
-    if cfg.source == "mre_synth":
-        return _synthetic(cfg, seed)
-    if cfg.source == "mre_file":
-        return _files(cfg)
-    if cfg.source == "mre_hub":
-        return _hub(cfg)
-    raise LlmlabError(f"dataset '{cfg.name}' is not an MRE dataset (source {cfg.source!r}); use dataset=mre/<name>")
+def load_mre(cfg: MreDatasetConfig, seed: int) -> MreData:
+    """The MRE data of `cfg`, read by the loader of its source."""
+    return loader(cfg, "mre")(cfg, seed)
 
 
-def _subset(cfg: DatasetConfig) -> str:
+def _subset(cfg: MreDatasetConfig) -> str:
     if cfg.task not in SUBSETS:
         raise LlmlabError(f"dataset '{cfg.name}': dataset.task must be one of {', '.join(SUBSETS)}, got {cfg.task!r}")
     return cfg.task
 
 
-def _synthetic(cfg: DatasetConfig, seed: int) -> MreData:
+def synthetic_data(cfg: MreSynthDatasetConfig, seed: int) -> MreData:
+    """A seeded synthetic set: train / dev / test of n_train_ft / n_icl_pool / n_test rows."""
     subset = _subset(cfg)
     opts = dict(cfg.options)
     opts.pop(CONDITION_KEY, None)
@@ -178,7 +175,7 @@ def _subsample(rows: list[dict], n: int) -> list[dict]:
     return sorted(rows, key=lambda r: hashlib.sha256(r["input"].encode()).hexdigest())[:n]
 
 
-def _from_files(cfg: DatasetConfig, test_path: str | Path, train_path: str | Path, subset: str) -> MreData:
+def _from_files(cfg: MreDatasetConfig, test_path: str | Path, train_path: str | Path, subset: str) -> MreData:
     opts = dict(cfg.options)
     if set(opts) - FILE_OPTIONS or opts.get("on_error", "raise") not in ("raise", "skip"):
         raise LlmlabError(f"dataset '{cfg.name}': file options are on_error: raise|skip, got {opts}")
@@ -207,7 +204,8 @@ def _from_files(cfg: DatasetConfig, test_path: str | Path, train_path: str | Pat
     )
 
 
-def _files(cfg: DatasetConfig) -> MreData:
+def file_data(cfg: MreFileDatasetConfig, seed: int) -> MreData:
+    """A user's files (`seed` is unused: the rows are fixed)."""
     if not cfg.path or not cfg.pool_path:
         raise LlmlabError(
             f"dataset '{cfg.name}': source=mre_file needs dataset.path=<test file> and "
@@ -216,7 +214,8 @@ def _files(cfg: DatasetConfig) -> MreData:
     return _from_files(cfg, cfg.path, cfg.pool_path, _subset(cfg))
 
 
-def _hub(cfg: DatasetConfig) -> MreData:
+def hub_data(cfg: MreDatasetConfig, seed: int) -> MreData:
+    """The MMM English files of the Hub (`seed` is unused: the rows are fixed)."""
     subset = _subset(cfg)
     k = MMM_INDEX[subset]
     try:

@@ -13,7 +13,9 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from dataclasses import asdict
 
+from llmlab.config import MreOptions, MreSynthOptions
 from llmlab.data.mre.format import MreRecord
 
 SENTIMENTS = ("positive", "negative")
@@ -27,7 +29,8 @@ SUBSETS = {
     "scpos_n": ("Sentiment N", SENTIMENTS, ("noun",)),
     "tcree": ("Relation Extraction", TOPICS, "relation"),
 }
-DEFAULTS = {"coupling": 0.85, "override_cue": True, "decoupled_control": False, "label_noise": 0.0}
+# the generator's knobs and their defaults: the schema's (`dataset.options`) but the ones every MRE source has
+DEFAULTS = {k: v for k, v in asdict(MreSynthOptions()).items() if k not in asdict(MreOptions())}
 
 # --- sentiment lexicon -------------------------------------------------------------------------------------------
 ASPECTS = (

@@ -19,7 +19,7 @@ from llmlab.blocksworld.domain import (
     validate,
 )
 from llmlab.blocksworld.text import action_text, parse_action, parse_plan, problem_texts
-from llmlab.config import DatasetConfig
+from llmlab.config import BlocksworldDatasetConfig, GeneratedBlocksworldDatasetConfig, GeneratedBlocksworldOptions
 from llmlab.errors import LlmlabError
 from tests.helpers import SHARED, runner_setup
 
@@ -106,7 +106,8 @@ def test_generator_gives_solvable_problems_of_the_requested_length():
 
 
 def test_generated_dataset_needs_no_files():
-    cfg = DatasetConfig(name="g", source="blocksworld_generated", options={"step": 4, "n": 3, "pool": 4})
+    options = GeneratedBlocksworldOptions(step=4, n=3, pool=4)
+    cfg = GeneratedBlocksworldDatasetConfig(name="g", source="blocksworld_generated", options=options)
     data, prompts = load_blocksworld(cfg, seed=0)
     assert isinstance(data, Dataset) and len(data) == 3 and len(prompts.pool) == 4
     assert all(r["n_steps"] == 4 for r in data) and prompts.pool[0]["plan"].endswith("[PLAN END]\n")
@@ -154,11 +155,11 @@ def test_dataset_path_reads_a_users_copy(tmp_path):
         rel = path.split("blocksworld/", 1)[1]
         (copy / "planbench" / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(BW / "planbench" / rel, copy / "planbench" / rel)
-    cfg = DatasetConfig(name="mine", source="blocksworld", path=str(copy), options={"mode": "easy", "step": 2})
+    cfg = BlocksworldDatasetConfig(name="mine", source="blocksworld", path=str(copy))
     data, prompts = load_blocksworld(cfg, 0)
     assert len(data) == 3 and len(prompts.pool) == 10
     with pytest.raises(LlmlabError, match="blocksworld data not found"):
-        load_blocksworld(DatasetConfig(name="x", source="blocksworld", path=str(tmp_path / "nope")), 0)
+        load_blocksworld(BlocksworldDatasetConfig(name="x", source="blocksworld", path=str(tmp_path / "nope")), 0)
     (copy / "planbench" / items[0][0].split("blocksworld/", 1)[1]).write_text("(define (problem x))")
     with pytest.raises(LlmlabError, match="does not parse"):
         load_blocksworld(cfg, 0)

@@ -19,6 +19,7 @@ from llmlab.errors import LlmlabError
 from llmlab.hardware import Hardware
 from llmlab.models import loading
 from llmlab.runners import finetune, pretrain
+from llmlab.train import checkpoint
 from tests.helpers import LM_SHAPE, compose, runner_setup
 
 CPU = Hardware(torch.device("cpu"), torch.float32)
@@ -74,7 +75,7 @@ def two_checkpoints(tmp_path):
         opt.step()
         sched.step()
         opt.zero_grad()
-        finetune.save_checkpoint(root, step, model, opt, sched, SIGNATURE)
+        checkpoint.save_checkpoint(root, step, model, opt, sched, SIGNATURE)
         weights[step] = weights_of(model)
     return root, weights
 
@@ -100,7 +101,7 @@ def test_resume_skips_an_unreadable_newest_checkpoint_with_one_notice(two_checkp
     root, weights = two_checkpoints
     CORRUPT[kind](root / "step-000002")
     model, opt, sched = tiny_training(seed=1)
-    assert finetune.resume(root, model, opt, sched, SIGNATURE) == 1
+    assert checkpoint.resume(root, model, opt, sched, SIGNATURE) == 1
     assert same_weights(model, weights[1]) and opt.state_dict()["state"][0]["step"] == 1
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith("llmlab: ") and "step-000002" in line
@@ -113,7 +114,7 @@ def test_no_readable_checkpoint_is_a_one_line_refusal_and_the_model_is_untouched
     model, opt, sched = tiny_training(seed=1)
     before = weights_of(model)
     with pytest.raises(LlmlabError, match="none of the 2 checkpoint") as info:
-        finetune.resume(root, model, opt, sched, SIGNATURE)
+        checkpoint.resume(root, model, opt, sched, SIGNATURE)
     assert "\n" not in str(info.value) and len(capsys.readouterr().err.splitlines()) == 2
     assert same_weights(model, before) and not opt.state_dict()["state"] and sched.last_epoch == 0
 
@@ -121,10 +122,10 @@ def test_no_readable_checkpoint_is_a_one_line_refusal_and_the_model_is_untouched
 def test_no_checkpoint_starts_at_zero_and_a_changed_config_is_still_refused(two_checkpoints, tmp_path):
     model, opt, sched = tiny_training()
     (tmp_path / "none" / ".tmp-step-000003-abcd1234").mkdir(parents=True)  # a dead run's temporary directory
-    assert finetune.resume(tmp_path / "none", model, opt, sched, SIGNATURE) == 0
+    assert checkpoint.resume(tmp_path / "none", model, opt, sched, SIGNATURE) == 0
     root, _ = two_checkpoints
     with pytest.raises(LlmlabError, match="config changed model"):
-        finetune.resume(root, model, opt, sched, {"model": "other"})
+        checkpoint.resume(root, model, opt, sched, {"model": "other"})
 
 
 def test_pretrain_resumes_from_the_newest_readable_checkpoint(tmp_path, capsys):
@@ -197,16 +198,16 @@ def test_checkpoints_leave_other_processes_temporary_directories_alone(two_check
     other.mkdir()
     (other / "state.pt").write_bytes(b"half written")
     model, opt, sched = tiny_training()
-    finetune.save_checkpoint(root, 3, model, opt, sched, SIGNATURE)
+    checkpoint.save_checkpoint(root, 3, model, opt, sched, SIGNATURE)
     assert (other / "state.pt").read_bytes() == b"half written"
     assert sorted(p.name for p in root.iterdir()) == [".tmp-step-000003", "step-000001", "step-000002", "step-000003"]
 
     def disk_full(*args):
         raise OSError("no space left")
 
-    monkeypatch.setattr(finetune, "save_file", disk_full)
+    monkeypatch.setattr(checkpoint, "save_file", disk_full)
     with pytest.raises(OSError):
-        finetune.save_checkpoint(root, 4, model, opt, sched, SIGNATURE)
+        checkpoint.save_checkpoint(root, 4, model, opt, sched, SIGNATURE)
     assert sorted(p.name for p in root.iterdir()) == [".tmp-step-000003", "step-000001", "step-000002", "step-000003"]
 
 
@@ -225,11 +226,11 @@ def test_the_final_model_leaves_another_process_temporary_directory_alone(tmp_pa
 
 # ---- interruptions and metrics ---------------------------------------------------------------------------------------
 
-RUNNERS = {"pretrain": (pretrain, "train_step", FAST_LM), "finetune": (finetune, "optimizer_step", FAST_FT)}
+RUNNERS = {"pretrain": (pretrain, FAST_LM), "finetune": (finetune, FAST_FT)}
 
 
 def setup(tmp_path, runner: str):
-    return runner_setup(tmp_path, *RUNNERS[runner][2], f"cache_dir={tmp_path.parent / 'cache'}")
+    return runner_setup(tmp_path, *RUNNERS[runner][1], f"cache_dir={tmp_path.parent / 'cache'}")
 
 
 def logged_steps(run_dir) -> list[int]:
@@ -244,8 +245,8 @@ def final_weights(ctx) -> dict:
 
 def during_step(monkeypatch, runner: str, at: int, action) -> None:
     """Run `action()` at the start of optimiser step `at` (1-based) of `runner`."""
-    module, name, _ = RUNNERS[runner]
-    real, calls = getattr(module, name), []
+    module, _ = RUNNERS[runner]
+    real, calls = module.optimizer_step, []
 
     def step(*args, **kwargs):
         calls.append(1)
@@ -253,7 +254,7 @@ def during_step(monkeypatch, runner: str, at: int, action) -> None:
             action()
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(module, name, step)
+    monkeypatch.setattr(module, "optimizer_step", step)
 
 
 @pytest.fixture

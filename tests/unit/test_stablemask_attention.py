@@ -16,14 +16,8 @@ import textwrap
 import pytest
 import torch
 
-from llmlab.models.stablemask import (
-    alibi_slopes,
-    causal_attention,
-    sink_logits,
-    sink_logits_on,
-    stablemask_reference,
-    stablemask_sdpa,
-)
+from llmlab.kernels.stablemask_sink import sink_logits, sink_logits_on
+from llmlab.models.stablemask import alibi_slopes, stablemask_reference, stablemask_sdpa
 from llmlab.paths import REPO_ROOT
 
 try:
@@ -35,6 +29,14 @@ except ImportError:  # triton is an optional dependency
     TRITON_HERE = False
 else:
     TRITON_HERE = type(tl.zeros).__name__ == "InterpretedFunction" or torch.cuda.is_available()
+
+
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Plain causal softmax attention (queries a suffix of the keys): StableMask's limit as gamma -> infinity."""
+    n_q, n_k = q.shape[2], k.shape[2]
+    mask = torch.arange(n_k)[None, :] <= torch.arange(n_k - n_q, n_k)[:, None]
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.device))
+
 
 needs_triton = pytest.mark.skipif(
     not TRITON_HERE,

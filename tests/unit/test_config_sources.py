@@ -19,9 +19,13 @@ def test_an_experiments_tags_survive_composition(experiment):
 
 # ---- the schema is the source of defaults and choices (issue 18) ----------------------------------------------------
 
-# The schema of each group whose options are checked (a method option's is its runner's). Not yet `hardware`: its
-# presets are being reworked to inherit `auto` (issue 18); add it here when they state only what differs.
-GROUP_SCHEMAS = {"model": "ModelConfig", "dataset": "DatasetConfig", "logger": "LoggerConfig"}
+# The schema of each group whose options are checked (a method option's is its runner's, a dataset option's its
+# source's).
+GROUP_SCHEMAS = {
+    "model": "ModelConfig",
+    "logger": "LoggerConfig",
+    "hardware": "HardwareConfig",
+}
 REQUIRED = {"method/lm_metrics": ["method.model_dir=/nonexistent/model"]}  # `???` values the option leaves to the user
 
 
@@ -34,6 +38,13 @@ def schema_defaults(schema: type) -> dict:
     from omegaconf import OmegaConf
 
     return OmegaConf.to_container(OmegaConf.structured(schema), resolve=False)
+
+
+def dataset_defaults(source: str) -> dict:
+    """The defaults of a dataset of `source`: its schema as `schema/dataset/<source>` stores it (source set)."""
+    from llmlab.config import DATASET_SCHEMAS
+
+    return schema_defaults(DATASET_SCHEMAS[source](source=source))
 
 
 def stated_leaves(node, prefix: str = ""):
@@ -55,7 +66,8 @@ def lookup(node, key: str):
 
 
 @pytest.mark.parametrize(
-    "group,option", [(g, o) for g in ("model", "dataset", "method", "logger", "experiment") for o in options(g)]
+    "group,option",
+    [(g, o) for g in ("model", "dataset", "method", "logger", "hardware", "experiment") for o in options(g)],
 )
 def test_every_option_composes_resolved_and_states_only_what_differs_from_its_schema(group, option):
     from omegaconf import OmegaConf
@@ -67,18 +79,18 @@ def test_every_option_composes_resolved_and_states_only_what_differs_from_its_sc
     config.validate_config(cfg)
     composed = {
         key: OmegaConf.to_container(cfg[key], resolve=True, throw_on_missing=True)
-        for key in ("model", "dataset", "method", "logger", "tags")
+        for key in ("model", "dataset", "method", "logger", "hardware", "tags")
     }
     defaults = {
         **schema_defaults(config.RootConfig),
         "method": schema_defaults(RUNNERS[cfg.method.runner].schema),
+        "dataset": dataset_defaults(cfg.dataset.source),
         **{g: schema_defaults(getattr(config, name)) for g, name in GROUP_SCHEMAS.items()},
     }
     stated = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / group / f"{option}.yaml"), resolve=False)
     stated.pop("defaults", None)
     if group == "experiment":
         stated.pop("hydra", None)
-        stated.pop("hardware", None)  # see GROUP_SCHEMAS
     else:
         stated = {group: stated}
     for key, value in stated_leaves(stated):
@@ -91,6 +103,69 @@ def test_every_option_composes_resolved_and_states_only_what_differs_from_its_sc
         assert value != default, f"conf/{group}/{option}.yaml: {key} repeats the schema default"
         if not (isinstance(value, str) and "${" in value):
             assert lookup(composed, key) == value, f"{key} does not survive composition"
+
+
+def first_option_of_each_dataset_schema() -> dict[type, str]:
+    """One conf/dataset option per source schema (the first in name order)."""
+    import yaml
+
+    from llmlab.config import DATASET_SCHEMAS
+
+    out: dict[type, str] = {}
+    for option in options("dataset"):
+        (schema,) = yaml.safe_load((REPO / "conf" / "dataset" / f"{option}.yaml").read_text())["defaults"][:-1]
+        out.setdefault(DATASET_SCHEMAS[schema.removeprefix("/schema/dataset/").removesuffix("@_here_")], option)
+    return out
+
+
+@pytest.mark.parametrize("option", options("dataset"))
+def test_every_dataset_option_composes_against_the_schema_of_its_source(option):
+    from omegaconf import OmegaConf
+
+    from llmlab.config import DATASET_SCHEMAS
+
+    stated = yaml.safe_load((REPO / "conf" / "dataset" / f"{option}.yaml").read_text())
+    assert stated["defaults"][-1] == "_self_" and "source" not in stated  # the schema's entry sets the source
+    dataset = compose([f"dataset={option}"]).dataset
+    assert stated["defaults"][0] == f"/schema/dataset/{dataset.source}@_here_"
+    assert OmegaConf.get_type(dataset) is DATASET_SCHEMAS[dataset.source]
+
+
+def test_every_dataset_schema_is_composed_by_an_option():
+    from llmlab.config import DATASET_SCHEMAS
+
+    assert set(first_option_of_each_dataset_schema()) == set(DATASET_SCHEMAS.values())
+
+
+@pytest.mark.parametrize(
+    "overrides,needle",
+    [
+        (["+dataset.nope=1"], "Key 'nope' not in 'ImplicitDatasetConfig' (key: dataset.nope)"),
+        (["+dataset.block_size=32"], "Key 'block_size' not in 'ImplicitDatasetConfig' (key: dataset.block_size)"),
+        (["dataset=corpus/pydoc", "+dataset.task=bool"], "Key 'task' not in 'CorpusDatasetConfig' (key: dataset.task)"),
+        (["dataset=mre/scnm", "+dataset.options.on_error=skip"], "Key 'on_error' not in 'MreSynthOptions'"),
+        (["dataset=blocksworld/generated", "+dataset.options.check=false"], "Key 'check' not in 'GeneratedBlocks"),
+        (["dataset.source=corpus_stdlib"], "Key 'variants' not in 'CorpusDatasetConfig' (key: dataset.variants)"),
+        (["dataset.source=corpus"], "dataset.source must be one of implicit, file, blocksworld, "),
+    ],
+)
+def test_a_key_outside_the_schema_of_the_datasets_source_is_refused_in_one_line(overrides, needle):
+    from llmlab import config
+    from llmlab.errors import LlmlabError
+
+    with pytest.raises(LlmlabError) as info:
+        config.validate_config(compose(overrides))
+    assert "\n" not in str(info.value) and str(info.value).startswith(needle), str(info.value)
+
+
+def test_a_key_of_another_sources_schema_is_refused_when_composing():
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException, match="dataset.block_size"):
+        compose(["dataset=implicit/bool", "dataset.block_size=32"])
+    with pytest.raises(ConfigCompositionException, match="dataset.options.bool_variant"):
+        compose(["dataset=mre/scnm", "dataset.options.bool_variant=random"])
+    assert compose(["dataset=corpus/pydoc", "dataset.block_size=32"]).dataset.block_size == 32
 
 
 def test_the_drifted_defaults_are_the_values_the_runs_used():
@@ -126,7 +201,8 @@ def choice_keys(schema: type, prefix: str, composed) -> list[tuple[str, tuple[st
 
 
 def choice_cases() -> list[tuple[list[str], str, tuple[str, ...], bool, type]]:
-    """Every choice field of the root schema (its groups as composed by default) and of every runner's schema."""
+    """Every choice field of the root schema (its groups as composed by default), of every runner's schema and of
+    every dataset source's schema."""
     from omegaconf import OmegaConf
 
     from llmlab import config
@@ -137,13 +213,16 @@ def choice_cases() -> list[tuple[list[str], str, tuple[str, ...], bool, type]]:
     data = OmegaConf.to_container(base, resolve=False)
     for name, schema in [
         ("", config.RootConfig),
-        *((f"{g}.", getattr(config, s)) for g, s in {**GROUP_SCHEMAS, "hardware": "HardwareConfig"}.items()),
+        *((f"{g}.", getattr(config, s)) for g, s in GROUP_SCHEMAS.items()),
     ]:
         cases += [([], *c) for c in choice_keys(schema, name, data)]
     for runner, entry in sorted(RUNNERS.items()):
         overrides = [f"method={runner}", *REQUIRED.get(f"method/{runner}", [])]
         data = {"method": OmegaConf.to_container(compose(overrides).method, resolve=False)}
         cases += [(overrides, *c) for c in choice_keys(entry.schema, "method.", data)]
+    for schema, option in first_option_of_each_dataset_schema().items():
+        data = {"dataset": OmegaConf.to_container(compose([f"dataset={option}"]).dataset, resolve=False)}
+        cases += [([f"dataset={option}"], *c) for c in choice_keys(schema, "dataset.", data)]
     return cases
 
 
@@ -174,7 +253,8 @@ def test_every_choice_field_of_every_schema_is_refused_outside_its_choices():
         and dataclasses.is_dataclass(obj)
         and any("choices" in f.metadata for f in dataclasses.fields(obj))
     }
-    assert with_choices - checked == set(), "a schema with choice fields that no composed config reaches"
+    unreached = {s for s in with_choices if not any(issubclass(c, s) for c in checked)}  # a base: via subclasses
+    assert unreached == set(), "a schema with choice fields that no composed config reaches"
     assert len(cases) >= 50
 
 
@@ -191,16 +271,20 @@ FREE_TEXT = {
     "ModelConfig.adapter",
     "LMArch.gamma",  # alibi or a positive number
     "DatasetConfig.name",
-    "DatasetConfig.task",
-    "DatasetConfig.variants",
-    "DatasetConfig.path",  # task: per source
-    "DatasetConfig.pool_path",
-    "DatasetConfig.header",
-    "DatasetConfig.files",
-    "DatasetConfig.hub_id",
-    "DatasetConfig.hub_config",
-    "DatasetConfig.hub_splits",
-    "DatasetConfig.text_field",
+    "DatasetConfig.source",  # the dataset source registry's name, checked against DATASET_SCHEMAS by validate_config
+    "EvalDatasetConfig.variants",  # implicit: pattern, counter (checked by the loader); file: the rows' own
+    "FileDatasetConfig.path",
+    "FileDatasetConfig.pool_path",
+    "FileDatasetConfig.header",
+    "CorpusDatasetConfig.files",
+    "CorpusDatasetConfig.hub_id",
+    "CorpusDatasetConfig.hub_config",
+    "CorpusDatasetConfig.hub_splits",
+    "CorpusDatasetConfig.text_field",
+    "BlocksworldDatasetConfig.path",
+    "GeneratedBlocksworldDatasetConfig.path",
+    "MreFileDatasetConfig.path",
+    "MreFileDatasetConfig.pool_path",
     "HardwareConfig.name",
     "HardwareConfig.device",  # cuda:N
     "LoggerConfig.name",
@@ -253,3 +337,15 @@ def test_the_modules_tables_offer_exactly_the_schemas_choices():
     assert set(distributed.STRATEGIES) == set(choices_of(config.HardwareConfig, "strategy"))
     assert set(scoring.TRUNCATE) == set(choices_of(config.ICLConfig, "truncate"))
     assert set(choices_of(config.PositionProbeConfig, "arms")) == set(choices_of(config.LMArch, "attention"))
+    from llmlab.blocksworld import data as blocksworld
+    from llmlab.data import sources
+    from llmlab.data.implicit import boolean
+    from llmlab.data.mre import synthetic
+
+    assert set(sources.SOURCES) == set(config.DATASET_SCHEMAS)
+    assert set(implicit.TASKS) == set(choices_of(config.ImplicitDatasetConfig, "task"))
+    assert set(boolean.OPTIONS["bool_variant"]) == set(choices_of(config.ImplicitOptions, "bool_variant"))
+    assert set(synthetic.SUBSETS) == set(config.MRE_SUBSETS) == set(choices_of(config.MreDatasetConfig, "task"))
+    assert set(ablation.CONDITIONS) == set(choices_of(config.MreOptions, "condition"))
+    for options in (config.BlocksworldOptions, config.GeneratedBlocksworldOptions):
+        assert set(blocksworld.MODES) == set(choices_of(options, "mode"))

@@ -61,7 +61,7 @@ def objective_of(run: Path, key: str) -> float:
 
 def test_a_three_trial_search_reports_its_best_trial(outputs):
     """Learning rates for a LoRA-free fine-tune of tiny-random: finetune's objective is its final training loss
-    (minimised, llmlab/objectives.py)."""
+    (minimised, its @register_runner objective)."""
     res = run_cli(
         "-m", "hydra/sweeper=optuna", *SEARCH_FT, "method.lr=tag(log,interval(1e-4,1e-1))", "hydra.sweeper.n_trials=3"
     )

@@ -385,7 +385,7 @@ def test_pair_masks_cover_disjoint_causal_sets():
     assert bool((total == torch.ones(8, 8, dtype=torch.long).tril(-1)).all())  # a partition of the causal pairs
 
 
-@pytest.mark.slow  # the CLI smoke of experiment=mre (tests/test_configs.py) runs every condition already
+@pytest.mark.slow  # the CLI smoke of experiment=mre (tests/cli/test_configs.py) runs every condition already
 def test_ablation_runner_tiny(tmp_path):
     from llmlab.runners import mre_ablation
 

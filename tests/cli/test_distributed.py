@@ -102,8 +102,9 @@ def test_fsdp_trains_and_checkpoints_like_one_process(tmp_path, one_rank_group):
     from llmlab.config import LMArch
     from llmlab.hardware import Hardware
     from llmlab.models.lm import LM
-    from llmlab.runners.finetune import resume, save_checkpoint
-    from llmlab.runners.pretrain import main_copy, param_groups, train_step
+    from llmlab.runners.pretrain import main_copy, next_token_logits, param_groups
+    from llmlab.train.checkpoint import resume, save_checkpoint
+    from llmlab.train.step import StepSettings, optimizer_step
 
     arch = OmegaConf.structured(LMArch(n_layer=2, d_model=32, n_head=2, ffn_hidden=64))
     data = torch.randint(0, 256, (8, 17), generator=torch.Generator().manual_seed(0))
@@ -116,9 +117,10 @@ def test_fsdp_trains_and_checkpoints_like_one_process(tmp_path, one_rank_group):
         opt = torch.optim.AdamW(param_groups(model, 0.1), lr=3e-3)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
         step, losses = resume(root, model, opt, sched, {}), []
+        settings = StepSettings(device=torch.device("cpu"), clip=1.0, accum=2, max_grad_norm=1e4)
         while step < steps:
-            micro = [(data[j * 4 : (j + 1) * 4], 4 * 16) for j in range(2)]
-            losses += train_step(trained, opt, sched, micro, 1.0, torch.device("cpu"), None, 1e4, step + 1)
+            micro = [((data[j * 4 : (j + 1) * 4],), 4 * 16) for j in range(2)]
+            losses += optimizer_step(trained, opt, sched, micro, next_token_logits, settings, step=step + 1)
             step += 1
             save_checkpoint(root, step, model, opt, sched, {})
         return losses, main_copy(model, lambda: LM(arch, 256, 16)).state_dict()

@@ -53,6 +53,21 @@ def test_resume_with_a_changed_result_relevant_value_is_refused_naming_the_key(t
     assert run.meta["attempt"] == 2
 
 
+def test_a_run_written_when_every_dataset_held_every_sources_fields_resumes(tmp_path):
+    from llmlab.config import ImplicitDatasetConfig
+
+    dataset = OmegaConf.to_container(
+        OmegaConf.structured(ImplicitDatasetConfig(name="b", source="implicit", task="bool"))
+    )
+    # what config.yaml held then: the fields of the other sources, and only the options the YAML stated
+    before = {**dataset, "block_size": 128, "files": [], "hub_id": None, "path": None, "options": {}}
+    RunDir(tmp_path / "run", cfg_of(dataset=before)).finish("interrupted")
+    assert RunDir(tmp_path / "run", cfg_of(dataset=dataset)).meta["attempt"] == 2
+    RunDir(tmp_path / "run", cfg_of(dataset=dataset)).finish("interrupted")
+    with pytest.raises(LlmlabError, match=r"dataset.options.bool_variant changed"):
+        RunDir(tmp_path / "run", cfg_of(dataset={**dataset, "options": {"bool_variant": "random"}}))
+
+
 def test_the_cli_refuses_to_mix_shots_in_one_run_directory(tmp_path):
     run = tmp_path / "D"
     first = run_cli(*ICL, "dataset.n_test=4", "method.shots=0", f"hydra.run.dir={run}")

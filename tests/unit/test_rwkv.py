@@ -23,7 +23,7 @@ from llmlab.models.rwkv import RWKV, L2Wrap, load_rwkv_checkpoint, load_weights
 from llmlab.models.wkv import wkv_chunked, wkv_naive, wkv_sequential
 from llmlab.paths import REPO_ROOT
 from tests.helpers import runner_setup
-from tests.test_stablemask_attention import TRITON_HERE, needs_triton
+from tests.unit.test_stablemask_attention import TRITON_HERE, needs_triton
 
 try:
     from llmlab.kernels import wkv_triton as wt

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypedDict
 
 from omegaconf import DictConfig
 
@@ -26,7 +27,21 @@ class RunContext:
         self.tracker.summary(metrics)
 
 
-def execute(runner: Callable[[DictConfig, RunContext], dict], cfg: DictConfig, ctx: RunContext) -> dict:
+class RunResult(TypedDict, total=False):
+    """What a runner returns: the contents of the results.json it wrote (runners add keys of their own)."""
+
+    runner: str
+    metrics: dict[str, dict[str, Any]]  # per variant: metric name -> value (the sweep objective reads the first)
+    model: str
+    dataset: str
+    seed: int
+    timing: dict[str, Any]
+
+
+Runner = Callable[[DictConfig, RunContext], RunResult]  # the contract of every `run` (llmlab.registry)
+
+
+def execute(runner: Runner, cfg: DictConfig, ctx: RunContext) -> RunResult:
     """Run `runner`, then close the tracker and record the outcome (completed / interrupted / failed) in meta.json."""
     status = "failed"
     try:

@@ -145,7 +145,7 @@ def test_every_method_rejects_an_unknown_key_and_a_wrong_type(method):
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from llmlab.cli import one_line as cli_line
+    from llmlab.hydra_errors import one_line as cli_line
 
     key = first_int_field(method)
     for override, needle in (
@@ -162,11 +162,30 @@ def test_every_method_rejects_an_unknown_key_and_a_wrong_type(method):
 def test_unquoted_unicode_override_is_a_one_line_grammar_error():
     from hydra.errors import HydraException
 
-    from llmlab.cli import one_line as cli_line
+    from llmlab.hydra_errors import one_line as cli_line
 
     with pytest.raises(HydraException) as info:
         compose(["logger=none", "dataset.header=ünï\u202e"])
     assert "\n" not in cli_line(info.value) and "dataset.header=" in cli_line(info.value)
+
+
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ('dataset.options.coupling="ünï"', "dataset.options.coupling"),
+        ("dataset.options.decoupled_control=maybe", "dataset.options.decoupled_control"),
+        ("dataset.options.step=abc", "dataset.options.step"),
+    ],
+)
+def test_a_dataset_option_of_a_wrong_type_is_a_one_line_error_when_composing(override, needle):
+    from hydra.errors import HydraException
+
+    from llmlab.hydra_errors import one_line as cli_line
+
+    dataset = "dataset=blocksworld/generated" if "step" in override else "dataset=mre/scnm"
+    with pytest.raises(HydraException) as info:
+        compose(["logger=none", dataset, override])
+    assert "\n" not in cli_line(info.value) and needle in cli_line(info.value)
 
 
 # ---- runners: bad values, traversal and huge numbers fail in one line and stay in the run directory ---------------
@@ -218,10 +237,9 @@ RUNNER_ERRORS = [
     (["method=position_probe", "model=lm-tiny", "method.n_classes=1"], "method.n_classes must be >= 2"),
     (["method=info_flow", "dataset=mre/scnm", "method.conditions=[../x]"], "method.conditions must include gold"),
     (["method=verbalizer", "dataset=mre/scnm", "method.shots=[-1]"], "method.shots must be"),
-    (["method=verbalizer", "dataset=mre/scnm", 'dataset.options.coupling="ünï"'], "options.coupling must be"),
-    (["method=verbalizer", "dataset=mre/scnm", "dataset.options.decoupled_control=maybe"], "must be true or false"),
+    (["method=verbalizer", "dataset=mre/scnm", "dataset.options.coupling=1.5"], "options.coupling must be"),
     (["method=mre_ablation", "dataset=mre/scnm", f"method.conditions=[{ESCAPE}]"], "method.conditions: unknown"),
-    (["method=cot", "dataset=blocksworld/generated", "dataset.options.step=abc"], "options.step must be"),
+    (["method=cot", "dataset=blocksworld/generated", "dataset.options.step=-1"], "options.step must be"),
     (["method=cot", "dataset=blocksworld/generated", "dataset.options.step=1000000000000"], "no problem with"),
     (["method=cot", "dataset=blocksworld/generated", "dataset.options.blocks=[100000]"], "options.blocks must be"),
     (["method=cot", "dataset=blocksworld/step_2", f"dataset.path={ESCAPE}"], "blocksworld data not found"),

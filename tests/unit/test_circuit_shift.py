@@ -26,6 +26,15 @@ CS = ["method=circuit_shift", "method.n_pairs=4", "method.shots=2"]
 SMOLLM2 = Path(os.environ.get("LLMLAB_CACHE", "~/.cache/llmlab")).expanduser() / "models/smollm2-135m"  # converted
 
 
+def patched_metric(model, clean, corrupt, answers: tuple[int, int], comps: list) -> float:
+    """The normalised logit difference of the corrupt run with the clean activations of all `comps` patched in."""
+    shape = patching.model_shape(model)
+    clean_logits, acts = patching.cache(model, clean)
+    ld_corrupt = patching.logit_diff(patching.cache(model, corrupt)[0], answers)
+    ld = patching.logit_diff(patching.patched_logits(model, corrupt, acts, [comps], shape), answers)
+    return float(patching.normalised(ld, patching.logit_diff(clean_logits, answers), ld_corrupt)[0])
+
+
 def setup_pairs(tmp_path, task: str, n: int = 4, shots=(0, 4)):
     cfg, ctx = runner_setup(tmp_path, f"dataset=implicit/{task}", "dataset.n_test=40")
     model, tok = load_model(cfg.model, ctx.hw, cfg.cache_dir, "sdpa", cfg.seed)
@@ -70,13 +79,13 @@ def test_patching_everything_restores_the_clean_run_and_hooks_are_removed(tmp_pa
     assert len(everything) == 2 * 4 + 2  # tiny model: 2 layers x 4 heads + 2 MLPs
     for pair in pairs:
         enc = encode(tok, data.header, pair, 4)
-        assert patching.patched_metric(model, *tensors(enc), enc.answers, everything) == pytest.approx(1.0, abs=1e-3)
-        assert patching.patched_metric(model, *tensors(enc), enc.answers, []) == pytest.approx(0.0, abs=1e-6)
+        assert patched_metric(model, *tensors(enc), enc.answers, everything) == pytest.approx(1.0, abs=1e-3)
+        assert patched_metric(model, *tensors(enc), enc.answers, []) == pytest.approx(0.0, abs=1e-6)
         # MLPs act per position and the last token is shared, so all heads alone restore the last position too;
         # the MLPs alone do not (attention still reads the edited positions).
         heads, mlps = [c for c in everything if c[0] == "head"], [c for c in everything if c[0] == "mlp"]
-        assert patching.patched_metric(model, *tensors(enc), enc.answers, heads) == pytest.approx(1.0, abs=1e-3)
-        assert patching.patched_metric(model, *tensors(enc), enc.answers, mlps) != pytest.approx(1.0, abs=1e-2)
+        assert patched_metric(model, *tensors(enc), enc.answers, heads) == pytest.approx(1.0, abs=1e-3)
+        assert patched_metric(model, *tensors(enc), enc.answers, mlps) != pytest.approx(1.0, abs=1e-2)
     for layer in patching.decoder_layers(model):
         assert not layer.self_attn.o_proj._forward_pre_hooks and not layer.mlp._forward_hooks
 

@@ -105,7 +105,7 @@ def same_bytes(a: Path, b: Path) -> bool:
     return a.read_bytes() == b.read_bytes()
 
 
-@pytest.mark.slow  # the default tier has the same with kill -9, SIGINT and SIGTERM (tests/test_integrity_runs.py)
+@pytest.mark.slow  # the default tier has the same with kill -9, SIGINT and SIGTERM (tests/cli/test_integrity_runs.py)
 def test_pretrain_killed_then_resumed_matches_an_uninterrupted_run(outputs, tmp_path):
     resumed, ref, run, ref_run = kill_then_resume(outputs, tmp_path, FAST_LM)
     assert resumed["train"]["loss"] == ref["train"]["loss"] and resumed["val"] == ref["val"]  # exact on CPU

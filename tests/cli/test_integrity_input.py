@@ -11,7 +11,7 @@ import pytest
 
 from llmlab.errors import LlmlabError
 from tests.helpers import TINY, run_cli
-from tests.test_audit import assert_cli_error
+from tests.unit.test_audit import assert_cli_error
 
 SMALL = [*TINY, "method.limit=1", "dataset.n_test=2"]  # seconds, should a bad input get through
 
@@ -26,7 +26,7 @@ def left_behind(outputs: Path) -> list[Path]:
         ("++method.shot=0", "Key 'shot' not in 'ICLConfig' (key: method.shot); did you mean 'shots'?"),
         ("+model.nope=1", "Key 'nope' not in 'ModelConfig' (key: model.nope)"),
         ("++model.tiny.nope=1", "Key 'nope' not in 'TinyArch' (key: model.tiny.nope)"),
-        ("+dataset.nope=1", "Key 'nope' not in 'DatasetConfig' (key: dataset.nope)"),
+        ("+dataset.nope=1", "Key 'nope' not in 'ImplicitDatasetConfig' (key: dataset.nope)"),
         ("++hardware.nope=1", "Key 'nope' not in 'HardwareConfig' (key: hardware.nope)"),
         ("+logger.nope=1", "Key 'nope' not in 'LoggerConfig' (key: logger.nope)"),
         ("+nope=1", "Key 'nope' not in 'RootConfig' (key: nope)"),
@@ -87,7 +87,7 @@ def test_file_dataset_without_a_pool_names_pool_path_before_loading(outputs, tmp
 
     rows = tmp_path / "rows.jsonl"
     rows.write_text("".join(json.dumps(r) + "\n" for r in build_split("bool", "test_pattern", 2, 0).to_list()))
-    res = run_cli(*SMALL, "dataset=file", f"dataset.path={rows}", "method.shots=2")
+    res = run_cli(*TINY, "method.limit=1", "dataset=file", f"dataset.path={rows}", "method.shots=2")
     assert_cli_error(res, "dataset.pool_path")
     assert "Filter" not in res.stderr
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from llmlab import collect, readme_tables, report
+from llmlab import collect, readme_tables, report, runs_table
 from llmlab.analysis import bootstrap
 from llmlab.errors import LlmlabError
 from tests.helpers import REPO
@@ -200,5 +200,5 @@ def test_lists_of_objects_in_results_do_not_split_the_arms(tmp_path):
             "extrapolation": [{"length": 128, "ppl": 5.0 + seed}],
         }  # differs per run, as evaluations do
         (d / "results.json").write_text(json.dumps(result))
-    keys, rows = report.aggregate(report.load_runs(tmp_path)[0])
+    keys, rows = runs_table.aggregate(runs_table.load_runs(tmp_path)[0])
     assert "extrapolation" not in keys and len(rows) == 1 and rows[0]["val_loss"][0] == 1.5

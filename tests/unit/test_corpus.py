@@ -6,7 +6,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from llmlab.config import DatasetConfig
+from llmlab.config import CorpusDatasetConfig, ImplicitDatasetConfig
 from llmlab.data import corpus as C
 from llmlab.errors import LlmlabError
 from tests.helpers import SHARED, compose
@@ -40,17 +40,20 @@ def write_docs(root, n=10, words=300):
 
 
 def dataset(**kw):
-    return OmegaConf.structured(DatasetConfig(**{"name": "test", "source": "corpus_files", "block_size": 16, **kw}))
+    return OmegaConf.structured(
+        CorpusDatasetConfig(**{"name": "test", "source": "corpus_files", "block_size": 16, **kw})
+    )
 
 
 def test_files_are_split_by_document_deterministically(tmp_path):
     root = write_docs(tmp_path / "docs")
     cfg = dataset(files=[str(root / "*.txt")], val_fraction=0.2)
-    train, val = C.read_split(cfg)
+    train, val = C.read_file_corpus(cfg)
     assert len(train) == 8 and len(val) == 2 and not set(train) & set(val)
-    assert C.read_split(cfg) == (train, val)
+    assert C.read_file_corpus(cfg) == (train, val)
     other = {
-        C.read_split(dataset(files=[str(root / "*.txt")], val_fraction=0.2, split_seed=s))[1][0] for s in range(1, 6)
+        C.read_file_corpus(dataset(files=[str(root / "*.txt")], val_fraction=0.2, split_seed=s))[1][0]
+        for s in range(1, 6)
     }
     assert len(other) > 1  # the split seed picks the held-out documents
 
@@ -71,7 +74,7 @@ def test_byte_corpus_packs_shifted_blocks(tmp_path, monkeypatch):
 
 def test_a_single_document_is_split_at_its_tail(tmp_path):
     (tmp_path / "one.txt").write_text("abcdefghij" * 100)
-    train, val = C.read_split(dataset(files=[str(tmp_path / "one.txt")], val_fraction=0.1))
+    train, val = C.read_file_corpus(dataset(files=[str(tmp_path / "one.txt")], val_fraction=0.1))
     assert len(val[0]) == 100 and train[0] + val[0] == "abcdefghij" * 100
 
 
@@ -89,7 +92,7 @@ def test_bpe_is_trained_once_and_cached(tmp_path, monkeypatch):
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(corpus.tokenizer_file))
-    assert tok.decode(corpus.val.tolist()) == C.SEPARATOR.join(C.read_split(cfg)[1])
+    assert tok.decode(corpus.val.tolist()) == C.SEPARATOR.join(C.read_file_corpus(cfg)[1])
 
     def no_training(*args, **kwargs):
         raise AssertionError("trained again")
@@ -116,6 +119,12 @@ def test_bad_input_is_one_clear_line(tmp_path, kw, needle):
     with pytest.raises(LlmlabError, match=needle) as info:
         C.load_corpus(cfg, tmp_path / "cache")
     assert "\n" not in str(info.value)
+
+
+def test_a_dataset_of_another_family_is_no_corpus(tmp_path):
+    cfg = OmegaConf.structured(ImplicitDatasetConfig(name="implicit/bool", source="implicit", task="bool"))
+    with pytest.raises(LlmlabError, match=r"^dataset 'implicit/bool' \(source implicit\) is no corpus dataset; use "):
+        C.load_corpus(cfg, tmp_path)
 
 
 def test_an_empty_corpus_is_refused(tmp_path):
