@@ -9,7 +9,7 @@ import difflib
 import typing
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 from hydra.experimental.callback import Callback
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
@@ -131,8 +131,8 @@ class ModelConfig:
 
 @dataclass
 class DatasetConfig:
-    """Fields every dataset has. Each source has a schema extending it (`DATASET_SCHEMAS`; its loader:
-    `llmlab.data.sources`); a dataset YAML lists `/schema/dataset/<source>@_here_`, which also sets its source."""
+    """Fields every dataset has. Each source has a schema extending it (`DATASET_SOURCES`); a dataset YAML lists
+    `/schema/dataset/<source>@_here_`, which also sets its source."""
 
     name: str = MISSING
     source: str = MISSING
@@ -280,20 +280,32 @@ class MreSynthDatasetConfig(MreDatasetConfig):
     options: MreSynthOptions = field(default_factory=MreSynthOptions)
 
 
-# `dataset.source` -> its schema: composed through `schema/dataset/<source>` and checked by `validate_config`; the
-# loaders are in `llmlab.data.sources`
-DATASET_SCHEMAS: dict[str, type[DatasetConfig]] = {
-    "implicit": ImplicitDatasetConfig,
-    "file": FileDatasetConfig,
-    "blocksworld": BlocksworldDatasetConfig,
-    "blocksworld_generated": GeneratedBlocksworldDatasetConfig,
-    "corpus_stdlib": CorpusDatasetConfig,
-    "corpus_files": CorpusDatasetConfig,
-    "corpus_hub": CorpusDatasetConfig,
-    "mre_synth": MreSynthDatasetConfig,
-    "mre_file": MreFileDatasetConfig,
-    "mre_hub": MreDatasetConfig,
+class DatasetSource(NamedTuple):
+    """What a `dataset.source` is: its schema, the family of data it gives and its loader ("module:function",
+    imported only when the data is loaded, by `llmlab.data.sources`)."""
+
+    schema: type[DatasetConfig]
+    family: str  # evaluation: test items + pool | corpus: train / held-out text | mre: MreData | blocksworld: problems
+    loader: str
+
+
+# The dataset source registry: composed through `schema/dataset/<source>`, checked by `validate_config`, loaded by
+# `llmlab.data.sources`
+DATASET_SOURCES: dict[str, DatasetSource] = {
+    "implicit": DatasetSource(ImplicitDatasetConfig, "evaluation", "llmlab.data.loading:implicit_data"),
+    "file": DatasetSource(FileDatasetConfig, "evaluation", "llmlab.data.loading:file_data"),
+    "corpus_stdlib": DatasetSource(CorpusDatasetConfig, "corpus", "llmlab.data.corpus:read_stdlib"),
+    "corpus_files": DatasetSource(CorpusDatasetConfig, "corpus", "llmlab.data.corpus:read_file_corpus"),
+    "corpus_hub": DatasetSource(CorpusDatasetConfig, "corpus", "llmlab.data.corpus:read_hub"),
+    "mre_synth": DatasetSource(MreSynthDatasetConfig, "mre", "llmlab.data.mre.loader:synthetic_data"),
+    "mre_file": DatasetSource(MreFileDatasetConfig, "mre", "llmlab.data.mre.loader:file_data"),
+    "mre_hub": DatasetSource(MreDatasetConfig, "mre", "llmlab.data.mre.loader:hub_data"),
+    "blocksworld": DatasetSource(BlocksworldDatasetConfig, "blocksworld", "llmlab.blocksworld.data:split_data"),
+    "blocksworld_generated": DatasetSource(
+        GeneratedBlocksworldDatasetConfig, "blocksworld", "llmlab.blocksworld.data:generated_data"
+    ),
 }
+DATASET_SCHEMAS: dict[str, type[DatasetConfig]] = {source: s.schema for source, s in DATASET_SOURCES.items()}
 
 
 @dataclass

@@ -56,7 +56,11 @@ COMMANDS = commands()
 
 def test_the_readmes_hold_commands():
     assert len(COMMANDS) > 40 and any(p.startswith("experiments/") for p, _ in COMMANDS)
-    assert overrides("llmlab -m a=1,2 'b=[1,2]' 'c=choice(1,2)' $B \"s=[$S]\" d=... e=<run>/x") == ["a=1", "b=[1,2]", "e=_run_/x"]
+    assert overrides("llmlab -m a=1,2 'b=[1,2]' 'c=choice(1,2)' $B \"s=[$S]\" d=... e=<run>/x") == [
+        "a=1",
+        "b=[1,2]",
+        "e=_run_/x",
+    ]
 
 
 @pytest.mark.parametrize("where,line", COMMANDS, ids=[f"{p}:{i}" for i, (p, _) in enumerate(COMMANDS)])

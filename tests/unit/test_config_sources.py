@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import yaml
 
@@ -146,7 +148,7 @@ def test_every_dataset_schema_is_composed_by_an_option():
         (["dataset=mre/scnm", "+dataset.options.on_error=skip"], "Key 'on_error' not in 'MreSynthOptions'"),
         (["dataset=blocksworld/generated", "+dataset.options.check=false"], "Key 'check' not in 'GeneratedBlocks"),
         (["dataset.source=corpus_stdlib"], "Key 'variants' not in 'CorpusDatasetConfig' (key: dataset.variants)"),
-        (["dataset.source=corpus"], "dataset.source must be one of implicit, file, blocksworld, "),
+        (["dataset.source=corpus"], "dataset.source must be one of implicit, file, corpus_stdlib, "),
     ],
 )
 def test_a_key_outside_the_schema_of_the_datasets_source_is_refused_in_one_line(overrides, needle):
@@ -342,7 +344,9 @@ def test_the_modules_tables_offer_exactly_the_schemas_choices():
     from llmlab.data.implicit import boolean
     from llmlab.data.mre import synthetic
 
-    assert set(sources.SOURCES) == set(config.DATASET_SCHEMAS)
+    for source, entry in config.DATASET_SOURCES.items():  # every source loads through a real function of its family
+        module, _, function = entry.loader.partition(":")
+        assert callable(getattr(importlib.import_module(module), function)) and entry.family in sources.FAMILIES, source
     assert set(implicit.TASKS) == set(choices_of(config.ImplicitDatasetConfig, "task"))
     assert set(boolean.OPTIONS["bool_variant"]) == set(choices_of(config.ImplicitOptions, "bool_variant"))
     assert set(synthetic.SUBSETS) == set(config.MRE_SUBSETS) == set(choices_of(config.MreDatasetConfig, "task"))
