@@ -22,12 +22,12 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from llmlab import interrupts
-from llmlab.config import InvalidConfig, register_schemas, validate_config
+from llmlab.config import InvalidConfig, validate_config
 from llmlab.errors import LlmlabError
 from llmlab.hydra_errors import one_line, raised_by_hydra
 from llmlab.launch import failure_summary, finished_result, resume_overrides
 from llmlab.paths import conf_dir
-from llmlab.registry import get_runner
+from llmlab.registry import get_runner, register_schemas
 
 register_schemas()
 

@@ -435,23 +435,6 @@ class RootConfig:
     resume: str = choice("auto", "never", default="never")
 
 
-def register_schemas() -> None:
-    """Put the root schema in Hydra's ConfigStore (`conf/config.yaml` lists it first), through which groups are typed,
-    and each dataset source's schema as `schema/dataset/<source>` with `source` set (dataset YAMLs list it)."""
-    from hydra.core.config_store import ConfigStore
-
-    ConfigStore.instance().store(name="root_schema", node=RootConfig)
-    for source, schema in DATASET_SCHEMAS.items():
-        ConfigStore.instance().store(group="schema/dataset", name=source, node=schema(source=source))
-    from omegaconf import OmegaConf
-
-    from llmlab.paths import safe_name
-
-    # `${safe_name:...}`: a config value used as a directory name (the run directory's runner part) cannot leave it
-    if not OmegaConf.has_resolver("safe_name"):
-        OmegaConf.register_new_resolver("safe_name", lambda name: safe_name(name, "run directory name part"))
-
-
 @dataclass
 class CircuitShiftConfig(MethodConfig):
     """Circuit shift (`method=circuit_shift`): patching scores of heads and MLPs for base 0-shot, base k-shot and a

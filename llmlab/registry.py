@@ -142,11 +142,21 @@ def get_runner(name: str) -> Runner:
     return getattr(importlib.import_module(module), attr)
 
 
-def _store_schemas() -> None:
+def register_schemas() -> None:
+    """Fill Hydra's ConfigStore, once per process before composing: the root schema (`conf/config.yaml` lists it
+    first) through which the groups are typed, each dataset source's schema as `schema/dataset/<source>` and each
+    runner's as `schema/method/<name>` (the YAMLs list them), and the `${safe_name:...}` resolver."""
     from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
 
+    from llmlab.paths import safe_name
+
+    store = ConfigStore.instance()
+    store.store(name="root_schema", node=config.RootConfig)
+    for source, entry in config.DATASET_SOURCES.items():
+        store.store(group="schema/dataset", name=source, node=entry.schema(source=source))
     for name, entry in RUNNERS.items():
-        ConfigStore.instance().store(group="schema/method", name=name, node=entry.schema(runner=name))
-
-
-_store_schemas()
+        store.store(group="schema/method", name=name, node=entry.schema(runner=name))
+    # `${safe_name:...}`: a config value used as a directory name (the run directory's runner part) cannot leave it
+    if not OmegaConf.has_resolver("safe_name"):
+        OmegaConf.register_new_resolver("safe_name", lambda name: safe_name(name, "run directory name part"))

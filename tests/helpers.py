@@ -61,11 +61,10 @@ def compose(overrides: list[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from llmlab.config import register_schemas
     from llmlab.paths import conf_dir
+    from llmlab.registry import register_schemas
 
     register_schemas()
-    import llmlab.registry  # noqa: F401  (registers the method schemas)
 
     with initialize_config_dir(str(conf_dir()), version_base="1.3"):
         return hydra_compose("config", overrides=overrides, return_hydra_config=True)

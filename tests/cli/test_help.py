@@ -48,9 +48,9 @@ def test_every_user_group_has_a_line_in_the_help():
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from llmlab.config import register_schemas
     from llmlab.help import GROUPS
     from llmlab.paths import conf_dir
+    from llmlab.registry import register_schemas
 
     register_schemas()
     with initialize_config_dir(str(conf_dir()), version_base="1.3"):

@@ -47,7 +47,7 @@ def test_every_decorator_agrees_with_the_index_and_returns_the_function():
 
 def test_the_index_is_read_without_importing_runner_code():
     code = (
-        "import sys, llmlab.registry as r; assert r.RUNNERS; "
+        "import sys, llmlab.registry as r; assert r.RUNNERS; r.register_schemas(); "
         "print(sorted(m for m in sys.modules if m.startswith(('llmlab.runners.', 'torch', 'transformers'))))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
@@ -57,6 +57,7 @@ def test_the_index_is_read_without_importing_runner_code():
 def test_each_schema_is_stored_for_composition_with_its_runner_name():
     from hydra.core.config_store import ConfigStore
 
+    registry.register_schemas()
     for name, entry in registry.RUNNERS.items():
         assert ConfigStore.instance().load(f"schema/method/{name}.yaml").node.runner == name
         assert config.method_schema(name) is entry.schema
