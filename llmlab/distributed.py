@@ -208,18 +208,22 @@ def barrier() -> None:
         dist.barrier()
 
 
-def _reduce(value: float, op: str) -> float:
+def _reduce(value, op: str):
     import torch
     import torch.distributed as dist
 
+    if isinstance(value, torch.Tensor):  # reduced where it lives, without waiting for the device
+        t = value.detach().to(torch.float64).reshape(1).clone()
+        dist.all_reduce(t, op=getattr(dist.ReduceOp, op))
+        return t[0]
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
     t = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(t, op=getattr(dist.ReduceOp, op))
     return float(t.item())
 
 
-def all_reduce_sum(value: float) -> float:
-    """Sum of `value` over the ranks."""
+def all_reduce_sum(value):
+    """Sum of `value` over the ranks: a float, or a tensor (a float64 0-d tensor on its device)."""
     return _reduce(value, "SUM") if active() else value
 
 
@@ -316,14 +320,13 @@ def local(t):
     return t.to_local() if hasattr(t, "to_local") else t
 
 
-def clip_grad_norm(params, clip: float) -> float:
-    """Clip to `clip`; the total gradient norm before clipping (over every shard, the same on every rank)."""
+def clip_grad_norm(params, clip: float):
+    """Clip to `clip`; the total gradient norm before clipping (over every shard, the same on every rank), a 0-d
+    tensor on the device."""
     import torch
 
     norm = torch.nn.utils.clip_grad_norm_(params, clip)
-    if hasattr(norm, "full_tensor"):
-        norm = norm.full_tensor()
-    return norm.item()
+    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
 
 def all_finite(params) -> bool:

@@ -4,8 +4,9 @@ A run directory holds the results of exactly one config. Resuming in it (`hydra.
 finished experiment step) is refused when a results-relevant value differs from the `config.yaml` written there,
 with one line naming the keys. Execution-only settings may change between attempts: where the run writes and logs,
 threads and processes, batch sizes of scoring passes (they group the same computations differently), checkpoint
-and log intervals. A method schema can name more of its own fields in `resume_free` (e.g. an experiment's grid,
-whose steps have run directories, and so checks, of their own).
+and log intervals, the speed levers (`llmlab.train.speed`: compilation, fused kernels; they change float rounding
+only). A method schema can name more of its own fields in `resume_free` (e.g. an experiment's grid, whose steps have
+run directories, and so checks, of their own).
 """
 
 from __future__ import annotations
@@ -33,10 +34,14 @@ EXECUTION_ONLY = (
     "method.resume",
     "method.save_every",
     "method.log_every",
+    "method.compile",
+    "method.fused_ops",
     "method.*.batch_size",
     "method.*.resume",
     "method.*.save_every",
     "method.*.log_every",
+    "method.*.compile",
+    "method.*.fused_ops",
 )
 
 
@@ -58,7 +63,7 @@ def relevant(cfg: dict, free: tuple[str, ...] = ()) -> dict[str, Any]:
 
 def changed_keys(saved: dict, current: dict, free: tuple[str, ...] = ()) -> list[str]:
     """The results-relevant keys whose values differ between two resolved configs."""
-    a, b = as_dataset_schema(relevant(saved, free), current), relevant(current, free)
+    a, b = as_model_schema(as_dataset_schema(relevant(saved, free), current)), relevant(current, free)
     return sorted(k for k in a.keys() | b.keys() if a.get(k, _ABSENT) != b.get(k, _ABSENT))
 
 
@@ -75,6 +80,19 @@ def as_dataset_schema(leaves: dict[str, Any], current: dict) -> dict[str, Any]:
         return leaves
     fields = flatten({"dataset": OmegaConf.to_container(OmegaConf.structured(schema))})
     return {**fields, **{k: v for k, v in leaves.items() if not k.startswith("dataset.") or k in fields}}
+
+
+def as_model_schema(leaves: dict[str, Any]) -> dict[str, Any]:
+    """A saved config's `leaves` with the model fields it lacks at their schema defaults, so a config written before
+    a field existed (`model.shape`, say) still matches the one that config composes now."""
+    from omegaconf import OmegaConf
+
+    from llmlab.config import ModelConfig
+
+    if not any(k.startswith("model.") for k in leaves):
+        return leaves
+    defaults = OmegaConf.to_container(OmegaConf.structured(ModelConfig), throw_on_missing=False)
+    return {**{k: v for k, v in flatten({"model": defaults}).items() if v != "???"}, **leaves}
 
 
 def fingerprint(cfg: dict, free: tuple[str, ...] = ()) -> str:

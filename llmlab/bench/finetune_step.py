@@ -71,7 +71,7 @@ def child(side: str, mode: str, steps: int, warmup: int, batch: int, seq: int, t
         for i, ids in enumerate(data):
             micro = [((ids, mask, ids), label_tokens(ids))]
             loss, _ = optimizer_step(model, opt, sched, micro, lm_logits, settings, step=i + 1)
-            losses.append(loss)
+            losses.append(float(loss))
             stamps.append(time.perf_counter())
     else:
         from datasets import Dataset

@@ -540,6 +540,7 @@ class _StableMaskAttention(torch.autograd.Function):
         return dq, dk, dv, None, None
 
 
+@torch.compiler.disable  # a deliberate graph break: compiled models run the kernel as in eager mode
 def stablemask_attention(
     q: torch.Tensor,
     k: torch.Tensor,

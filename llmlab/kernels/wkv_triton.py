@@ -173,6 +173,7 @@ def check_inputs(k: torch.Tensor, v: torch.Tensor) -> None:
         )
 
 
+@torch.compiler.disable  # a deliberate graph break: compiled models run the kernel as in eager mode
 def wkv_triton(time_decay, time_first, k, v, state=None):
     """WKV (batch, T, C) and the final state (aa, bb, pp), each (batch, C) fp32; gradients for time_decay,
     time_first, k and v."""

@@ -26,6 +26,7 @@ from llmlab.config import ModelConfig
 from llmlab.errors import LlmlabError
 from llmlab.hardware import Hardware
 from llmlab.models.recurrent import is_saved_scratch_model, load_recurrent
+from llmlab.models.shape import shape_config
 from llmlab.models.tokenizer import byte_tokenizer
 from llmlab.paths import safe_name
 
@@ -42,7 +43,8 @@ def load_model(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Model (eval mode, on `hw.device` in `hw.dtype`) and tokenizer, kept in memory for the next job of a sweep.
     `reuse=False` loads a private copy (for runners that change the weights) and keeps nothing."""
-    key = (repr(cfg), str(hw.device), hw.dtype, attn_implementation, seed if cfg.source == "random" else None)
+    seeded = cfg.source in ("random", "shape")
+    key = (repr(cfg), str(hw.device), hw.dtype, attn_implementation, seed if seeded else None)
     if not reuse:
         _LOADED.clear()
         return _load(cfg, hw, Path(cache_dir).expanduser(), attn_implementation, seed)
@@ -62,6 +64,12 @@ def _load(cfg: ModelConfig, hw: Hardware, cache_dir: Path, attn: str, seed: int)
             torch.manual_seed(seed)
             model = AutoModelForCausalLM.from_config(tiny_config(cfg, tokenizer), attn_implementation=attn)
         model = model.to(hw.dtype)
+    elif cfg.source == "shape":  # built where it runs, in its dtype: a 7B shape never exists in fp32 on the CPU
+        tokenizer = byte_tokenizer()
+        config = shape_config(cfg.shape, cfg.name, tokenizer)
+        with torch.random.fork_rng(), torch.device(hw.device):
+            torch.manual_seed(seed)
+            model = AutoModelForCausalLM.from_config(config, attn_implementation=attn, dtype=hw.dtype)
     else:
         where = model_dir(cfg, cache_dir)
         kwargs = dict(revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
@@ -157,7 +165,7 @@ def model_dir(cfg: ModelConfig, cache_dir: Path) -> str:
         return str(Path(cfg.path).expanduser())
     if cfg.source == "pypi_gguf":
         return str(ensure_converted(cfg, cache_dir))
-    raise LlmlabError(f"unknown model.source '{cfg.source}'; choose pypi_gguf, hub, local or random")
+    raise LlmlabError(f"unknown model.source '{cfg.source}'; choose pypi_gguf, hub, local, random or shape")
 
 
 def _in_hf_cache(repo_id: str, revision: str | None) -> bool:

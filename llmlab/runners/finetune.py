@@ -34,6 +34,7 @@ from llmlab.io import write_json
 from llmlab.progress import progress_bar
 from llmlab.registry import register_runner
 from llmlab.run_context import RunContext, RunResult
+from llmlab.train import speed
 from llmlab.train.checkpoint import resume, save_checkpoint, save_interrupted
 from llmlab.train.step import IGNORE, StepSettings, optimizer_step
 
@@ -50,7 +51,17 @@ def run(cfg: DictConfig, ctx: RunContext) -> RunResult:
 
     split = distributed.micro_split(m.micro_batch_size, m.grad_accum, ctx.hw.rank, ctx.hw.world_size)
     amp = ctx.hw.dtype if ctx.hw.device.type == "cuda" else None
-    settings = StepSettings(device=ctx.hw.device, clip=m.clip, accum=m.grad_accum, world=ctx.hw.world_size, amp=amp)
+    compile_model = speed.compile_enabled(m.compile, ctx.hw.device)
+    fused_ops = m.fused_ops and ctx.hw.device.type == "cuda"  # liger's kernels need a GPU: off on the CPU
+    settings = StepSettings(
+        device=ctx.hw.device,
+        clip=m.clip,
+        accum=m.grad_accum,
+        world=ctx.hw.world_size,
+        amp=amp,
+        compile=compile_model,
+        fused_ce=fused_ops,
+    )
     model, tok = load_model(
         cfg.model,
         dataclasses.replace(ctx.hw, dtype=torch.float32),
@@ -59,12 +70,15 @@ def run(cfg: DictConfig, ctx: RunContext) -> RunResult:
         cfg.seed,
         reuse=False,
     )
+    if fused_ops:
+        speed.apply_fused_ops(model)
     if m.peft == "lora":
         model = add_lora(model, m.lora)
     examples = encode(training_rows(cfg), tok, m.max_length, m.loss_on)
-    trained = distributed.wrap(model, ctx.hw)  # DDP around `model`, or `model` sharded in place (FSDP)
+    # DDP around `model`, or `model` sharded in place (FSDP); compiled (method.compile); `model` is the plain module
+    trained = speed.compiled(distributed.wrap(model, ctx.hw), compile_model)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=m.lr, weight_decay=m.weight_decay)
+    opt = speed.adamw(params, lr=m.lr, weight_decay=m.weight_decay)
     sched = get_constant_schedule_with_warmup(opt, m.warmup_steps)
     ckpt_root = ctx.run_dir.file("checkpoints")
     signature = training_signature(cfg)
@@ -90,9 +104,9 @@ def run(cfg: DictConfig, ctx: RunContext) -> RunResult:
                     tokens += sum(label_tokens(labels) for (_, _, labels), _ in micro)
                     if step % m.log_every == 0:
                         metrics = {
-                            "train/loss": loss_value,
+                            "train/loss": float(loss_value),  # read here only: no wait for the GPU in a step
                             "train/lr": sched.get_last_lr()[0],
-                            "train/grad_norm": grad_norm,
+                            "train/grad_norm": float(grad_norm),
                         }
                         ctx.run_dir.log_metrics(metrics, step=step)
                         ctx.tracker.log(metrics, step=step)
@@ -104,6 +118,7 @@ def run(cfg: DictConfig, ctx: RunContext) -> RunResult:
             if steady:
                 save_interrupted(ckpt_root, step, saved, model, opt, sched, signature)
             raise
+    loss_value = float(loss_value)  # waits for the device: the time below includes its last step
     seconds = time.perf_counter() - t0
     tokens = int(distributed.all_reduce_sum(tokens))
     state = distributed.full_state(model) if distributed.is_fsdp(model) else None  # every rank takes part

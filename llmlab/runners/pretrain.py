@@ -35,6 +35,7 @@ from llmlab.models.scratch import build_scratch_model, save_scratch_model
 from llmlab.progress import progress_bar
 from llmlab.registry import register_runner
 from llmlab.run_context import RunContext, RunResult
+from llmlab.train import speed
 from llmlab.train.checkpoint import resume, save_checkpoint, save_interrupted
 from llmlab.train.step import StepSettings, optimizer_step
 
@@ -49,6 +50,7 @@ def run(cfg: DictConfig, ctx: RunContext) -> RunResult:
     split = distributed.micro_split(m.micro_batch_size, m.grad_accum, ctx.hw.rank, ctx.hw.world_size)
     device = ctx.hw.device
     amp = ctx.hw.dtype if device.type == "cuda" and ctx.hw.dtype != torch.float32 else None
+    compile_model = speed.compile_enabled(m.compile, device)
     settings = StepSettings(
         device=device,
         clip=m.clip,
@@ -56,19 +58,21 @@ def run(cfg: DictConfig, ctx: RunContext) -> RunResult:
         world=ctx.hw.world_size,
         amp=amp,
         max_grad_norm=m.max_grad_norm,
+        compile=compile_model,
     )
     corpus = load_corpus(cfg.dataset, cfg.cache_dir)
     block = cfg.dataset.block_size
     train_blocks, val_blocks = corpus.blocks("train", block), eval_blocks(corpus.blocks("val", block), m.eval_blocks)
     torch.manual_seed(cfg.seed)
     model = build_scratch_model(cfg.model, corpus.vocab_size, train_len=block).to(device)
-    trained = distributed.wrap(model, ctx.hw)  # DDP around `model`, or `model` sharded in place (FSDP)
+    # DDP around `model`, or `model` sharded in place (FSDP); compiled (method.compile); `model` is the plain module
+    trained = speed.compiled(distributed.wrap(model, ctx.hw), compile_model)
     groups = (
         model.param_groups(m.weight_decay, m.lr)
         if hasattr(model, "param_groups")
         else param_groups(model, m.weight_decay)
     )  # a model may set its own (RWKV: layerwise LR)
-    opt = torch.optim.AdamW(groups, lr=m.lr, betas=tuple(m.betas), eps=m.eps)
+    opt = speed.adamw(groups, lr=m.lr, betas=tuple(m.betas), eps=m.eps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(m.warmup_steps, m.max_steps, m.lr_final_ratio))
     ckpt_root = ctx.run_dir.file("checkpoints")
     signature = training_signature(cfg, corpus)
@@ -97,6 +101,8 @@ def run(cfg: DictConfig, ctx: RunContext) -> RunResult:
                     step, steady = step + 1, True
                     steps_window += 1
                     if step % m.log_every == 0 or step == m.max_steps:
+                        # read here only, not in a step: waits for the device, so the window's time is complete
+                        loss_value, grad_norm = float(loss_value), float(grad_norm)
                         seconds = time.perf_counter() - t_window
                         train_s += seconds
                         tok_s = steps_window * tokens_step / seconds
@@ -154,7 +160,7 @@ def run(cfg: DictConfig, ctx: RunContext) -> RunResult:
         "block_size": block,
         "train_tokens": step * tokens_step,
         "corpus_train_tokens": len(corpus.train),
-        "train": {"loss": loss_value},
+        "train": {"loss": float(loss_value)},
         "val": val,  # nested: `llmlab report` groups by top-level scalars
         "timing": {
             "train_s": train_s,

@@ -120,7 +120,7 @@ def test_fsdp_trains_and_checkpoints_like_one_process(tmp_path, one_rank_group):
         settings = StepSettings(device=torch.device("cpu"), clip=1.0, accum=2, max_grad_norm=1e4)
         while step < steps:
             micro = [((data[j * 4 : (j + 1) * 4],), 4 * 16) for j in range(2)]
-            losses += optimizer_step(trained, opt, sched, micro, next_token_logits, settings, step=step + 1)
+            losses += map(float, optimizer_step(trained, opt, sched, micro, next_token_logits, settings, step=step + 1))
             step += 1
             save_checkpoint(root, step, model, opt, sched, {})
         return losses, main_copy(model, lambda: LM(arch, 256, 16)).state_dict()

@@ -52,7 +52,7 @@ def test_wrapped_model_trains_like_the_plain_one(nccl_group, strategy):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
         curve = []
         for step in range(3):
-            curve += optimizer_step(trained, opt, sched, micro, next_token_logits, settings, step=step + 1)
+            curve += map(float, optimizer_step(trained, opt, sched, micro, next_token_logits, settings, step=step + 1))
         return curve, distributed.full_state(model)
 
     plain, plain_state = train(False)

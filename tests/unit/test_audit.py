@@ -277,7 +277,7 @@ def test_names_tags_and_unicode_in_config_strings_write_only_into_the_run_dir(tm
         f"model.name={ESCAPE}",
         f"tags=[{ESCAPE}]",
         f"logger.tags=[{ESCAPE}]",
-        'dataset.header="ünï🙂\u202e "',
+        'logger.group="ünï🙂\u202e "',
         "method.limit=1",
         "method.shots=1",
         "method.batch_size=100000000000000000000",

@@ -26,6 +26,13 @@ def next_tokens(model, blocks):
     return model(blocks[:, :-1]), blocks[:, 1:]
 
 
+def step(*args, **kwargs) -> tuple[float, float]:
+    """`optimizer_step`, its (loss, gradient norm) read back."""
+    loss, norm = optimizer_step(*args, **kwargs)
+    assert loss.dim() == norm.dim() == 0 and loss.dtype == torch.float64  # tensors: the step does not read them
+    return float(loss), float(norm)
+
+
 @pytest.mark.parametrize(
     ("field", "value"),
     [
@@ -53,14 +60,14 @@ def test_step_settings_are_keyword_only_and_frozen():
 
 def test_two_accumulated_micro_batches_make_the_step_of_one_batch():
     whole, opt, sched = tiny()
-    one = optimizer_step(whole, opt, sched, [((BLOCKS,), 32)], next_tokens, StepSettings(device=CPU, clip=1.0), step=1)
+    one = step(whole, opt, sched, [((BLOCKS,), 32)], next_tokens, StepSettings(device=CPU, clip=1.0), step=1)
     split, opt, sched = tiny()
     halves = [((BLOCKS[:2],), 16), ((BLOCKS[2:],), 16)]  # each normalised by its own global micro-batch's tokens
-    two = optimizer_step(split, opt, sched, halves, next_tokens, StepSettings(device=CPU, clip=1.0, accum=2), step=1)
+    two = step(split, opt, sched, halves, next_tokens, StepSettings(device=CPU, clip=1.0, accum=2), step=1)
     assert two == pytest.approx(one, rel=1e-6)  # (loss, gradient norm)
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(whole.parameters(), split.parameters()))
     wrong, opt, sched = tiny()  # accum not matching the micro-batches: the loss is halved
-    loss, _ = optimizer_step(wrong, opt, sched, halves, next_tokens, StepSettings(device=CPU, clip=1.0), step=1)
+    loss, _ = step(wrong, opt, sched, halves, next_tokens, StepSettings(device=CPU, clip=1.0), step=1)
     assert loss == pytest.approx(2 * one[0], rel=1e-6)
 
 
