@@ -2,8 +2,9 @@
 
 For every run directory under RUN (one holding `results.json`): `results.json`, `config.yaml`, `meta.json`,
 `comparison.json`, `metrics.jsonl`, and the per-item files (`predictions.jsonl`, `problems.jsonl`) gzipped; never
-weights, checkpoints, W&B files or locks. Paths of the machine that ran it are replaced (`<run>` for RUN, `~` for
-the home directory), so the copy can be committed. Existing files in DEST are replaced, others are kept, so runs can
+weights, checkpoints, W&B files or locks. Paths of the machine that ran it are replaced (`<run>` for RUN, and for
+the run directory a step was first written under when it was copied into RUN; `~` for the home directory), so the
+copy can be committed. Existing files in DEST are replaced, others are kept, so runs can
 be collected as their steps finish.
 """
 
@@ -20,11 +21,25 @@ PLAIN = ("results.json", "config.yaml", "meta.json", "comparison.json", "metrics
 ITEMS = ("predictions.jsonl", "problems.jsonl")
 
 
-def scrub(text: str, run: Path) -> str:
-    """`text` without this machine's paths."""
-    text = text.replace(str(run.resolve()), "<run>").replace(str(run), "<run>")
+def scrub(text: str, run: Path, roots: tuple[str, ...] = ()) -> str:
+    """`text` without this machine's paths: `run` (and the other `roots` it stands for) as `<run>`, home as `~`."""
+    for root in sorted({str(run.resolve()), str(run), *roots}, key=len, reverse=True):
+        text = text.replace(root, "<run>")
     home = os.path.expanduser("~")
     return text.replace(home, "~") if home not in ("", "/") else text
+
+
+def first_root(step: Path, rel: Path) -> tuple[str, ...]:
+    """The run directory a step was written under, read from its config's `output_dir` (`<root>/<rel>`), when the
+    step was copied into this run from another one; () otherwise."""
+    config = step / "config.yaml"
+    lines = config.read_text(encoding="utf-8").splitlines() if config.is_file() else []
+    for line in lines:
+        if line.startswith("output_dir: "):
+            written = line.removeprefix("output_dir: ").strip()
+            suffix = "/" + rel.as_posix()
+            return (written.removesuffix(suffix),) if written.endswith(suffix) and written != suffix else ()
+    return ()
 
 
 def collect(run: str | Path, dest: str | Path) -> list[Path]:
@@ -38,9 +53,10 @@ def collect(run: str | Path, dest: str | Path) -> list[Path]:
         if any(part in ("checkpoints", "model", "wandb") for part in src.relative_to(run).parts):
             continue
         out = dest / src.relative_to(run)
+        roots = first_root(src, src.relative_to(run))
         for name in PLAIN:
             if (src / name).is_file():
-                atomic_write(out / name, scrub((src / name).read_text(encoding="utf-8"), run))
+                atomic_write(out / name, scrub((src / name).read_text(encoding="utf-8"), run, roots))
                 written.append(out / name)
         for name in ITEMS:
             gz = src / f"{name}.gz"
@@ -50,7 +66,7 @@ def collect(run: str | Path, dest: str | Path) -> list[Path]:
                     if (src / name).is_file()
                     else gzip.decompress(gz.read_bytes()).decode("utf-8")
                 )
-                data = scrub(text, run).encode("utf-8")
+                data = scrub(text, run, roots).encode("utf-8")
                 target = out / f"{name}.gz"
                 tmp = target.with_name(f".{target.name}.tmp")
                 tmp.write_bytes(gzip.compress(data, mtime=0))

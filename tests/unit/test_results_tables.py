@@ -124,6 +124,18 @@ def test_collect_keeps_results_and_items_without_weights_or_machine_paths(tmp_pa
     shutil.rmtree(run)
 
 
+def test_collect_scrubs_the_run_a_copied_step_was_first_written_under(tmp_path):
+    first, run = tmp_path / "first", tmp_path / "second"
+    step = run / "seed-1" / "icl"
+    write_run(step, 1, 0, [True, False])
+    (step / "config.yaml").write_text(f"output_dir: {first}/seed-1/icl\nother: {first}/elsewhere\n")
+    (step / "meta.json").write_text(json.dumps({"command": f"llmlab hydra.run.dir={first}"}))
+    collect.collect(run, tmp_path / "dest")
+    copied = (tmp_path / "dest" / "seed-1" / "icl" / "config.yaml").read_text()
+    assert copied == "output_dir: <run>/seed-1/icl\nother: <run>/elsewhere\n"
+    assert str(first) not in (tmp_path / "dest" / "seed-1" / "icl" / "meta.json").read_text()
+
+
 def write_steps(root: Path, seed: int, rels: dict[str, float], n: int = 20) -> None:
     """Steps of an icl_vs_ft experiment whose pattern items are right with the given share (counter: never)."""
     for rel, share in rels.items():
