@@ -57,42 +57,46 @@ def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
 
 def relevant(cfg: dict, free: tuple[str, ...] = ()) -> dict[str, Any]:
     """The results-relevant leaves of a resolved config (a plain dict)."""
+    return _keep(flatten(cfg), free)
+
+
+def _keep(leaves: dict[str, Any], free: tuple[str, ...]) -> dict[str, Any]:
     patterns = EXECUTION_ONLY + tuple(f"method.{k}" for k in free) + tuple(f"method.{k}.*" for k in free)
-    return {k: v for k, v in flatten(cfg).items() if not any(fnmatchcase(k, p) for p in patterns)}
+    return {k: v for k, v in leaves.items() if not any(fnmatchcase(k, p) for p in patterns)}
 
 
 def changed_keys(saved: dict, current: dict, free: tuple[str, ...] = ()) -> list[str]:
-    """The results-relevant keys whose values differ between two resolved configs."""
-    a, b = as_model_schema(as_dataset_schema(relevant(saved, free), current)), relevant(current, free)
+    """The results-relevant keys whose values differ between two resolved configs (both read through the current
+    schemas first)."""
+    a, b = (_keep(through_schemas(flatten(cfg), current), free) for cfg in (saved, current))
     return sorted(k for k in a.keys() | b.keys() if a.get(k, _ABSENT) != b.get(k, _ABSENT))
 
 
-def as_dataset_schema(leaves: dict[str, Any], current: dict) -> dict[str, Any]:
-    """A saved config's `leaves` with its dataset read through the schema of `current`'s dataset source: fields that
-    schema lacks dropped and those it has but `leaves` lacks at their defaults, so a config written when every dataset
-    held every source's fields (and only the options it stated) still matches the one that config composes now."""
+def through_schemas(leaves: dict[str, Any], current: dict) -> dict[str, Any]:
+    """A saved config's `leaves` as the current schemas of `current`'s groups read them: a field the saved config
+    lacks (it was added later) counts at its default, and a dataset field its source's schema no longer has (configs
+    once held every source's fields) is dropped. So an old run directory resumes when nothing that it ran differs."""
     from omegaconf import OmegaConf
 
-    from llmlab.config import DATASET_SCHEMAS
+    from llmlab.config import DATASET_SCHEMAS, HardwareConfig, ModelConfig, method_schema
 
-    schema = DATASET_SCHEMAS.get(str((current.get("dataset") or {}).get("source")))
-    if schema is None:
-        return leaves
-    fields = flatten({"dataset": OmegaConf.to_container(OmegaConf.structured(schema))})
-    return {**fields, **{k: v for k, v in leaves.items() if not k.startswith("dataset.") or k in fields}}
-
-
-def as_model_schema(leaves: dict[str, Any]) -> dict[str, Any]:
-    """A saved config's `leaves` with the model fields it lacks at their schema defaults, so a config written before
-    a field existed (`model.shape`, say) still matches the one that config composes now."""
-    from omegaconf import OmegaConf
-
-    from llmlab.config import ModelConfig
-
-    if not any(k.startswith("model.") for k in leaves):
-        return leaves
-    defaults = OmegaConf.to_container(OmegaConf.structured(ModelConfig), throw_on_missing=False)
-    return {**{k: v for k, v in flatten({"model": defaults}).items() if v != "???"}, **leaves}
+    schemas = {
+        "model": ModelConfig,
+        "hardware": HardwareConfig,
+        "dataset": DATASET_SCHEMAS.get(str((current.get("dataset") or {}).get("source"))),
+        "method": method_schema((current.get("method") or {}).get("runner")),
+    }
+    out = dict(leaves)
+    for group, schema in schemas.items():
+        if schema is None or not any(k.startswith(f"{group}.") for k in out):
+            continue
+        defaults = flatten({group: OmegaConf.to_container(OmegaConf.structured(schema))})
+        if group == "dataset":
+            out = {k: v for k, v in out.items() if not k.startswith("dataset.") or k in defaults}
+        for key, value in defaults.items():
+            if value != "???" and key not in out and not any(k.startswith(f"{key}.") for k in out):
+                out[key] = value
+    return out
 
 
 def fingerprint(cfg: dict, free: tuple[str, ...] = ()) -> str:

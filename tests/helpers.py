@@ -28,6 +28,30 @@ LM_SHAPE = [
     "method.micro_batch_size=4",
     "method.grad_accum=2",
 ]
+# ... 6 steps with a checkpoint every 2, validation and the end-of-run evaluations kept small (in-process tests)
+SIX_STEPS_LM = [
+    *LM_SHAPE,
+    "method.max_steps=6",
+    "method.save_every=2",
+    "method.warmup_steps=2",
+    "method.lr=3e-3",
+    "method.eval_every=100",
+    "method.log_every=1",
+    "method.eval_blocks=4",
+    "method.eval_lengths=[1,2]",
+    "method.sink_blocks=2",
+]
+# fine-tuning on implicit/bool: 6 steps of 2 x 2 micro-batches, a checkpoint every 2
+SIX_STEPS_FT = [
+    "method=finetune",
+    "dataset=implicit/bool",
+    "method.lr=3e-3",
+    "method.warmup_steps=1",
+    "method.grad_accum=2",
+    "method.micro_batch_size=2",
+    "method.max_steps=6",
+    "method.save_every=2",
+]
 # ... trained 300 steps with a checkpoint every 20: long enough to be stopped in the middle
 FAST_LM = [
     *LM_SHAPE,

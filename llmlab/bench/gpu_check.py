@@ -20,7 +20,7 @@ skipped, no kernel benchmarks) in under a minute: a test of this script.
 On a lent device without network (torch, triton, transformers and peft there; hydra-core 1.3.8, omegaconf 2.3.1,
 antlr4-python3-runtime 4.9.3 and liger-kernel 0.8.5 not): download those wheels into `.whl/` (antlr4 has no binary
 wheel: `pip wheel --no-deps`), list `.whl/` in `.git/info/exclude`, carry it, and run
-`pip install --no-index --no-deps --target /tmp/site .whl/*.whl && PYTHONPATH=/tmp/site:$PWD python3 -m
+`pip install --no-index --no-deps --target .site .whl/*.whl && PYTHONPATH=.site:$PWD python3 -m
 llmlab.bench.gpu_check --out $OUT/gpu-check.json --budget-s 330 --tests-timeout 180`; commit the JSON under
 `experiments/gpu/`.
 """

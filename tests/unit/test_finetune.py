@@ -10,18 +10,7 @@ from safetensors.torch import load_file
 
 from llmlab.errors import LlmlabError
 from llmlab.runners import finetune
-from tests.helpers import runner_setup
-
-FAST = [
-    "method=finetune",
-    "dataset=implicit/bool",
-    "method.lr=3e-3",
-    "method.warmup_steps=1",
-    "method.grad_accum=2",
-    "method.micro_batch_size=2",
-    "method.max_steps=6",
-    "method.save_every=2",
-]
+from tests.helpers import SIX_STEPS_FT, runner_setup
 
 
 def losses(run_dir):
@@ -31,7 +20,9 @@ def losses(run_dir):
 
 @pytest.mark.parametrize("peft", ["none", "lora"])
 def test_loss_decreases_and_a_model_is_saved(tmp_path, peft):
-    cfg, ctx = runner_setup(tmp_path, *FAST, f"method.peft={peft}", "method.max_steps=12", "method.save_every=6")
+    cfg, ctx = runner_setup(
+        tmp_path, *SIX_STEPS_FT, f"method.peft={peft}", "method.max_steps=12", "method.save_every=6"
+    )
     res = finetune.run(cfg, ctx)
     curve = losses(ctx.run_dir)
     assert len(curve) == 12 and sum(curve[-3:]) < sum(curve[:3])
@@ -46,11 +37,11 @@ def test_loss_decreases_and_a_model_is_saved(tmp_path, peft):
 
 
 def test_resume_after_a_kill_is_bitwise_equal(tmp_path, monkeypatch):
-    cfg, ctx = runner_setup(tmp_path / "a", *FAST)
+    cfg, ctx = runner_setup(tmp_path / "a", *SIX_STEPS_FT)
     finetune.run(cfg, ctx)
     reference = load_file(ctx.run_dir.file("checkpoints") / "step-000006" / "trainable.safetensors")
 
-    cfg2, ctx2 = runner_setup(tmp_path / "b", *FAST)
+    cfg2, ctx2 = runner_setup(tmp_path / "b", *SIX_STEPS_FT)
     real = finetune.save_checkpoint
 
     def killed_after_step_4(root, step, *args):
@@ -69,7 +60,7 @@ def test_resume_after_a_kill_is_bitwise_equal(tmp_path, monkeypatch):
 
 
 def test_resume_refuses_a_changed_config(tmp_path):
-    cfg, ctx = runner_setup(tmp_path, *FAST, "method.max_steps=2")
+    cfg, ctx = runner_setup(tmp_path, *SIX_STEPS_FT, "method.max_steps=2")
     finetune.run(cfg, ctx)
     cfg.method.lr = 1e-4
     cfg.method.max_steps = 4
@@ -78,7 +69,7 @@ def test_resume_refuses_a_changed_config(tmp_path):
 
 
 def test_half_written_checkpoints_are_ignored(tmp_path):
-    cfg, ctx = runner_setup(tmp_path, *FAST, "method.max_steps=2")
+    cfg, ctx = runner_setup(tmp_path, *SIX_STEPS_FT, "method.max_steps=2")
     finetune.run(cfg, ctx)
     (ctx.run_dir.file("checkpoints") / ".tmp-step-000004").mkdir()  # a kill during writing leaves only this
     cfg.method.max_steps = 3
@@ -86,7 +77,7 @@ def test_half_written_checkpoints_are_ignored(tmp_path):
 
 
 def test_unknown_lora_target_is_a_clear_error(tmp_path):
-    cfg, ctx = runner_setup(tmp_path, *FAST, "method.peft=lora", "method.lora.target_modules=[qkv_proj]")
+    cfg, ctx = runner_setup(tmp_path, *SIX_STEPS_FT, "method.peft=lora", "method.lora.target_modules=[qkv_proj]")
     with pytest.raises(LlmlabError, match="qkv_proj"):
         finetune.run(cfg, ctx)
 
@@ -103,7 +94,7 @@ def test_answer_only_loss_masks_the_prompt():
 def test_a_full_fine_tune_is_evaluated_by_the_icl_runner(tmp_path):
     from llmlab.runners import icl
 
-    cfg, ctx = runner_setup(tmp_path / "ft", *FAST, "method.max_steps=2")
+    cfg, ctx = runner_setup(tmp_path / "ft", *SIX_STEPS_FT, "method.max_steps=2")
     finetune.run(cfg, ctx)
     cfg2, ctx2 = runner_setup(
         tmp_path / "eval",
@@ -119,7 +110,7 @@ def test_a_full_fine_tune_is_evaluated_by_the_icl_runner(tmp_path):
 def test_a_lora_adapter_is_evaluated_on_its_base(tmp_path):
     from llmlab.runners import icl
 
-    cfg, ctx = runner_setup(tmp_path / "ft", *FAST, "method.peft=lora", "method.max_steps=2")
+    cfg, ctx = runner_setup(tmp_path / "ft", *SIX_STEPS_FT, "method.peft=lora", "method.max_steps=2")
     finetune.run(cfg, ctx)
     adapter = ctx.run_dir.file("model")
     cfg2, ctx2 = runner_setup(

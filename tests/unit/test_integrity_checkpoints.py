@@ -20,32 +20,10 @@ from llmlab.hardware import Hardware
 from llmlab.models import loading
 from llmlab.runners import finetune, pretrain
 from llmlab.train import checkpoint
-from tests.helpers import LM_SHAPE, compose, runner_setup
+from tests.helpers import SIX_STEPS_FT, SIX_STEPS_LM, compose, runner_setup
 
 CPU = Hardware(torch.device("cpu"), torch.float32)
 SIGNATURE = {"model": "linear"}
-FAST_FT = [
-    "method=finetune",
-    "dataset=implicit/bool",
-    "method.lr=3e-3",
-    "method.warmup_steps=1",
-    "method.grad_accum=2",
-    "method.micro_batch_size=2",
-    "method.max_steps=6",
-    "method.save_every=2",
-]
-FAST_LM = [
-    *LM_SHAPE,
-    "method.max_steps=6",
-    "method.save_every=2",
-    "method.warmup_steps=2",
-    "method.lr=3e-3",
-    "method.eval_every=100",
-    "method.log_every=1",
-    "method.eval_blocks=4",
-    "method.eval_lengths=[1,2]",
-    "method.sink_blocks=2",
-]
 
 
 # ---- resume(): newest to oldest, past unreadable checkpoints ---------------------------------------------------------
@@ -129,7 +107,7 @@ def test_no_checkpoint_starts_at_zero_and_a_changed_config_is_still_refused(two_
 
 
 def test_pretrain_resumes_from_the_newest_readable_checkpoint(tmp_path, capsys):
-    cfg, ctx = runner_setup(tmp_path, *FAST_LM, f"cache_dir={tmp_path / 'cache'}")
+    cfg, ctx = runner_setup(tmp_path, *SIX_STEPS_LM, f"cache_dir={tmp_path / 'cache'}")
     pretrain.run(cfg, ctx)
     ckpts = ctx.run_dir.file("checkpoints")
     reference = (ckpts / "step-000006" / "trainable.safetensors").read_bytes()
@@ -226,7 +204,7 @@ def test_the_final_model_leaves_another_process_temporary_directory_alone(tmp_pa
 
 # ---- interruptions and metrics ---------------------------------------------------------------------------------------
 
-RUNNERS = {"pretrain": (pretrain, FAST_LM), "finetune": (finetune, FAST_FT)}
+RUNNERS = {"pretrain": (pretrain, SIX_STEPS_LM), "finetune": (finetune, SIX_STEPS_FT)}
 
 
 def setup(tmp_path, runner: str):

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from llmlab.errors import LlmlabError
 from llmlab.models.scratch import load_scratch_model
 from llmlab.runners import pretrain
-from tests.helpers import runner_setup
+from tests.helpers import SIX_STEPS_LM, runner_setup
 
 TINY_LM = [
     "model=lm-tiny",
@@ -22,24 +22,9 @@ TINY_LM = [
     "model.lm.ffn_hidden=64",
     "dataset.block_size=32",
 ]
-FAST = [
-    "method=pretrain",
-    *TINY_LM,
-    "method.micro_batch_size=4",
-    "method.grad_accum=2",
-    "method.max_steps=6",
-    "method.save_every=2",
-    "method.warmup_steps=2",
-    "method.lr=3e-3",
-    "method.eval_every=100",
-    "method.log_every=1",
-    "method.eval_blocks=4",
-    "method.eval_lengths=[1,2]",
-    "method.sink_blocks=2",
-]
 
 
-def setup(tmp_path, *overrides, base=FAST):
+def setup(tmp_path, *overrides, base=SIX_STEPS_LM):
     return runner_setup(tmp_path, *base, f"cache_dir={tmp_path / 'cache'}", *overrides)
 
 
