@@ -4,6 +4,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/pip install -q -c constraints.txt
+# pytest-xdist: one test worker per CPU core (tests use one torch thread each); PARALLEL= runs them in one process
+PARALLEL ?= -n auto --dist worksteal
 export HF_HUB_DISABLE_TELEMETRY := 1
 
 .PHONY: help install demo test test-unit test-cli test-slurm test-all test-gpu bench bench-gpu gpu-check lint format clean
@@ -28,20 +30,20 @@ demo: install ## ICL on SmolLM2-135M-Instruct (2 tasks x 2 shot counts, CPU), th
 		method.shots=0,4 seed=0 dataset.n_test=20 hydra.sweep.dir=outputs/demo
 	$(BIN)/llmlab report outputs/demo
 
-test: install ## the default test suite: tests/unit + tests/cli (no slow, GPU or SLURM tests)
-	$(BIN)/pytest -q -m "not slow and not gpu and not slurm"
+test: install ## the default test suite: tests/unit + tests/cli (no slow, GPU or SLURM tests), one worker per core
+	$(BIN)/pytest -q $(PARALLEL) -m "not slow and not gpu and not slurm"
 
 test-unit: install ## the in-process tests only (tests/unit), the quick loop while editing
-	$(BIN)/pytest -q -m "not slow" tests/unit
+	$(BIN)/pytest -q $(PARALLEL) -m "not slow" tests/unit
 
 test-cli: install ## the tests that drive the real `llmlab` command (tests/cli)
-	$(BIN)/pytest -q -m "not slow and not slurm" tests/cli
+	$(BIN)/pytest -q $(PARALLEL) -m "not slow and not slurm" tests/cli
 
 test-slurm: install ## the SLURM tests, against the local cluster (tests/cluster/slurm-local.sh start)
 	$(BIN)/pytest -q -m slurm
 
 test-all: install ## every CPU test, slow ones included (real pretrained models)
-	$(BIN)/pytest -q -m "not gpu"
+	$(BIN)/pytest -q $(PARALLEL) -m "not gpu"
 
 test-gpu: install ## the GPU tier, tests/gpu (needs a CUDA GPU; skipped without one)
 	$(BIN)/pytest -q tests/gpu

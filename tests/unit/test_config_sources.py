@@ -202,17 +202,16 @@ def choice_keys(schema: type, prefix: str, composed) -> list[tuple[str, tuple[st
     return out
 
 
-def choice_cases() -> list[tuple[list[str], str, tuple[str, ...], bool, type]]:
+def choice_cases() -> tuple[list[tuple[list[str], str, tuple[str, ...], bool, type]], dict]:
     """Every choice field of the root schema (its groups as composed by default), of every runner's schema and of
-    every dataset source's schema."""
+    every dataset source's schema, and the config composed for each list of overrides."""
     from omegaconf import OmegaConf
 
     from llmlab import config
     from llmlab.registry import RUNNERS
 
-    cases = []
-    base = compose([])
-    data = OmegaConf.to_container(base, resolve=False)
+    cases, composed = [], {(): compose([])}
+    data = OmegaConf.to_container(composed[()], resolve=False)
     for name, schema in [
         ("", config.RootConfig),
         *((f"{g}.", getattr(config, s)) for g, s in GROUP_SCHEMAS.items()),
@@ -220,12 +219,14 @@ def choice_cases() -> list[tuple[list[str], str, tuple[str, ...], bool, type]]:
         cases += [([], *c) for c in choice_keys(schema, name, data)]
     for runner, entry in sorted(RUNNERS.items()):
         overrides = [f"method={runner}", *REQUIRED.get(f"method/{runner}", [])]
-        data = {"method": OmegaConf.to_container(compose(overrides).method, resolve=False)}
+        composed[tuple(overrides)] = compose(overrides)
+        data = {"method": OmegaConf.to_container(composed[tuple(overrides)].method, resolve=False)}
         cases += [(overrides, *c) for c in choice_keys(entry.schema, "method.", data)]
     for schema, option in first_option_of_each_dataset_schema().items():
-        data = {"dataset": OmegaConf.to_container(compose([f"dataset={option}"]).dataset, resolve=False)}
+        composed[(f"dataset={option}",)] = compose([f"dataset={option}"])
+        data = {"dataset": OmegaConf.to_container(composed[(f"dataset={option}",)].dataset, resolve=False)}
         cases += [([f"dataset={option}"], *c) for c in choice_keys(schema, "dataset.", data)]
-    return cases
+    return cases, composed
 
 
 def test_every_choice_field_of_every_schema_is_refused_outside_its_choices():
@@ -237,11 +238,11 @@ def test_every_choice_field_of_every_schema_is_refused_outside_its_choices():
     from llmlab import config
     from llmlab.errors import LlmlabError
 
-    cases, bases, checked = choice_cases(), {}, set()
-    for overrides, key, choices, is_list, schema in cases:
-        base = bases.get(tuple(overrides)) or bases.setdefault(tuple(overrides), compose(overrides))
+    (cases, composed), checked = choice_cases(), set()
+    for base in composed.values():
         config.validate_config(base)
-        cfg = copy.deepcopy(base)
+    for overrides, key, choices, is_list, schema in cases:
+        cfg = copy.deepcopy(composed[tuple(overrides)])
         OmegaConf.update(cfg, key, ["no_such_choice"] if is_list else "no_such_choice")
         with pytest.raises(LlmlabError) as info:
             config.validate_config(cfg)
