@@ -127,7 +127,7 @@ def markdown(keys: list[str], rows: list[dict]) -> str:
     head = keys + ["n"] + metrics
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [str(r[k]) for k in keys] + [str(r.get("n"))]
+        cells = [str(r[k]) for k in keys] + [str(r["n"]) if r.get("n") is not None else "–"]  # –: no item count
         for m in metrics:
             if m in r:
                 mean, half, n, kind = r[m]
