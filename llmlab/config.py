@@ -417,6 +417,7 @@ class FinetuneConfig(MethodConfig):
     clip: float = 1.0
     loss_on: str = choice("all", "answer")  # all: the whole line, as released
     save_every: int = 50  # steps between checkpoints (and at the end)
+    keep_checkpoints: int = 0  # the newest N checkpoints are kept, older ones deleted after each save (0: all)
     log_every: int = 1
     resume: str = choice("auto", "never")  # auto: continue from the newest complete checkpoint in the run directory
     lora: LoraSpec = field(default_factory=LoraSpec)
@@ -506,6 +507,7 @@ class PretrainConfig(MethodConfig):
     eval_batch_size: int = 16
     log_every: int = 10
     save_every: int = 500  # checkpoint every N steps (and at the end)
+    keep_checkpoints: int = 0  # the newest N checkpoints are kept, older ones deleted after each save (0: all)
     resume: str = choice("auto", "never")
     compile: bool | None = None  # torch.compile the model and loss; null: on CUDA only (llmlab.train.speed)
     peak_tflops: float | None = None  # the device's peak for MFU (H100 SXM bf16: 989); null reports TFLOP/s only
@@ -705,6 +707,8 @@ AT_LEAST: dict[str, tuple[int, str]] = {
     "dataset.n_icl_pool": (0, ""),
     "method.limit": (1, "null: all items"),
     "method.*.limit": (1, "null: all items"),
+    "method.keep_checkpoints": (0, "0: all"),
+    "method.*.keep_checkpoints": (0, "0: all"),
 }
 NOT_RESOLVED = ("hydra", "output_dir")  # Hydra's own, set when the job starts
 

@@ -111,12 +111,12 @@ def run(cfg: DictConfig, ctx: RunContext) -> RunResult:
                         ctx.run_dir.log_metrics(metrics, step=step)
                         ctx.tracker.log(metrics, step=step)
                     if step % m.save_every == 0 or step == m.max_steps:
-                        save_checkpoint(ckpt_root, step, model, opt, sched, signature)
+                        save_checkpoint(ckpt_root, step, model, opt, sched, signature, m.keep_checkpoints)
                         saved = step
                     bar.update(task, completed=step)
         except KeyboardInterrupt:
             if steady:
-                save_interrupted(ckpt_root, step, saved, model, opt, sched, signature)
+                save_interrupted(ckpt_root, step, saved, model, opt, sched, signature, m.keep_checkpoints)
             raise
     loss_value = float(loss_value)  # waits for the device: the time below includes its last step
     seconds = time.perf_counter() - t0

@@ -128,13 +128,13 @@ def run(cfg: DictConfig, ctx: RunContext) -> RunResult:
                                 f"watchdog: non-finite weights after step {step}; not checkpointed "
                                 "(lower method.lr or raise method.warmup_steps)"
                             )
-                        save_checkpoint(ckpt_root, step, model, opt, sched, signature)
+                        save_checkpoint(ckpt_root, step, model, opt, sched, signature, m.keep_checkpoints)
                         saved = step
                     t_window += time.perf_counter() - paused
                     bar.update(task, completed=step)
         except KeyboardInterrupt:
             if steady:
-                save_interrupted(ckpt_root, step, saved, model, opt, sched, signature)
+                save_interrupted(ckpt_root, step, saved, model, opt, sched, signature, m.keep_checkpoints)
             raise
 
     model = main_copy(model, lambda: build_scratch_model(cfg.model, corpus.vocab_size, train_len=block).to(device))

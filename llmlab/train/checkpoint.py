@@ -26,9 +26,10 @@ from llmlab.errors import LlmlabError
 from llmlab.io import notice
 
 
-def save_checkpoint(root: Path, step: int, model, opt, sched, signature: dict) -> None:
+def save_checkpoint(root: Path, step: int, model, opt, sched, signature: dict, keep: int = 0) -> None:
     """Write everything needed to continue exactly into a temporary directory of this process's own, then publish it
-    with one atomic rename. Several ranks: all call this (FSDP gathers the shards), rank 0 writes."""
+    with one atomic rename; then delete all but the newest `keep` checkpoints (0: keep all). Several ranks: all call
+    this (FSDP gathers the shards), rank 0 writes."""
     trainable = distributed.trainable_state(model)
     optimizer = distributed.optimizer_state(model, opt)
     if distributed.rank() != 0:
@@ -62,9 +63,12 @@ def save_checkpoint(root: Path, step: int, model, opt, sched, signature: dict) -
                 raise  # else another process published this step first
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # still there only if something failed
+    if keep:
+        for old in sorted(root.glob("step-*"))[:-keep]:  # zero-padded steps: name order is step order
+            shutil.rmtree(old, ignore_errors=True)
 
 
-def save_interrupted(root: Path, step: int, saved: int, model, opt, sched, signature: dict) -> None:
+def save_interrupted(root: Path, step: int, saved: int, model, opt, sched, signature: dict, keep: int = 0) -> None:
     """After a Ctrl-C / SIGTERM between optimiser steps: checkpoint `step` unless the newest checkpoint (of step
     `saved`) is that one or the weights are not finite. Not under FSDP: gathering the shards needs every rank, and the
     ranks may stop at different steps."""
@@ -72,7 +76,7 @@ def save_interrupted(root: Path, step: int, saved: int, model, opt, sched, signa
         return
     if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
         return
-    save_checkpoint(root, step, model, opt, sched, signature)
+    save_checkpoint(root, step, model, opt, sched, signature, keep)
     if distributed.rank() == 0:
         notice(f"interrupted after step {step}: checkpointed it in {root}")
 

@@ -36,6 +36,16 @@ def test_loss_decreases_and_a_model_is_saved(tmp_path, peft):
         )
 
 
+def test_keep_checkpoints_deletes_older_ones_and_may_change_on_resume(tmp_path):
+    cfg, ctx = runner_setup(tmp_path, *SIX_STEPS_FT, "method.max_steps=4", "method.save_every=1")
+    finetune.run(cfg, ctx)
+    assert len(list(ctx.run_dir.file("checkpoints").iterdir())) == 4  # default 0: all kept
+    cfg.method.keep_checkpoints, cfg.method.max_steps = 1, 5
+    assert finetune.run(cfg, ctx)["steps"] == 5  # resumed from step 4: keeping fewer changes no result
+    assert [p.name for p in ctx.run_dir.file("checkpoints").iterdir()] == ["step-000005"]
+    assert len(losses(ctx.run_dir)) == 5  # steps 1-4 were not taken again
+
+
 def test_resume_after_a_kill_is_bitwise_equal(tmp_path, monkeypatch):
     cfg, ctx = runner_setup(tmp_path / "a", *SIX_STEPS_FT)
     finetune.run(cfg, ctx)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from llmlab.errors import LlmlabError
-from llmlab.train.checkpoint import save_interrupted
+from llmlab.train.checkpoint import resume, save_checkpoint, save_interrupted
 from llmlab.train.step import StepSettings, optimizer_step
 
 CPU = torch.device("cpu")
@@ -94,3 +94,15 @@ def test_an_interrupted_run_checkpoints_only_a_new_healthy_step(tmp_path, capsys
         model[1].bias[0] = float("nan")
     save_interrupted(tmp_path, 6, 5, model, opt, sched, {})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-000005"]
+
+
+def test_only_the_newest_checkpoints_are_kept_and_the_newest_resumes(tmp_path):
+    model, opt, sched = tiny()
+    for step in (1, 2, 3, 4):
+        save_checkpoint(tmp_path / "all", step, model, opt, sched, {})
+        save_checkpoint(tmp_path / "two", step, model, opt, sched, {}, keep=2)
+    assert len(list((tmp_path / "all").iterdir())) == 4
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["step-000003", "step-000004"]
+    save_interrupted(tmp_path / "two", 5, 4, model, opt, sched, {}, keep=2)
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["step-000004", "step-000005"]
+    assert resume(tmp_path / "two", model, opt, sched, {}) == 5
