@@ -127,7 +127,7 @@ def markdown(keys: list[str], rows: list[dict]) -> str:
     head = keys + ["n"] + metrics
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [str(r[k]) for k in keys] + [str(r["n"]) if r.get("n") is not None else "–"]  # –: no item count
+        cells = [str(r[x]) if r.get(x) is not None else "–" for x in [*keys, "n"]]  # –: a run without this field
         for m in metrics:
             if m in r:
                 mean, half, n, kind = r[m]
@@ -138,7 +138,7 @@ def markdown(keys: list[str], rows: list[dict]) -> str:
                 else:
                     cells.append(f"{mean:.3f} ± {half:.3f}" + (f" ({n} seeds)" if kind == "seeds" else " (items)"))
             else:
-                cells.append("")
+                cells.append("–")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

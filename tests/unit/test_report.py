@@ -77,6 +77,23 @@ def test_field_that_is_null_in_one_run_and_an_object_in_another(tmp_path):
     assert any("| jsd+ll |" in r and "0.700" in r for r in rows)
 
 
+def test_a_field_or_metric_a_run_lacks_is_a_dash(tmp_path):
+    """e.g. RWKV beside a transformer: no `attention` key, no first-token mass; pretraining has no item count."""
+    for name, extra, metrics in (
+        ("lm", {"attention": "softmax"}, {"val_loss": 1.9, "first_token_mass": 0.01}),
+        ("rwkv", {}, {"val_loss": 1.7}),
+    ):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(
+            json.dumps({"runner": "pretrain", "model": name, **extra, "seed": 0, "metrics": {"val": metrics}})
+        )
+    table, _ = report(tmp_path)
+    head = next(line for line in table.splitlines() if line.startswith("| model"))
+    assert head.startswith("| model | attention | variant | n | first_token_mass | val_loss |")
+    assert "| rwkv | – | val | – | – | 1.700 (1 seed) |" in table
+    assert "| lm | softmax | val | – | 0.010 (1 seed) | 1.900 (1 seed) |" in table
+
+
 def test_empty_directory_is_an_error(tmp_path):
     with pytest.raises(LlmlabError, match="no finished runs"):
         report(tmp_path)
