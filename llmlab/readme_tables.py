@@ -18,6 +18,7 @@ not measurements).
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from collections.abc import Callable
@@ -67,6 +68,11 @@ def render_icl_vs_ft(base: Path, folder: str) -> str:
     cells = analysis.compare(root, m, list(cfg.dataset.variants))
     verdict = analysis.verdict(cells, m.report_k)
     partial = (list(m.seeds), list(m.run_arms)) != planned
+    saved = root / "comparison.json"  # written by the experiment once every planned step is in
+    if not partial and saved.is_file():
+        kept = json.loads(saved.read_text(encoding="utf-8"))
+        if kept.get("verdict") != verdict or kept.get("seeds") != list(m.seeds):
+            raise LlmlabError(f"{saved}: its verdict differs from what the step results under {root} give")
     table = analysis.markdown(cells, list(m.shots), list(m.run_arms), m.report_k, cfg.model.name, m.metric)
     if partial:
         verdict["outcome"] = (

@@ -169,6 +169,19 @@ def test_the_icl_vs_ft_table_uses_the_finished_seeds_and_says_when_it_is_prelimi
     assert "0.925 [" in text  # ICL k=8 over both seeds: (0.95 + 0.90) / 2
 
 
+def test_the_flagship_table_agrees_with_its_comparison_json_and_a_changed_one_is_refused(tmp_path):
+    flagship = EXPERIMENTS / "icl_vs_ft" / "results" / "gemma3-270m"
+    if not (flagship / "comparison.json").is_file():
+        pytest.skip("the flagship run has not finished")
+    shutil.copytree(flagship, tmp_path / "results" / "g")
+    kept = json.loads((flagship / "comparison.json").read_text())
+    assert f"**{kept['verdict']['outcome']}**" in readme_tables.render_icl_vs_ft(tmp_path, "results/g")
+    kept["verdict"]["gaps"]["bool"]["mean"] += 0.1
+    (tmp_path / "results" / "g" / "comparison.json").write_text(json.dumps(kept))
+    with pytest.raises(LlmlabError, match="verdict differs"):
+        readme_tables.render_icl_vs_ft(tmp_path, "results/g")
+
+
 def test_the_paired_table_differences_arms_seed_by_seed(tmp_path):
     runs = tmp_path / "results" / "s2"
     values = {
