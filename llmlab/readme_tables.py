@@ -6,6 +6,7 @@ A table in `experiments/<paper>/README.md` sits between two marker comments that
     <!-- table: icl_vs_ft results/gemma3-270m -->                the ICL-vs-FT comparison of one experiment run
     <!-- table: paired results/s2 arm=attention ref=softmax by=position metrics=val_loss,ppl@8x/ppl@1x -->
                                                                  arms compared seed by seed (pretraining runs)
+    <!-- table: circuit_shift results/circuit_shift_smollm2 -->  circuit-shift runs with their noise floor
     ...generated text...
     <!-- /table -->
 
@@ -127,7 +128,57 @@ def render_paired(base: Path, folder: str, arm: str, ref: str, by: str, metrics:
     )
 
 
-KINDS: dict[str, Callable[..., str]] = {"runs": render_runs, "icl_vs_ft": render_icl_vs_ft, "paired": render_paired}
+def render_circuit_shift(base: Path, folder: str) -> str:
+    """Circuit-shift runs (one per task): each condition's pair accuracy, logit differences and circuit size, the
+    shift of B8 and F0 from B0 per component and metric, the noise floor (two disjoint halves of B0's pairs) and the
+    run's own check."""
+    paths = sorted((base / folder).rglob("results.json"))
+    runs = sorted(
+        (r for r in (json.loads(p.read_text(encoding="utf-8")) for p in paths) if r.get("runner") == "circuit_shift"),
+        key=lambda r: r["task"],
+    )
+    if not runs:
+        raise LlmlabError(f"{base / folder}: no finished circuit-shift runs")
+    parts = ("heads", "mlps")
+    metrics = ("jaccard", "tv", "spearman")
+    head = ["task", "condition", "pair accuracy", "mean LD clean / corrupt", "circuit heads / MLPs"]
+    head += [f"{p}: 1−Jaccard / TV / 1−ρ" for p in parts]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for run in runs:
+        for name, cond in run["conditions"].items():
+            shift = run["shift"].get(name)
+            cells = [
+                run["task"],
+                name,
+                f"{cond['accuracy']:.3f}",
+                f"{cond['mean_ld_clean']:.2f} / {cond['mean_ld_corrupt']:.2f}",
+                f"{cond['circuit_size']['heads']} / {cond['circuit_size']['mlps']}",
+            ]
+            cells += [" / ".join(f"{shift[p][m]:.3f}" for m in metrics) if shift else "–" for p in parts]
+            lines.append("| " + " | ".join(cells) + " |")
+        floor = run["noise_floor"]
+        cells = [run["task"], "noise floor", "–", "–", "–"] + [
+            " / ".join(f"{floor[p][m]:.3f}" for m in metrics) for p in parts
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    checks = "; ".join(
+        f"{r['task']}: paper_consistent {r['check']['paper_consistent']}, supporting {r['check']['supporting']}"
+        for r in runs
+    )
+    return (
+        "\n".join(lines)
+        + f"\n\nSeed {sorted({r['seed'] for r in runs})}, {runs[0]['n_pairs']} pairs per task; shifts are "
+        f"from B0; the noise floor is the shift between the B0 circuits of two disjoint halves of the pairs. Check "
+        f"({runs[0]['check']['rule']}): {checks}.\n"
+    )
+
+
+KINDS: dict[str, Callable[..., str]] = {
+    "runs": render_runs,
+    "icl_vs_ft": render_icl_vs_ft,
+    "paired": render_paired,
+    "circuit_shift": render_circuit_shift,
+}
 
 
 def render(spec: str, base: Path) -> str:

@@ -227,3 +227,25 @@ def test_lists_of_objects_in_results_do_not_split_the_arms(tmp_path):
         (d / "results.json").write_text(json.dumps(result))
     keys, rows = runs_table.aggregate(runs_table.load_runs(tmp_path)[0])
     assert "extrapolation" not in keys and len(rows) == 1 and rows[0]["val_loss"][0] == 1.5
+
+
+def test_the_circuit_shift_table_shows_each_condition_its_shift_and_the_noise_floor(tmp_path):
+    shift = {p: {"jaccard": 0.5, "tv": 0.25, "spearman": 0.125} for p in ("heads", "mlps")}
+    cond = {"accuracy": 0.75, "mean_ld_clean": 1.0, "mean_ld_corrupt": -1.0, "circuit_size": {"heads": 3, "mlps": 2}}
+    run = {
+        "runner": "circuit_shift",
+        "task": "bool",
+        "seed": 0,
+        "n_pairs": 8,
+        "conditions": {"B0": cond, "B8": cond},
+        "shift": {"B8": shift},
+        "noise_floor": {p: {"jaccard": 0.1, "tv": 0.2, "spearman": 0.3} for p in ("heads", "mlps")},
+        "check": {"rule": "r", "paper_consistent": False, "supporting": True},
+    }
+    (tmp_path / "results" / "c" / "bool").mkdir(parents=True)
+    (tmp_path / "results" / "c" / "bool" / "results.json").write_text(json.dumps(run))
+    text = readme_tables.render("circuit_shift results/c", tmp_path)
+    assert "| bool | B0 | 0.750 | 1.00 / -1.00 | 3 / 2 | – | – |" in text
+    assert "| bool | B8 | 0.750 | 1.00 / -1.00 | 3 / 2 | 0.500 / 0.250 / 0.125 | 0.500 / 0.250 / 0.125 |" in text
+    assert "| bool | noise floor | – | – | – | 0.100 / 0.200 / 0.300 | 0.100 / 0.200 / 0.300 |" in text
+    assert "bool: paper_consistent False, supporting True" in text
