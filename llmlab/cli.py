@@ -36,6 +36,8 @@ register_schemas()
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
 def _job(cfg: DictConfig) -> float | None:
     """One job: set up hardware, seed, run directory and tracker; run the runner; record the outcome."""
+    with interrupts.deferred():  # torch's import swallows an interruption of numpy's and goes on with numpy half
+        import torch  # noqa: F401  imported (a later crash, exit 1): a signal there is raised once the import is done
     try:
         validate_config(cfg)  # a sweep's job checks its own values (a single run did, before its directory was made)
         OmegaConf.resolve(cfg)
@@ -82,7 +84,7 @@ def _run(cfg: DictConfig) -> float | None:
         group = Path(hc.sweep.dir).name if hc.mode == RunMode.MULTIRUN else None  # one W&B group per sweep
         tracker = Tracker(cfg, run_dir, name=name, group=group, is_main=hw.is_main)
     except BaseException as e:
-        run_dir.finish("interrupted" if isinstance(e, KeyboardInterrupt) else "failed")
+        run_dir.finish("failed" if interrupts.interruption(e) is None else "interrupted")
         raise
     result = execute(runner, cfg, RunContext(hw, run_dir, tracker))
     if hw.is_main:
@@ -176,7 +178,7 @@ def main() -> None:
     interrupts.install()  # SIGTERM (schedulers, preemption) is handled like Ctrl-C
     try:
         sys.argv += resume_overrides(sys.argv[1:])  # resume=auto: the newest unfinished run directory of this command
-        with failure_summary():  # multirun: failed jobs are listed at the end, exit code 1
+        with failure_summary(), interrupts.unmasked():  # multirun: failed jobs are listed at the end, exit code 1
             _job()
     except (LlmlabError, HydraException, OmegaConfBaseException, InvalidConfig) as e:
         print(f"llmlab: error: {one_line(e)}", file=sys.stderr)

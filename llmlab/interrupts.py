@@ -9,6 +9,12 @@ hydra/launcher=slurm asks for), raises `Preempted` the same way (llmlab.slurm th
 Code that must not be cut in half (an optimizer step: parameters and optimizer state updated together) runs inside
 `deferred()`: a signal that arrives there is raised when the block ends, so the caller can checkpoint a consistent
 state. A second signal inside the block is raised at once (a user who presses Ctrl-C twice means it).
+
+A signal can also land inside a library's clean-up code, which may then fail and raise its own exception in place of
+the interruption (OmegaConf's `flag_override` does, with an AttributeError). `unmasked()` finds the interruption in
+such an exception's context and raises it again, so the run is still recorded `interrupted` and exits 130/143/140.
+Worse, torch's import swallows an exception raised inside numpy's and goes on with numpy half imported, so the CLI
+imports torch inside `deferred()`.
 """
 
 from __future__ import annotations
@@ -59,6 +65,29 @@ def exit_code(exc: KeyboardInterrupt) -> int:
     if isinstance(exc, Terminated):
         return 128 + signal.SIGTERM
     return 128 + (signal.SIGUSR2 if isinstance(exc, Preempted) else signal.SIGINT)
+
+
+def interruption(exc: BaseException | None) -> KeyboardInterrupt | None:
+    """The Ctrl-C/SIGTERM/SIGUSR2 that `exc` is, or that it was raised while handling; None if there is none."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+@contextmanager
+def unmasked() -> Iterator[None]:
+    """Raise the interruption an exception from this block masks (see the module's docstring) instead of it."""
+    try:
+        yield
+    except Exception as e:
+        stop = interruption(e)
+        if stop is None:
+            raise
+        raise stop from e
 
 
 @contextmanager

@@ -45,7 +45,8 @@ def execute(runner: Runner, cfg: DictConfig, ctx: RunContext) -> RunResult:
     """Run `runner`, then close the tracker and record the outcome (completed / interrupted / failed) in meta.json."""
     status = "failed"
     try:
-        result = runner(cfg, ctx)
+        with interrupts.unmasked():
+            result = runner(cfg, ctx)
         status = "completed"
     except KeyboardInterrupt:
         status = "interrupted"

@@ -59,7 +59,8 @@ class SlurmLauncher(SubmititSlurmLauncher):
         if restart_count() > 0:
             self._pin_sweep_dir()
         try:
-            return super().__call__(sweep_overrides, job_dir_key, job_num, job_id, singleton_state)
+            with interrupts.unmasked():
+                return super().__call__(sweep_overrides, job_dir_key, job_num, job_id, singleton_state)
         except interrupts.Preempted:
             print(
                 f"llmlab: job #{job_num} preempted or near its time limit (SIGUSR2): checkpointed, requeueing",

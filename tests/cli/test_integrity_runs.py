@@ -129,6 +129,56 @@ def test_sigterm_inside_a_deferred_block_is_raised_when_it_ends():
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+def _masked_sigterm(cfg, ctx):
+    """A SIGTERM that lands in a library's clean-up code, which fails while unwinding (as OmegaConf's flag_override
+    did in CI: an AttributeError with the Terminated as its context)."""
+    try:
+        raise interrupts.Terminated()
+    finally:
+        None._invalidate_flags_cache()  # noqa: B018 - the clean-up's own failure
+
+
+def test_a_signal_masked_by_a_librarys_failing_clean_up_still_counts_as_the_signal(tmp_path):
+    from llmlab.run_context import RunContext, execute
+    from llmlab.tracking import Tracker
+
+    cfg = cfg_of()
+    run_dir = RunDir(tmp_path / "run", cfg)
+    ctx = RunContext(hw=None, run_dir=run_dir, tracker=Tracker(cfg, run_dir, name="t"))
+    with pytest.raises(interrupts.Terminated) as raised:
+        execute(_masked_sigterm, cfg, ctx)
+    assert isinstance(raised.value.__cause__, AttributeError)  # the masking error stays visible
+    assert json.loads((tmp_path / "run" / "meta.json").read_text())["status"] == "interrupted"
+    assert interrupts.exit_code(raised.value) == 143
+    with pytest.raises(ValueError), interrupts.unmasked():  # an error with no interruption behind it is left alone
+        raise ValueError("a real failure")
+
+
+SIGTERM_IN_NUMPY_IMPORT = """
+import os, signal, sys
+
+class Finder:  # sends SIGTERM just as numpy's import starts (inside torch's), as a scheduler's may arrive
+    def find_spec(self, name, path=None, target=None):
+        if name == "numpy":
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return None
+
+sys.meta_path.insert(0, Finder())
+from llmlab.cli import main
+main()
+"""
+
+
+def test_a_sigterm_while_torch_imports_numpy_ends_the_run_as_a_sigterm(outputs):
+    """torch's import swallows an exception raised inside numpy's and leaves numpy half imported: unheld, the
+    signal was lost and the run crashed later with an unrelated error (exit 1)."""
+    cli = [sys.executable, "-c", SIGTERM_IN_NUMPY_IMPORT, *ICL, "dataset.n_test=4"]
+    proc = subprocess.run(cli, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 143, proc.stderr[-2000:]
+    assert "terminated (SIGTERM)" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_a_closed_stdout_does_not_fail_a_finished_run(outputs):
     proc = subprocess.Popen(
         [sys.executable, "-m", "llmlab.cli", *ICL, "dataset.n_test=4"],

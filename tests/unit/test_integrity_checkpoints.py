@@ -268,6 +268,32 @@ def test_a_signal_ends_the_run_after_the_step_with_a_checkpoint_and_resume_is_ex
     assert logged_steps(ctx2.run_dir) == list(range(1, 7))
 
 
+def test_a_signal_during_a_checkpoint_save_is_raised_after_the_step_and_resume_is_exact(
+    tmp_path, monkeypatch, signals_installed
+):
+    cfg, ctx = setup(tmp_path / "a", "pretrain")
+    pretrain.run(cfg, ctx)
+    cfg2, ctx2 = setup(tmp_path / "b", "pretrain")
+    real, writes = checkpoint.save_file, []
+
+    def save_signalled(*args, **kwargs):  # SIGTERM in the middle of writing step 4's checkpoint
+        if "step-000004" in str(args[1]):
+            writes.append(1)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "save_file", save_signalled)
+    with pytest.raises(interrupts.Terminated):
+        pretrain.run(cfg2, ctx2)
+    ckpts = ctx2.run_dir.file("checkpoints")
+    assert sorted(p.name for p in ckpts.iterdir()) == ["step-000002", "step-000004"]
+    assert writes == [1]  # the save in progress finished; it was not cut off and written again
+    monkeypatch.undo()
+    assert pretrain.run(cfg2, ctx2)["steps"] == 6
+    reference, resumed = final_weights(ctx), final_weights(ctx2)
+    assert all(torch.equal(reference[k], resumed[k]) for k in reference)
+
+
 @pytest.mark.parametrize(("runner", "killed_at"), [("pretrain", 2), ("pretrain", 6), ("finetune", 6)])
 def test_each_step_is_logged_once_after_a_kill_and_resume(tmp_path, monkeypatch, runner, killed_at):
     cfg, ctx = setup(tmp_path / "run", runner)
