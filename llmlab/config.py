@@ -643,7 +643,6 @@ class InfoFlowConfig(MethodConfig):
     conditions: list[str] = choice("gold", "shuffled", "none", default=["gold", "shuffled", "none"])
     batch_size: int = 4  # sequences per forward/backward
     limit: int | None = 100  # test queries; null: all of dataset.n_test
-    bootstrap: int = 1000  # resamples of the paired log-prob test vs gold
 
 
 @dataclass

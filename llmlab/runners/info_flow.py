@@ -11,7 +11,9 @@ saliency `I_l(i, j)` (llmlab.analysis.saliency) over the pair sets
 
 then reports mean and std over queries, shares per layer and shallow/middle/deep thirds. Conditions: `gold` WL in
 the query, `shuffled` (the WL line of another test query) and `none` (no Words line in the query); for each, TL
-accuracy and mean gold log-prob over the label words, and a paired bootstrap of the log-prob drop against gold.
+accuracy and mean gold log-prob over the label words, and its change against gold (same queries). Per query and
+condition, `predictions.jsonl` keeps those values and the reported flow thirds, so `llmlab report` gives them
+intervals over seeds and queries (no test is run inside one run: a few queries are not one).
 """
 
 from __future__ import annotations
@@ -23,13 +25,12 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from llmlab.analysis.paired_runs import bootstrap_means
 from llmlab.analysis.saliency import attention_saliency, flow_means
 from llmlab.config import InfoFlowConfig
 from llmlab.data.mre.loader import MreData, load_mre
 from llmlab.data.mre.prompts import key_words, label_first_tokens, words_line
 from llmlab.errors import LlmlabError
-from llmlab.io import write_json
+from llmlab.io import write_json, write_jsonl
 from llmlab.models.loading import load_model
 from llmlab.registry import register_runner
 from llmlab.run_context import RunContext, RunResult
@@ -127,11 +128,15 @@ def summarize_flows(per_example: list[dict[str, list]]) -> dict:
     return out
 
 
-def paired_bootstrap(diff: np.ndarray, n: int, seed: int) -> float:
-    """One-sided p-value that the mean of `diff` is >= 0 (resampling queries)."""
-    if len(diff) < 2 or n <= 0:
-        return float("nan")
-    return float((bootstrap_means(diff, n, seed) >= 0).mean())
+def query_thirds(flows: dict[str, list]) -> dict[str, float | None]:
+    """One query's reported flows: the deep-third mean of S_wq, S_tq, S_rest and the shallow-third one of S_tw,
+    S_rest (their means over queries are the run's thirds when no layer is empty)."""
+    out = {}
+    for part, names in ((2, ("S_wq", "S_tq", "S_rest")), (0, ("S_tw", "S_rest"))):
+        for f in names:
+            layers = np.array_split(np.array([np.nan if v is None else v for v in flows[f]], dtype=float), 3)[part]
+            out[f"{('shallow', 'middle', 'deep')[part]}_{f}"] = None if np.isnan(layers).all() else float(layers.mean())
+    return out
 
 
 @register_runner("info_flow", schema=InfoFlowConfig)
@@ -160,7 +165,7 @@ def run(cfg: DictConfig, ctx: RunContext) -> RunResult:
         "manifest": data.manifest,
         "conditions": {},
     }
-    per_query_logp = {}
+    per_query_logp, rows = {}, []
     for cond in m.conditions:
         seqs, sets, gold = [], [], []
         for i, qrow in enumerate(queries):
@@ -181,6 +186,9 @@ def run(cfg: DictConfig, ctx: RunContext) -> RunResult:
         ]
         gold_lp = logp[torch.arange(len(gold)), torch.tensor(gold)].numpy()
         per_query_logp[cond] = gold_lp
+        correct = (logp.argmax(-1) == torch.tensor(gold)).tolist()
+        for i, (flow, ok, lp) in enumerate(zip(flows, correct, gold_lp.tolist())):
+            rows.append({"variant": cond, "query": i, "accuracy": ok, "gold_logprob": lp, **query_thirds(flow)})
         results["conditions"][cond] = {
             "tl_accuracy": float((logp.argmax(-1) == torch.tensor(gold)).float().mean()),
             "gold_logprob": float(gold_lp.mean()),
@@ -194,8 +202,21 @@ def run(cfg: DictConfig, ctx: RunContext) -> RunResult:
             results["conditions"][cond]["delta_vs_gold"] = {
                 "tl_accuracy": acc[cond] - acc["gold"],
                 "gold_logprob": float(diff.mean()),
-                "p_not_lower": paired_bootstrap(diff, m.bootstrap, cfg.seed),
             }
+            for row in rows:
+                if row["variant"] == cond:
+                    row["gold_logprob_vs_gold"] = float(diff[row["query"]])
+    results["metrics"] = {  # per condition: the means of the rows' values, for `llmlab report`
+        cond: {
+            k: float(np.mean([r[k] for r in rs]))
+            for k in rs[0]
+            if k not in ("variant", "query") and all(r[k] is not None for r in rs)
+        }
+        | {"n": len(rs)}
+        for cond in m.conditions
+        for rs in [[r for r in rows if r["variant"] == cond]]
+    }
+    write_jsonl(ctx.run_dir.file("predictions.jsonl"), rows)
     results["timing"] = {"saliency_s": time.perf_counter() - t0}
     results["plot"] = plot_flows(results, ctx.run_dir.file("info_flow.png"))
     write_json(ctx.run_dir.file("results.json"), results)

@@ -357,7 +357,6 @@ def test_info_flow_runner_tiny(tmp_path):
         "method=info_flow",
         "dataset=mre/scpos_adj",
         "method.limit=3",
-        "method.bootstrap=20",
         "dataset.n_train_ft=6",
         "dataset.n_icl_pool=1",
     )
@@ -368,6 +367,20 @@ def test_info_flow_runner_tiny(tmp_path):
     assert res["conditions"]["none"]["flows"]["S_wq"] is None  # no Words line in the query
     assert (tmp_path / "run" / "info_flow.png").stat().st_size > 0
     assert json.loads((tmp_path / "run" / "results.json").read_text())["n_queries"] == 3
+    # per-query rows whose means are the reported values, so `llmlab report` can bootstrap over queries and seeds
+    rows = [json.loads(line) for line in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 9 and {r["variant"] for r in rows} == {"gold", "shuffled", "none"}
+    mets = res["metrics"]
+    assert mets["gold"]["accuracy"] == pytest.approx(gold["tl_accuracy"]) and mets["gold"]["n"] == 3
+    assert mets["gold"]["shallow_S_tw"] == pytest.approx(gold["flows"]["S_tw"]["thirds"][0])
+    assert gold["flows"]["S_wq"]["thirds"][2] is None and "deep_S_wq" not in mets["gold"]  # 2 layers: no deep third
+    shuffled = res["conditions"]["shuffled"]
+    assert mets["shuffled"]["gold_logprob_vs_gold"] == pytest.approx(shuffled["delta_vs_gold"]["gold_logprob"])
+    assert "shallow_S_tw" in mets["none"] and "p_not_lower" not in shuffled["delta_vs_gold"]
+    from llmlab import runs_table
+
+    keys, table = runs_table.aggregate(runs_table.load_runs(tmp_path)[0])
+    assert table[0]["accuracy"][3] == "bootstrap"  # intervals from the kept per-query rows
     from llmlab.analysis.mre_report import report
 
     text = report(tmp_path)
