@@ -7,6 +7,7 @@ A table in `experiments/<paper>/README.md` sits between two marker comments that
     <!-- table: paired results/s2 arm=attention ref=softmax by=position metrics=val_loss,ppl@8x/ppl@1x -->
                                                                  arms compared seed by seed (pretraining runs)
     <!-- table: circuit_shift results/circuit_shift_smollm2 -->  circuit-shift runs with their noise floor
+    <!-- table: mre results/verbalizer_smollm2 part=verbalizer --> an MRE table (info_flow, verbalizer, ablation)
     ...generated text...
     <!-- /table -->
 
@@ -173,11 +174,30 @@ def render_circuit_shift(base: Path, folder: str) -> str:
     )
 
 
+def render_mre(base: Path, folder: str, part: str) -> str:
+    """An MRE table (`part`: info_flow, verbalizer or ablation) of the runs in `folder`, from their per-item rows."""
+    from llmlab.analysis import mre_report
+
+    tables = {
+        "info_flow": ("info_flow", mre_report.info_flow_table),
+        "verbalizer": ("verbalizer", mre_report.verbalizer_table),
+        "ablation": ("mre_ablation", mre_report.ablation_table),
+    }
+    if part not in tables:
+        raise LlmlabError(f"mre table part '{part}': expected one of {', '.join(tables)}")
+    runner, table = tables[part]
+    runs = mre_report.load(base / folder)[runner]
+    if not runs:
+        raise LlmlabError(f"{base / folder}: no finished {runner} runs")
+    return "\n".join(table(runs)) + "\n"
+
+
 KINDS: dict[str, Callable[..., str]] = {
     "runs": render_runs,
     "icl_vs_ft": render_icl_vs_ft,
     "paired": render_paired,
     "circuit_shift": render_circuit_shift,
+    "mre": render_mre,
 }
 
 

@@ -9,23 +9,32 @@ them is a paired difference. The interval is the 2.5-97.5 percentile range of th
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
 METHOD = "95% two-level bootstrap: seeds resampled, then items within each drawn seed"
 
 
-def point(per_seed: Sequence[np.ndarray]) -> float:
-    """Mean over seeds of the item means."""
-    return float(np.mean([np.mean(v) for v in per_seed]))
+Statistic = Callable[[np.ndarray], np.ndarray]  # resampled items [draws, items, ...] -> one value per draw
+
+
+def _mean(items: np.ndarray) -> np.ndarray:
+    return items.mean(axis=1)
+
+
+def point(per_seed: Sequence[np.ndarray], statistic: Statistic = _mean) -> float:
+    """Mean over seeds of the statistic of each seed's items (by default the item mean)."""
+    return float(np.mean([statistic(np.asarray(v, dtype=float)[None])[0] for v in per_seed]))
 
 
 def resample(
-    conditions: Mapping[str, Sequence[np.ndarray]], n_boot: int = 2000, seed: int = 0
+    conditions: Mapping[str, Sequence[np.ndarray]], n_boot: int = 2000, seed: int = 0, statistic: Statistic = _mean
 ) -> dict[str, np.ndarray]:
     """`n_boot` resampled statistics per condition, from one shared set of draws. `conditions[c][s]` holds the
-    per-item values of seed `s` (the same number of items in every condition for a given seed)."""
+    per-item values of seed `s` (the same number of items in every condition for a given seed): one number per item
+    for the default statistic (the mean), or a row per item for another (e.g. gold and predicted class for a
+    macro-F1, `llmlab.analysis.mre_metrics`)."""
     names = list(conditions)
     n_seeds = len(conditions[names[0]])
     sizes = [len(v) for v in conditions[names[0]]]
@@ -42,7 +51,7 @@ def resample(
         idx = rng.integers(0, sizes[s], size=(len(where[0]), sizes[s]))
         for c in names:
             values = np.asarray(conditions[c][s], dtype=float)
-            out[c][where] = values[idx].mean(axis=1)
+            out[c][where] = statistic(values[idx])
     return {c: v.mean(axis=1) for c, v in out.items()}
 
 
@@ -51,11 +60,11 @@ def interval(samples: np.ndarray) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def estimate(per_seed: Sequence[np.ndarray], n_boot: int = 2000, seed: int = 0) -> dict:
-    """Mean and 95% interval of one condition: `{"mean", "lo", "hi", "seeds", "items"}`."""
-    lo, hi = interval(resample({"x": per_seed}, n_boot, seed)["x"])
+def estimate(per_seed: Sequence[np.ndarray], n_boot: int = 2000, seed: int = 0, statistic: Statistic = _mean) -> dict:
+    """Statistic and 95% interval of one condition: `{"mean", "lo", "hi", "seeds", "items"}`."""
+    lo, hi = interval(resample({"x": per_seed}, n_boot, seed, statistic)["x"])
     return {
-        "mean": point(per_seed),
+        "mean": point(per_seed, statistic),
         "lo": lo,
         "hi": hi,
         "seeds": len(per_seed),

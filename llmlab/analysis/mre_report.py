@@ -11,9 +11,13 @@ from pathlib import Path
 
 import numpy as np
 
+from llmlab.analysis import bootstrap
+from llmlab.analysis.mre_metrics import class_codes, macro_f1_statistic, micro_f1_statistic, wl_counts
 from llmlab.errors import LlmlabError
-from llmlab.io import atomic_write
+from llmlab.io import atomic_write, read_rows
 from llmlab.paths import safe_name
+
+N_BOOT = 2000
 
 
 def load(root: Path) -> dict[str, list[dict]]:
@@ -24,104 +28,175 @@ def load(root: Path) -> dict[str, list[dict]]:
         except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
             raise LlmlabError(f"{path}: not valid JSON ({str(e).splitlines()[0]})") from None
         if isinstance(r, dict) and r.get("runner") in ("info_flow", "verbalizer", "mre_ablation"):
+            r["_dir"] = path.parent
             runs[r["runner"]].append(r)
     return runs
-
-
-def ms(xs: list[float]) -> str:
-    xs = [x for x in xs if x is not None]
-    return f"{np.mean(xs):.3f} ± {np.std(xs):.3f}" if xs else "–"
 
 
 def grouped(runs: list[dict]) -> dict[tuple, list[dict]]:
     out = defaultdict(list)
     for r in runs:
         out[r["model"], r["dataset"]].append(r)
-    return dict(sorted(out.items()))
+    return {k: sorted(v, key=lambda r: r["seed"]) for k, v in sorted(out.items())}
+
+
+def items(run: dict, name: str = "predictions.jsonl", sub: str = "") -> list[dict]:
+    """A run's kept per-item rows; an error naming the run if it kept none (they carry every interval)."""
+    rows = read_rows(run["_dir"] / sub, name)
+    if not rows:
+        raise LlmlabError(f"{run['_dir'] / sub}: no {name} (per-item rows) kept; re-run it to report it")
+    return rows
+
+
+def ci(e: dict) -> str:
+    return f"{e['mean']:.3f} [{e['lo']:.3f}, {e['hi']:.3f}]"
+
+
+def paired(per_cond: dict[str, list[np.ndarray]], arm: str, ref: str, statistic=None) -> tuple[dict, dict, dict]:
+    """Estimates of `arm`, `ref` and `arm − ref` from one set of two-level draws (same seeds and items)."""
+    kw = {"statistic": statistic} if statistic else {}
+    draws = bootstrap.resample({arm: per_cond[arm], ref: per_cond[ref]}, N_BOOT, **kw)
+    out = []
+    for samples, point in (
+        (draws[arm], bootstrap.point(per_cond[arm], **kw)),
+        (draws[ref], bootstrap.point(per_cond[ref], **kw)),
+        (draws[arm] - draws[ref], bootstrap.point(per_cond[arm], **kw) - bootstrap.point(per_cond[ref], **kw)),
+    ):
+        lo, hi = bootstrap.interval(samples)
+        out.append({"mean": point, "lo": lo, "hi": hi})
+    return out[0], out[1], out[2]
+
+
+def signed(e: dict) -> str:
+    return f"{e['mean']:+.3f} [{e['lo']:+.3f}, {e['hi']:+.3f}]"
 
 
 def info_flow_table(runs: list[dict]) -> list[str]:
+    head = ["acc gold WL", "acc shuffled WL", "acc no WL", "Δ gold log-prob, shuffled − gold"]
+    flows = ["deep_S_wq", "deep_S_tq", "deep_S_rest", "shallow_S_tw", "shallow_S_rest"]
     lines = [
-        "| model | dataset | seeds | n | acc gold | acc shuffled | acc no-WL | Δlogp shuffled | deep S_wq | "
-        "deep S_tq | deep S_rest | shallow S_tw | shallow S_rest |",
-        "|" + "---|" * 13,
+        "| model | dataset | seeds | queries | " + " | ".join(head + [f.replace("_S", " S") for f in flows]) + " |",
+        "|" + "---|" * (4 + len(head) + len(flows)),
     ]
     for (model, ds), rs in grouped(runs).items():
+        per = [items(r) for r in rs]
 
-        def third(cond, flow, k, rs=rs):
-            vals = [
-                r["conditions"][cond]["flows"][flow]["thirds"][k]
-                for r in rs
-                if cond in r["conditions"] and r["conditions"][cond]["flows"].get(flow)
-            ]
-            return [v for v in vals if v is not None]
+        def values(variant, key, per=per):
+            return [np.array([x[key] for x in rows if x["variant"] == variant], dtype=float) for rows in per]
 
-        def acc(cond, rs=rs):
-            return [r["conditions"][cond]["tl_accuracy"] for r in rs if cond in r["conditions"]]
-
-        dlp = [
-            r["conditions"]["shuffled"]["delta_vs_gold"]["gold_logprob"] for r in rs if "shuffled" in r["conditions"]
-        ]
-        cells = [ms(acc("gold")), ms(acc("shuffled")), ms(acc("none")), ms(dlp)]
-        cells += [
-            f"{np.mean(v):.2e}" if v else "–"
-            for v in (
-                third("gold", "S_wq", 2),
-                third("gold", "S_tq", 2),
-                third("gold", "S_rest", 2),
-                third("gold", "S_tw", 0),
-                third("gold", "S_rest", 0),
-            )
-        ]
+        cells = [ci(bootstrap.estimate(values(v, "accuracy"), N_BOOT)) for v in ("gold", "shuffled", "none")]
+        cells.append(ci(bootstrap.estimate(values("shuffled", "gold_logprob_vs_gold"), N_BOOT)))
+        cells += [f"{bootstrap.point(values('gold', f)):.2e}" for f in flows]
         lines.append(f"| {model} | {ds} | {len(rs)} | {rs[0]['n_queries']} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"Accuracy and the log-prob change (paired, same queries): mean over seeds [{bootstrap.METHOD}; "
+        f"{N_BOOT} resamples]. Flows (gold WL): mean over seeds and queries of the per-layer saliency averaged over "
+        "the shallow (first) or deep (last) third of the layers.",
+    ]
     return lines
 
 
 def verbalizer_table(runs: list[dict]) -> list[str]:
-    lines = ["| model | dataset | shots | seeds | n | baseline macro-F1 | KV macro-F1 | Δ |", "|" + "---|" * 8]
-    wins = defaultdict(lambda: [0, 0])
+    lines = [
+        "| model | dataset | shots | seeds | n | baseline macro-F1 | KV macro-F1 | Δ KV − baseline |",
+        "|" + "---|" * 8,
+    ]
+    wins = defaultdict(lambda: [0, 0, 0])
     for (model, ds), rs in grouped(runs).items():
+        per = [(r["labels"], items(r)) for r in rs]
+        stat = macro_f1_statistic(len(rs[0]["labels"]))
         for shots in sorted({row["shots"] for r in rs for row in r["table"]}):
-            rows = [row for r in rs for row in r["table"] if row["shots"] == shots]
-            b, k = [x["baseline"]["macro_f1"] for x in rows], [x["kv"]["macro_f1"] for x in rows]
-            d = float(np.mean(k) - np.mean(b))
-            wins[model, shots][0] += d > 0
-            wins[model, shots][1] += 1
+            codes = {
+                arm: [
+                    class_codes(
+                        *zip(*[(x["gold"], x["pred"]) for x in rows if (x["shots"], x["arm"]) == (shots, arm)]), labels
+                    )
+                    for labels, rows in per
+                ]
+                for arm in ("kv", "baseline")
+            }
+            kv, base, delta = paired(codes, "kv", "baseline", stat)
+            w = wins[model, shots]
+            w[0], w[1], w[2] = w[0] + (delta["mean"] > 0), w[1] + (delta["lo"] > 0), w[2] + 1
             lines.append(
-                f"| {model} | {ds} | {shots} | {len(rows)} | {rs[0]['n_test']} | {ms(b)} | {ms(k)} | {d:+.3f} |"
+                f"| {model} | {ds} | {shots} | {len(rs)} | {rs[0]['n_test']} | {ci(base)} | {ci(kv)} | "
+                f"{signed(delta)} |"
             )
     lines += [
         "",
-        "KV > baseline (mean over seeds), datasets: "
-        + "; ".join(f"{m} k={s}: {w}/{n}" for (m, s), (w, n) in sorted(wins.items())),
+        f"Macro-F1 over the test items of each seed, mean over seeds [{bootstrap.METHOD}, the macro-F1 recomputed on "
+        f"each draw; {N_BOOT} resamples]; Δ paired (same draws). KV > baseline (point), and with the interval above "
+        "0, datasets: " + "; ".join(f"{m} k={s}: {a}/{n} ({b}/{n})" for (m, s), (a, b, n) in sorted(wins.items())),
     ]
     return lines
 
 
+def ablation_labels(run: dict) -> list[str]:
+    """The TL classes of an ablation run: as recorded, else (runs before they were) every class its TL conditions'
+    items hold as gold or prediction (the same classes where each occurs at least once)."""
+    if run.get("labels"):
+        return list(run["labels"])
+    found = {
+        x[k]
+        for c in run["conditions"]
+        if ABLATION.get(c, ("wl",))[0] == "tl"
+        for x in items(run, sub=c)
+        for k in ("gold_tl", "tl")
+        if x[k] is not None
+    }
+    return sorted(found)
+
+
+ABLATION = {  # condition: (level, reference for its paired Δ)
+    "tl_only": ("tl", None),
+    "tl_plus_wli": ("tl", "tl_only"),
+    "tl_plus_wli_shuffled": ("tl", "tl_only"),
+    "tl_neutral": ("tl", "tl_only"),
+    "wl_only": ("wl", None),
+    "wl_plus_tli": ("wl", "wl_only"),
+    "wl_plus_tli_shuffled": ("wl", "wl_only"),
+    "wl_neutral": ("wl", "wl_only"),
+    "joint": ("tl", "tl_only"),
+}
+
+
+def ablation_items(run: dict, cond: str, level: str, labels: list[str]) -> np.ndarray:
+    """One condition's test items of one seed: class codes (TL) or per-example WL counts."""
+    rows = items(run, sub=cond)
+    if level == "tl":
+        return class_codes([x["gold_tl"] for x in rows], [x["tl"] for x in rows], labels)
+    return wl_counts([x["gold_wl"] for x in rows], [x["wl"] for x in rows])
+
+
 def ablation_table(runs: list[dict]) -> list[str]:
-    conds = [
-        "tl_only",
-        "tl_plus_wli",
-        "tl_plus_wli_shuffled",
-        "tl_neutral",
-        "wl_only",
-        "wl_plus_tli",
-        "wl_plus_tli_shuffled",
-        "wl_neutral",
-        "joint",
-    ]
-    lines = ["| model | dataset | seeds | " + " | ".join(conds) + " | ΔTL | ΔWL |", "|" + "---|" * (len(conds) + 5)]
+    lines = ["| model | dataset | condition | seeds | n | F1 | Δ vs reference |", "|" + "---|" * 7]
     for (model, ds), rs in grouped(runs).items():
-        cells = []
-        for c in conds:
-            key = "wl_f1" if c.startswith("wl") else "tl_macro_f1"
-            vals = [r["conditions"][c][key] for r in rs if c in r["conditions"]]
-            cells.append(ms(vals))
-        dtl = [r["deltas"].get("tl_plus_wli-tl_only") for r in rs]
-        dwl = [r["deltas"].get("wl_plus_tli-wl_only") for r in rs]
-        lines.append(f"| {model} | {ds} | {len(rs)} | " + " | ".join(cells) + f" | {ms(dtl)} | {ms(dwl)} |")
-    lines.append("")
-    lines.append("Cells: TL macro-F1 for tl_* and joint, WL micro-F1 for wl_*; mean ± std over seeds.")
+        labels = ablation_labels(rs[0])
+        for cond, (level, ref) in ABLATION.items():
+            for lvl in ("tl", "wl") if cond == "joint" else (level,):
+                ref = {"tl": "tl_only", "wl": "wl_only"}[lvl] if cond == "joint" else ref
+                seeds = [r for r in rs if cond in r["conditions"] and (ref is None or ref in r["conditions"])]
+                if not seeds:
+                    continue
+                stat = macro_f1_statistic(len(labels)) if lvl == "tl" else micro_f1_statistic
+                per = {c: [ablation_items(r, c, lvl, labels) for r in seeds] for c in (cond, ref) if c}
+                if ref:
+                    arm, _, delta = paired(per, cond, ref, stat)
+                    versus = f"{signed(delta)} vs {ref}"
+                else:
+                    arm, versus = bootstrap.estimate(per[cond], N_BOOT, statistic=stat), "–"
+                name = f"joint ({lvl.upper()})" if cond == "joint" else cond
+                lines.append(
+                    f"| {model} | {ds} | {name} | {len(seeds)} | {seeds[0]['n_test']} | {ci(arm)} | {versus} |"
+                )
+    lines += [
+        "",
+        "F1: TL macro-F1 (tl_* and joint's TL) or WL micro-F1 (wl_* and joint's WL) over each seed's test items, "
+        f"mean over the seeds that ran both the condition and its reference [{bootstrap.METHOD}, the F1 recomputed "
+        f"on each draw; {N_BOOT} resamples]; Δ paired against the single-level model of the same level (same seeds "
+        "and test items).",
+    ]
     return lines
 
 

@@ -85,6 +85,7 @@ def run(cfg: DictConfig, ctx: RunContext) -> RunResult:
         "seed": cfg.seed,
         "n_train": len(data.train),
         "n_test": len(data.test[: m.limit]),
+        "labels": data.labels,
         "conditions": table,
         "deltas": deltas(table),
         "skipped_lines": data.skipped,

@@ -249,3 +249,91 @@ def test_the_circuit_shift_table_shows_each_condition_its_shift_and_the_noise_fl
     assert "| bool | B8 | 0.750 | 1.00 / -1.00 | 3 / 2 | 0.500 / 0.250 / 0.125 | 0.500 / 0.250 / 0.125 |" in text
     assert "| bool | noise floor | – | – | – | 0.100 / 0.200 / 0.300 | 0.100 / 0.200 / 0.300 |" in text
     assert "bool: paper_consistent False, supporting True" in text
+
+
+# ---- MRE tables: F1 statistics recomputed on every draw ----------------------------------------------------------
+
+
+def test_the_f1_statistics_equal_the_runners_metrics_and_one_seed_of_ties_has_no_width():
+    from llmlab.analysis.mre_metrics import class_codes, macro_f1, macro_f1_statistic, wl_counts, wl_micro_f1
+
+    labels = ["negative", "positive", "neutral"]
+    gold = ["positive", "negative", "positive", "neutral"]
+    pred = ["positive", "positive", None, "neutral"]
+    # per class F1: negative 0 (fn 1), positive 2/(2+1+1) = 0.5, neutral 1 -> mean 0.5
+    assert macro_f1(gold, pred, labels) == pytest.approx(0.5)
+    codes = class_codes(gold, pred, labels)
+    assert bootstrap.point([codes], macro_f1_statistic(3)) == pytest.approx(0.5)
+    wl_gold, wl_pred = [[("a", "x"), ("b", "y")], [("c", "z")]], [[("a", "x")], None]
+    assert wl_micro_f1(wl_gold, wl_pred)["f1"] == pytest.approx(2 * 1 / (2 * 1 + 0 + 2))  # tp 1, fp 0, fn 2
+    assert wl_counts(wl_gold, wl_pred).tolist() == [[1, 0, 1], [0, 0, 1]]
+    perfect = class_codes(["positive", "negative"] * 5, ["positive", "negative"] * 5, labels[:2])
+    e = bootstrap.estimate([perfect], 200, statistic=macro_f1_statistic(2))
+    assert e["mean"] == e["lo"] == e["hi"] == 1.0  # every draw of a perfect seed is perfect
+
+
+def _verbalizer_run(folder: Path, seed: int, kv_right: int) -> None:
+    """A verbalizer run on 10 items: the baseline gets the first 5 right, the KV the first `kv_right`."""
+    labels, gold = ["negative", "positive"], ["positive", "negative"] * 5
+    rows = []
+    for arm, right in (("baseline", 5), ("kv", kv_right)):
+        for i, g in enumerate(gold):
+            wrong = labels[1 - labels.index(g)]
+            rows.append({"id": i, "shots": 0, "arm": arm, "gold": g, "pred": g if i < right else wrong})
+    folder.mkdir(parents=True)
+    (folder / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    table = [{"shots": 0}]
+    result = {"runner": "verbalizer", "model": "m", "dataset": "mre/scpos_adj", "seed": seed, "n_test": 10}
+    (folder / "results.json").write_text(json.dumps({**result, "labels": labels, "table": table}))
+
+
+def test_the_verbalizer_table_resamples_items_and_seeds_with_paired_deltas(tmp_path):
+    _verbalizer_run(tmp_path / "results" / "v" / "0", 0, kv_right=5)
+    _verbalizer_run(tmp_path / "results" / "v" / "1", 1, kv_right=5)
+    text = readme_tables.render("mre results/v part=verbalizer", tmp_path)
+    row = next(line for line in text.splitlines() if "mre/scpos_adj" in line)
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    # 5 of 10 right, one class always right and one wrong half the time: the point macro-F1 is the runner's
+    labels, gold = ["negative", "positive"], ["positive", "negative"] * 5
+    pred = [g if i < 5 else labels[1 - labels.index(g)] for i, g in enumerate(gold)]
+    from llmlab.analysis.mre_metrics import macro_f1
+
+    assert cells[5].startswith(f"{macro_f1(gold, pred, labels):.3f} [")
+    assert cells[7] == "+0.000 [+0.000, +0.000]"  # identical predictions: every paired draw differs by 0
+    _verbalizer_run(tmp_path / "results" / "w" / "0", 0, kv_right=10)
+    text = readme_tables.render("mre results/w part=verbalizer", tmp_path)
+    delta = [c.strip() for c in next(ln for ln in text.splitlines() if "mre/" in ln).split("|")[1:-1]][7]
+    assert delta.startswith("+0.") and float(delta.split("[")[1].split(",")[0]) > 0  # 5 more right on every draw
+    with pytest.raises(LlmlabError, match="part 'nope'"):
+        readme_tables.render("mre results/v part=nope", tmp_path)
+
+
+def test_the_ablation_table_pairs_each_condition_with_its_single_level_model(tmp_path):
+    run = tmp_path / "results" / "a" / "seed-0"
+    gold = ["positive", "negative"] * 4
+    conds = {"tl_only": 4, "tl_plus_wli": 8, "wl_only": None}  # items right (TL), or a WL arm
+    for cond, right in conds.items():
+        rows = [
+            {
+                "gold_tl": g,
+                "tl": None if right is None else (g if i < right else "negative" if g == "positive" else "positive"),
+                "gold_wl": [["great", "positive"]],
+                "wl": [["great", "positive"]] if i % 2 else None,  # half the sets found, half unparseable
+            }
+            for i, g in enumerate(gold)
+        ]
+        (run / cond).mkdir(parents=True)
+        (run / cond / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = {"runner": "mre_ablation", "model": "m", "dataset": "mre/scpos_adj", "seed": 0, "n_test": 8}
+    conditions = {c: {} for c in conds}
+    (run / "results.json").write_text(
+        json.dumps({**result, "labels": ["negative", "positive"], "conditions": conditions})
+    )
+    text = readme_tables.render("mre results/a part=ablation", tmp_path)
+    rows = {
+        ln.split("|")[3].strip(): [c.strip() for c in ln.split("|")[1:-1]] for ln in text.splitlines() if "mre/" in ln
+    }
+    assert rows["tl_plus_wli"][5].startswith("1.000 [1.000, 1.000]")
+    assert rows["tl_plus_wli"][6].startswith("+0.500 [") and rows["tl_plus_wli"][6].endswith("vs tl_only")
+    assert rows["tl_only"][5].startswith("0.500 [") and rows["tl_only"][6] == "–"
+    assert rows["wl_only"][5].startswith(f"{2 * 4 / (2 * 4 + 4):.3f} [")  # micro-F1: tp 4, fn 4
