@@ -836,7 +836,22 @@ class ValidateCallback(Callback):
         self._validate(config)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._validate(config)  # what the jobs share; each job checks its own values again (llmlab.cli)
+        try:
+            self._validate(config)  # what the jobs share; each job checks its own values again (llmlab.cli)
+        except InvalidConfig:
+            if not self._swept_groups(config):
+                raise
+            # the shared config holds the group's default option, which need not accept options meant for the swept
+            # ones (`dataset=mre/a,mre/b ++dataset.options.x=1`): each job validates its own
+
+    @staticmethod
+    def _swept_groups(config: DictConfig) -> list[str]:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        from llmlab.paths import conf_dir
+
+        overrides = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+        return [o.key_or_group for o in overrides if o.is_sweep_override() and (conf_dir() / o.key_or_group).is_dir()]
 
     @staticmethod
     def _validate(config: DictConfig) -> None:

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from llmlab.errors import LlmlabError
 from tests.helpers import TINY, run_cli
@@ -42,6 +43,21 @@ def test_plus_keys_outside_the_schema_are_refused_before_a_sweep_starts(outputs)
     res = run_cli("-m", *SMALL, "++method.shot=0", "seed=0,1")
     assert_cli_error(res, "Key 'shot' not in 'ICLConfig'")
     assert not left_behind(outputs)
+
+
+def test_an_option_only_the_swept_datasets_have_is_judged_by_each_job(outputs):
+    """The shared config of `dataset=mre/a,mre/b` holds the default dataset, which lacks MRE's options."""
+    mre = ["method=info_flow", "method.limit=2", "dataset.n_train_ft=6", "dataset.n_icl_pool=1"]
+    res = run_cli("-m", *TINY, *mre, "dataset=mre/scnm,mre/tcree", "++dataset.options.decoupled_control=true")
+    assert res.returncode == 0, res.stderr[-2000:]
+    configs = sorted(outputs.rglob("results.json"))
+    assert len(configs) == 2
+    for results in configs:
+        assert OmegaConf.load(results.parent / "config.yaml").dataset.options.decoupled_control is True
+    res = run_cli("-m", *TINY, *mre, "dataset=mre/scnm,mre/tcree", "++dataset.options.decoupled=true")
+    failed = [line.split(" (")[0] for line in res.stderr.splitlines() if line.startswith("llmlab: job #")]
+    assert res.returncode == 1 and failed == ["llmlab: job #0", "llmlab: job #1"]
+    assert "Key 'decoupled' not in 'MreSynthOptions'" in res.stderr
 
 
 def test_plus_keys_inside_a_free_dict_still_work(outputs):
