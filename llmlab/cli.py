@@ -25,7 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 from llmlab import interrupts
 from llmlab.config import InvalidConfig, validate_config
 from llmlab.errors import LlmlabError
-from llmlab.hydra_errors import one_line, raised_by_hydra
+from llmlab.hydra_errors import one_line, raised_by_hydra, sweep_hint
 from llmlab.launch import failure_summary, finished_result, resume_overrides
 from llmlab.paths import conf_dir
 from llmlab.registry import get_runner, register_schemas
@@ -181,7 +181,8 @@ def main() -> None:
         with failure_summary(), interrupts.unmasked():  # multirun: failed jobs are listed at the end, exit code 1
             _job()
     except (LlmlabError, HydraException, OmegaConfBaseException, InvalidConfig) as e:
-        print(f"llmlab: error: {one_line(e)}", file=sys.stderr)
+        msg = one_line(e)
+        print(f"llmlab: error: {msg}{sweep_hint(msg, sys.argv[1:])}", file=sys.stderr)
         sys.exit(2)
     except ValueError as e:  # Hydra's own command-line checks (e.g. --cfg with -m) raise plain ValueErrors
         if not raised_by_hydra(e):

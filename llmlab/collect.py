@@ -3,30 +3,48 @@
 For every run directory under RUN (one holding `results.json`): `results.json`, `config.yaml`, `meta.json`,
 `comparison.json`, `metrics.jsonl`, and the per-item files (`predictions.jsonl`, `problems.jsonl`) gzipped; never
 weights, checkpoints, W&B files or locks. Paths of the machine that ran it are replaced (`<run>` for RUN, and for
-the run directory a step was first written under when it was copied into RUN; `~` for the home directory), so the
-copy can be committed. Existing files in DEST are replaced, others are kept, so runs can
-be collected as their steps finish.
+the run directory a step was first written under when it was copied into RUN; `<repo>`, `<shared>`, `~`, and
+`<elsewhere>/a/b` for any other path that exists there), so the copy can be committed. Existing files in DEST are
+replaced, others are kept, so runs can be collected as their steps finish.
 """
 
 from __future__ import annotations
 
 import gzip
 import os
+import re
 from pathlib import Path
 
 from llmlab.errors import LlmlabError
 from llmlab.io import atomic_write
+from llmlab.paths import REPO_ROOT
 
 PLAIN = ("results.json", "config.yaml", "meta.json", "comparison.json", "metrics.jsonl")
 ITEMS = ("predictions.jsonl", "problems.jsonl")
 
 
+ABSOLUTE = re.compile(r"(?<![\w.:/<>~-])/[\w.+@-]+(?:/[\w.+@-]+)+")  # a POSIX path not inside a word or URL
+
+
 def scrub(text: str, run: Path, roots: tuple[str, ...] = ()) -> str:
-    """`text` without this machine's paths: `run` (and the other `roots` it stands for) as `<run>`, home as `~`."""
-    for root in sorted({str(run.resolve()), str(run), *roots}, key=len, reverse=True):
-        text = text.replace(root, "<run>")
+    """`text` without this machine's paths: `run` (and the other `roots` it stands for) as `<run>`, the repository as
+    `<repo>`, the `shared` folder beside it as `<shared>`, home as `~`; any other path that exists here keeps its
+    last two parts after `<elsewhere>`."""
+    places = {root: "<run>" for root in {str(run.resolve()), str(run), *roots}}
+    places |= {str(REPO_ROOT): "<repo>", str(REPO_ROOT.parent / "shared"): "<shared>"}
     home = os.path.expanduser("~")
-    return text.replace(home, "~") if home not in ("", "/") else text
+    if home not in ("", "/"):
+        places[home] = "~"
+    for root in sorted(places, key=len, reverse=True):
+        text = re.sub(re.escape(root) + r"(?![\w.+@-])", places[root], text)
+
+    def elsewhere(match: re.Match) -> str:
+        path = match.group(0)
+        if not os.path.exists(path) and not os.path.exists(os.path.dirname(path)):
+            return path  # not this machine's
+        return "<elsewhere>/" + "/".join(Path(path).parts[-2:])
+
+    return ABSOLUTE.sub(elsewhere, text)
 
 
 def first_root(step: Path, rel: Path) -> tuple[str, ...]:

@@ -34,6 +34,18 @@ def one_line(exc: BaseException) -> str:
     return msg
 
 
+def sweep_hint(msg: str, argv: list[str]) -> str:
+    """For `Could not override 'g.k'` in a multirun that sweeps the group `g`: Hydra composes the shared config with
+    g's default option, which may lack `k`; `++g.k=v` sets it in every job instead. "" otherwise."""
+    if "Could not override '" not in msg or not {"-m", "--multirun"} & set(argv):
+        return ""
+    key = msg.split("Could not override '", 1)[1].split("'", 1)[0]
+    group = key.split(".", 1)[0]
+    if not any(a.startswith(f"{group}=") and "," in a for a in argv):
+        return ""
+    return f"; {group} is swept and the sweep's shared config holds its default option: write ++{key}=... instead"
+
+
 def group_choices(group: str, name: str) -> tuple[list[str], str | None]:
     """The options of config group `group` under the deepest existing subgroup of `name` (nested ones as `sub/opt`),
     and the one closest to `name`; ([], None) when Hydra cannot list them."""

@@ -79,3 +79,13 @@ def test_a_value_error_of_our_own_is_not_hydras():
     with pytest.raises(ValueError) as info:
         int("x")
     assert not raised_by_hydra(info.value)
+
+
+def test_a_key_of_a_swept_group_that_its_default_lacks_gets_the_plus_plus_hint(outputs):
+    sweep = ["-m", "model=tiny-random", "logger=none", "method=info_flow", "dataset=mre/scnm,mre/tcree"]
+    res = run_cli(*sweep, "dataset.options.coupling=0.5")
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
+    hint = "dataset is swept and the sweep's shared config holds its default option: write ++dataset.options.coupling="
+    assert res.stderr.strip().endswith(hint + "... instead")
+    no_sweep = run_cli("model=tiny-random", "logger=none", "dataset.options.coupling=0.5")
+    assert no_sweep.returncode == 2 and "++" not in no_sweep.stderr

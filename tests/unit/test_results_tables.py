@@ -337,3 +337,32 @@ def test_the_ablation_table_pairs_each_condition_with_its_single_level_model(tmp
     assert rows["tl_plus_wli"][6].startswith("+0.500 [") and rows["tl_plus_wli"][6].endswith("vs tl_only")
     assert rows["tl_only"][5].startswith("0.500 [") and rows["tl_only"][6] == "–"
     assert rows["wl_only"][5].startswith(f"{2 * 4 / (2 * 4 + 4):.3f} [")  # micro-F1: tp 4, fn 4
+
+
+def test_collect_scrubs_every_path_of_this_machine_and_leaves_other_text(tmp_path):
+    from llmlab.paths import REPO_ROOT
+
+    run, other = tmp_path / "run", tmp_path / "another_run" / "ft" / "model"
+    other.mkdir(parents=True)
+    write_run(run, 0, 0, [True])
+    lines = [
+        f"data: {REPO_ROOT.parent / 'shared'}/data/blocksworld",
+        f"conf: {REPO_ROOT}/conf",
+        f"finetuned: {other}",
+        "ratio: ppl@8x/ppl@1x",
+        "url: https://huggingface.co/a/b",
+        "gone: /no/such/place/on/this/machine",
+        f"sibling: {REPO_ROOT}-worktree/x",
+    ]
+    (run / "config.yaml").write_text("\n".join(lines) + "\n")
+    collect.collect(run, tmp_path / "dest")
+    copied = (tmp_path / "dest" / "config.yaml").read_text().splitlines()
+    assert copied[:6] == [
+        "data: <shared>/data/blocksworld",
+        "conf: <repo>/conf",
+        "finetuned: <elsewhere>/ft/model",
+        "ratio: ppl@8x/ppl@1x",
+        "url: https://huggingface.co/a/b",
+        "gone: /no/such/place/on/this/machine",
+    ]
+    assert copied[6] == f"sibling: {REPO_ROOT}-worktree/x"  # a longer name is not the repository (nor exists)
