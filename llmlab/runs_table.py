@@ -31,6 +31,7 @@ T95 = {
     30: 2.042,
 }  # two-sided 95% Student t quantiles by degrees of freedom
 METRIC_ORDER = ("strict", "loose", "loglik", "label_logit")
+PROPORTIONS = {"strict", "loose", "accuracy"}  # shares of items: one seed without item rows gets a binomial interval
 SKIP = {"seed", "metrics", "timing", "runner", "time", "_dir", "truncated"}  # truncated: a count per run, not a setting
 
 
@@ -106,7 +107,7 @@ def aggregate(runs: list[dict]) -> tuple[list[str], list[dict]]:
                 sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
                 row[m] = (mean, t95(len(vals) - 1) * sd / math.sqrt(len(vals)), len(vals), "seeds")
             else:
-                n = seeds[0].get("n", 0)
+                n = seeds[0].get("n", 0) if m in PROPORTIONS else 0  # a timing in [0, 1] is not a proportion
                 half = 1.96 * math.sqrt(mean * (1 - mean) / n) if n and 0 <= mean <= 1 else float("nan")
                 row[m] = (mean, half, 1, "items")
         row["n"] = seeds[0].get("n")
@@ -118,7 +119,8 @@ def method_note(runs: list[dict]) -> str:
     """How the table's intervals were computed."""
     return (
         f"Values: mean over seeds [{bootstrap.METHOD}; 2000 resamples]; where a run kept no per-item verdicts, "
-        "± the 95% Student t half-width over seeds, or with one seed the normal approximation over items."
+        "± the 95% Student t half-width over seeds, or with one seed the normal approximation over items (shares of "
+        "items only; other metrics of one seed have no interval)."
     )
 
 

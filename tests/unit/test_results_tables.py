@@ -366,3 +366,14 @@ def test_collect_scrubs_every_path_of_this_machine_and_leaves_other_text(tmp_pat
         "gone: /no/such/place/on/this/machine",
     ]
     assert copied[6] == f"sibling: {REPO_ROOT}-worktree/x"  # a longer name is not the repository (nor exists)
+
+
+def test_one_seed_gets_a_binomial_interval_for_a_share_of_items_only(tmp_path):
+    run = tmp_path / "r"
+    run.mkdir()
+    metrics = {"blocksworld/step_4": {"accuracy": 0.5, "mean_wall_s": 0.5, "n": 100}}
+    (run / "results.json").write_text(json.dumps({"runner": "mcts", "seed": 0, "metrics": metrics}))
+    keys, rows = runs_table.aggregate(runs_table.load_runs(tmp_path)[0])
+    text = runs_table.markdown(keys, rows)
+    assert "0.500 ± 0.098 (items)" in text  # 1.96 * sqrt(0.25 / 100)
+    assert "0.500 (1 seed)" in text  # seconds are not a share of the items
