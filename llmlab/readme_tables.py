@@ -8,6 +8,7 @@ A table in `experiments/<paper>/README.md` sits between two marker comments that
                                                                  arms compared seed by seed (pretraining runs)
     <!-- table: circuit_shift results/circuit_shift_smollm2 -->  circuit-shift runs with their noise floor
     <!-- table: mre results/verbalizer_smollm2 part=verbalizer --> an MRE table (info_flow, verbalizer, ablation)
+    <!-- table: bench results/bench_cpu/wkv.json -->             a benchmark's tables from its kept JSON
     ...generated text...
     <!-- /table -->
 
@@ -192,12 +193,29 @@ def render_mre(base: Path, folder: str, part: str) -> str:
     return "\n".join(table(runs)) + "\n"
 
 
+def render_bench(base: Path, path: str) -> str:
+    """A benchmark's tables from its kept JSON (`results/<...>/<benchmark>.json`), by the benchmark's `markdown`."""
+    import importlib
+
+    from llmlab.bench import BENCHMARKS
+
+    file = base / path
+    name = file.stem
+    if name not in BENCHMARKS or not file.is_file():
+        raise LlmlabError(f"{file}: expected the JSON of one of the benchmarks {', '.join(BENCHMARKS)}")
+    module = importlib.import_module(BENCHMARKS[name])
+    if not hasattr(module, "markdown"):
+        raise LlmlabError(f"benchmark '{name}' has no markdown() to render its JSON")
+    return module.markdown(json.loads(file.read_text(encoding="utf-8")))
+
+
 KINDS: dict[str, Callable[..., str]] = {
     "runs": render_runs,
     "icl_vs_ft": render_icl_vs_ft,
     "paired": render_paired,
     "circuit_shift": render_circuit_shift,
     "mre": render_mre,
+    "bench": render_bench,
 }
 
 

@@ -11,6 +11,8 @@ import importlib
 import os
 import sys
 
+from llmlab.bench import BENCHMARKS
+
 # The benchmarks run offline: set before anything imports huggingface_hub, datasets or wandb.
 for _key, _value in (
     ("HF_HUB_OFFLINE", "1"),
@@ -19,18 +21,6 @@ for _key, _value in (
     ("TOKENIZERS_PARALLELISM", "false"),
 ):
     os.environ.setdefault(_key, _value)
-
-BENCHMARKS = {
-    "icl_scoring": "llmlab.bench.icl_scoring",
-    "finetune_step": "llmlab.bench.finetune_step",
-    "stablemask_cpu": "llmlab.bench.stablemask_cpu",
-    "stablemask_gpu": "llmlab.bench.stablemask_gpu",
-    "wkv": "llmlab.bench.wkv",
-    "spec_decode": "llmlab.bench.spec_decode",
-    "saliency": "llmlab.bench.saliency",
-    "ddp_scaling": "llmlab.bench.ddp_scaling",
-    "train_gpu": "llmlab.bench.train_gpu",
-}
 
 
 def main(argv: list[str] | None = None) -> int:

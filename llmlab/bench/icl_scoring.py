@@ -20,10 +20,8 @@ of the comparison. Results go to `outputs/bench/icl_scoring.json`.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import logging
 import os
-import platform
 import statistics
 import sys
 import time
@@ -36,6 +34,7 @@ from omegaconf import OmegaConf
 from rich.console import Console
 from rich.table import Table
 
+from llmlab.bench.machine import machine
 from llmlab.config import DatasetConfig, ModelConfig
 from llmlab.data.loading import load_eval_data
 from llmlab.data.sources import dataset_option
@@ -380,28 +379,7 @@ def run_benchmark(
 
 
 def hardware_info(threads: int) -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    versions = {}
-    for dist in ("torch", "transformers", "lm_eval"):
-        try:
-            versions[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            versions[dist] = None
-    return {
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "threads": threads,
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        **versions,
-    }
+    return {**machine(), "threads": threads}
 
 
 def _fmt(x: float | None, spec: str = ".2f") -> str:

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
+from llmlab.bench.machine import machine, machine_line
 from llmlab.io import write_json
 from llmlab.models.stablemask import alibi_slopes, stablemask_reference, stablemask_sdpa
 from llmlab.paths import REPO_ROOT, conf_dir
@@ -91,6 +92,33 @@ def pretrain_step(reps: int) -> dict:
     return out
 
 
+def markdown(result: dict) -> str:
+    """The benchmark's tables and verdict from its JSON (printed by `main`, and a README table kind)."""
+    rows, step = result["attention"], result["pretrain_step"]
+    lines = [
+        f"StableMask attention, CPU fp32, fwd+bwd, B=2 H=8 D=64, {result['threads']} thread(s), median s",
+        "",
+        "| seq | causal SDPA | StableMask SDPA sink path | dense formula | sink / SDPA | dense / SDPA |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['seq']} | {r['sdpa_causal']:.4f} s | {r['sdpa_sink']:.4f} s | {r['dense_ref']:.4f} s | "
+            f"{r['sink_vs_sdpa']:.2f}× | {r['dense_vs_sdpa']:.2f}× |"
+        )
+    worst = max(r["sink_vs_sdpa"] for r in rows)
+    verdict = "met" if worst <= result["target"] else "missed"
+    lines += [
+        "",
+        f"Sink path vs plain causal SDPA: worst {worst:.2f}× (target ≤ {result['target']}×: {verdict}). Pretraining "
+        f"step, lm-71m shape ({step['softmax']['params'] / 1e6:.1f}M parameters with an 8k vocabulary), batch 4 × "
+        f"128: softmax {step['softmax']['tokens_per_s']:.0f} tokens/s, StableMask "
+        f"{step['stablemask']['tokens_per_s']:.0f} tokens/s ({step['stablemask_vs_softmax_tokens_per_s']:.2f}×). "
+        + machine_line(result),
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m llmlab.bench.stablemask_cpu", description=__doc__.splitlines()[0])
     parser.add_argument("--seqs", default="256,512,1024")
@@ -100,27 +128,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = attention([int(s) for s in args.seqs.split(",")], args.reps)
-    print(f"StableMask attention, CPU fp32, fwd+bwd, B=2 H=8 D=64, {torch.get_num_threads()} thread(s), median s")
-    print("| seq | sdpa causal | sdpa sink (StableMask) | dense reference | sink / sdpa | dense / sdpa |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        print(
-            f"| {r['seq']} | {r['sdpa_causal']:.4f} | {r['sdpa_sink']:.4f} | {r['dense_ref']:.4f} | "
-            f"{r['sink_vs_sdpa']:.2f}x | {r['dense_vs_sdpa']:.2f}x |"
-        )
-    worst = max(r["sink_vs_sdpa"] for r in rows)
-    verdict = "met" if worst <= TARGET else "missed"
-    print(f"sink path vs plain causal SDPA: worst {worst:.2f}x (target <= {TARGET}x: {verdict})")
     step = pretrain_step(max(2, args.reps // 2))
-    print(
-        f"pretraining step, lm-71m shape ({step['softmax']['params'] / 1e6:.1f}M params with an 8k vocabulary), "
-        f"batch 4 x 128: softmax {step['softmax']['tokens_per_s']:.0f} tok/s, StableMask "
-        f"{step['stablemask']['tokens_per_s']:.0f} tok/s ({step['stablemask_vs_softmax_tokens_per_s']:.2f}x)"
-    )
-    write_json(
-        REPO_ROOT / "outputs" / "bench" / "stablemask_cpu.json",
-        {"threads": torch.get_num_threads(), "attention": rows, "pretrain_step": step, "target": TARGET},
-    )
+    result = {
+        "machine": machine(),
+        "threads": torch.get_num_threads(),
+        "attention": rows,
+        "pretrain_step": step,
+        "target": TARGET,
+    }
+    print(markdown(result))
+    write_json(REPO_ROOT / "outputs" / "bench" / "stablemask_cpu.json", result)
     return 0
 
 

@@ -24,6 +24,7 @@ import time
 
 import torch
 
+from llmlab.bench.machine import machine, machine_line
 from llmlab.io import write_json
 from llmlab.paths import REPO_ROOT
 
@@ -208,6 +209,56 @@ def ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x]
 
 
+def markdown(result: dict) -> str:
+    """The benchmark's tables from its JSON (printed by `main`, and a README table kind)."""
+    dec, s = result["decode"], result["decode"]["shape"]
+    lines = [
+        f"Greedy decoding, CPU fp32, batch 1, L{s['n_layer']} D{s['d_model']}, {result['threads']} thread(s): "
+        "seconds per token after a context of",
+        "",
+        "| context | RWKV (RNN) | vs first | transformer + KV cache | vs first | RWKV state | KV cache |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in dec["rows"]:
+        lines.append(
+            f"| {r['context']:,} | {r['rwkv_s_per_token']:.4f} s | {r['rwkv_vs_first']:.2f}× | "
+            f"{r['gpt_s_per_token']:.4f} s | {r['gpt_vs_first']:.2f}× | "
+            f"{r['rwkv_state_bytes'] / 1024:,.0f} KiB | {r['gpt_kv_bytes'] / 1024:,.0f} KiB |"
+        )
+    lines += [
+        "",
+        f"WKV forward + backward, CPU fp32, batch 1, {result['threads']} thread(s), median:",
+        "",
+        "| T | C | chunked (c = 8) | sequential | sequential / chunked |",
+        "|---|---|---|---|---|",
+    ]
+    for r in result["cpu_wkv"]:
+        lines.append(
+            f"| {r['T']:,} | {r['C']:,} | {r['chunked_s']:.3f} s | {r['sequential_s']:.3f} s | "
+            f"{r['sequential_over_chunked']:.1f}× |"
+        )
+    gpu = result.get("gpu_wkv")
+    if gpu:
+        lines += [
+            "",
+            f"WKV forward + backward, CUDA fp32, batch 4: Triton kernel (block {gpu['default_block']}) vs chunked; "
+            f"copy bandwidth {gpu['copy_GBps']:,.0f} GB/s",
+            "",
+            "| T | C | Triton | chunked | chunked / Triton | Triton GB/s | of copy | Triton by block |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in gpu["rows"]:
+            chunked = f"{r['chunked_s'] * 1e3:.2f} ms" if r["chunked_s"] else "OOM"
+            ratio = f"{r['chunked_over_triton']:.1f}×" if r.get("chunked_over_triton") else "–"
+            by_block = ", ".join(f"{k}: {v * 1e3:.2f} ms" for k, v in r["triton_s_by_block"].items())
+            lines.append(
+                f"| {r['T']:,} | {r['C']:,} | {r['triton_s'] * 1e3:.2f} ms | {chunked} | {ratio} | "
+                f"{r['triton_GBps']:.0f} | {r['of_copy_bandwidth']:.1%} | {by_block} |"
+            )
+    lines += ["", machine_line(result)]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m llmlab.bench.wkv", description=__doc__.splitlines()[0])
     parser.add_argument("--seqs", default="256,1024")
@@ -223,48 +274,12 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
 
     cpu = cpu_wkv(ints(args.seqs), ints(args.channels), args.reps)
-    print(f"WKV fwd+bwd, CPU fp32, batch 1, {torch.get_num_threads()} thread(s), median s")
-    print("| T | C | chunked (c=8) | sequential | sequential / chunked |")
-    print("|---|---|---|---|---|")
-    for r in cpu:
-        print(
-            f"| {r['T']} | {r['C']} | {r['chunked_s']:.4f} | {r['sequential_s']:.4f} | "
-            f"{r['sequential_over_chunked']:.2f}x |"
-        )
-
     dec = decode(ints(args.contexts), max(3, args.reps))
-    s = dec["shape"]
-    print(f"greedy decoding, CPU fp32, batch 1, L{s['n_layer']} D{s['d_model']}: seconds per token at a context of")
-    print("| context | RWKV (RNN) | vs first | transformer + KV cache | vs first | RWKV state | KV cache |")
-    print("|---|---|---|---|---|---|---|")
-    for r in dec["rows"]:
-        print(
-            f"| {r['context']} | {r['rwkv_s_per_token'] * 1e3:.2f} ms | {r['rwkv_vs_first']:.2f}x | "
-            f"{r['gpt_s_per_token'] * 1e3:.2f} ms | {r['gpt_vs_first']:.2f}x | "
-            f"{r['rwkv_state_bytes'] / 1024:.0f} KiB | {r['gpt_kv_bytes'] / 1024:.0f} KiB |"
-        )
-
     gpu = gpu_wkv(ints(args.gpu_seqs), ints(args.gpu_channels), args.reps, ints(args.gpu_blocks))
-    if gpu:
-        print(
-            f"WKV fwd+bwd, CUDA fp32, batch 4: Triton kernel (block {gpu['default_block']}) vs chunked; "
-            f"copy bandwidth {gpu['copy_GBps']:.0f} GB/s"
-        )
-        print("| T | C | triton | chunked | chunked / triton | triton GB/s | of copy | triton by block |")
-        print("|---|---|---|---|---|---|---|---|")
-        for r in gpu["rows"]:
-            chunked = f"{r['chunked_s'] * 1e3:.2f} ms" if r["chunked_s"] else "OOM"
-            ratio = f"{r['chunked_over_triton']:.1f}x" if r.get("chunked_over_triton") else "-"
-            by_block = ", ".join(f"{k}: {v * 1e3:.2f} ms" for k, v in r["triton_s_by_block"].items())
-            print(
-                f"| {r['T']} | {r['C']} | {r['triton_s'] * 1e3:.2f} ms | {chunked} | {ratio} | "
-                f"{r['triton_GBps']:.0f} | {r['of_copy_bandwidth']:.1%} | {by_block} |"
-            )
+    result = {"machine": machine(), "threads": torch.get_num_threads(), "cpu_wkv": cpu, "decode": dec, "gpu_wkv": gpu}
+    print(markdown(result))
     plot_decode(dec, REPO_ROOT / "outputs" / "bench" / "wkv_decode.png")
-    write_json(
-        REPO_ROOT / "outputs" / "bench" / "wkv.json",
-        {"threads": torch.get_num_threads(), "cpu_wkv": cpu, "decode": dec, "gpu_wkv": gpu},
-    )
+    write_json(REPO_ROOT / "outputs" / "bench" / "wkv.json", result)
     return 0
 
 

@@ -377,3 +377,18 @@ def test_one_seed_gets_a_binomial_interval_for_a_share_of_items_only(tmp_path):
     text = runs_table.markdown(keys, rows)
     assert "0.500 ± 0.098 (items)" in text  # 1.96 * sqrt(0.25 / 100)
     assert "0.500 (1 seed)" in text  # seconds are not a share of the items
+
+
+def test_a_bench_table_is_rendered_from_its_kept_json_by_the_benchmark(tmp_path):
+    row = {"context": 4096, "rwkv_s_per_token": 0.035, "rwkv_vs_first": 0.95, "gpt_s_per_token": 0.112}
+    row |= {"gpt_vs_first": 2.35, "rwkv_state_bytes": 20480, "gpt_kv_bytes": 33554432}
+    cpu = {"T": 1024, "C": 256, "chunked_s": 0.55, "sequential_s": 3.534, "sequential_over_chunked": 6.43}
+    result = {"threads": 1, "decode": {"shape": {"n_layer": 4, "d_model": 256}, "rows": [row]}, "cpu_wkv": [cpu]}
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "wkv.json").write_text(json.dumps(result))
+    text = readme_tables.render("bench results/wkv.json", tmp_path)
+    assert "| 4,096 | 0.0350 s | 0.95× | 0.1120 s | 2.35× | 20 KiB | 32,768 KiB |" in text
+    assert "| 1,024 | 256 | 0.550 s | 3.534 s | 6.4× |" in text
+    (tmp_path / "results" / "nope.json").write_text("{}")
+    with pytest.raises(LlmlabError, match="one of the benchmarks"):
+        readme_tables.render("bench results/nope.json", tmp_path)
