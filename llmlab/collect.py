@@ -61,8 +61,12 @@ def first_root(step: Path, rel: Path) -> tuple[str, ...]:
 
 
 def collect(run: str | Path, dest: str | Path) -> list[Path]:
-    """Copy the compact results of every finished run under `run` into `dest` (same relative layout)."""
+    """Copy the compact results of every finished run under `run` into `dest` (same relative layout); `run` may also
+    be one benchmark's JSON."""
     run, dest = Path(run), Path(dest)
+    if run.is_file() and run.suffix == ".json":  # a benchmark's results (`outputs/bench/<name>.json`)
+        atomic_write(dest / run.name, scrub(run.read_text(encoding="utf-8"), run.parent))
+        return [dest / run.name]
     if not run.is_dir():
         raise LlmlabError(f"{run}: no such run directory")
     written = []

@@ -194,19 +194,21 @@ def render_mre(base: Path, folder: str, part: str) -> str:
 
 
 def render_bench(base: Path, path: str) -> str:
-    """A benchmark's tables from its kept JSON (`results/<...>/<benchmark>.json`), by the benchmark's `markdown`."""
+    """A benchmark's tables from its kept JSON (its `benchmark` field, else the file name, names the benchmark), by
+    the benchmark's `markdown`."""
     import importlib
 
     from llmlab.bench import BENCHMARKS
 
     file = base / path
-    name = file.stem
-    if name not in BENCHMARKS or not file.is_file():
+    result = json.loads(file.read_text(encoding="utf-8")) if file.is_file() else {}
+    name = result.get("benchmark", file.stem) if isinstance(result, dict) else None
+    if name not in BENCHMARKS:
         raise LlmlabError(f"{file}: expected the JSON of one of the benchmarks {', '.join(BENCHMARKS)}")
     module = importlib.import_module(BENCHMARKS[name])
     if not hasattr(module, "markdown"):
         raise LlmlabError(f"benchmark '{name}' has no markdown() to render its JSON")
-    return module.markdown(json.loads(file.read_text(encoding="utf-8")))
+    return module.markdown(result)
 
 
 KINDS: dict[str, Callable[..., str]] = {

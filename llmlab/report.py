@@ -9,7 +9,7 @@ items, and says so. Writes `report.md` and `report.png` into DIR.
     llmlab report DIR                         # table + plot of the runs under DIR
     llmlab report --readme experiments/icl_vs_ft   # regenerate the README's marked tables from results/
     llmlab report --check experiments         # exit 1, naming the table, if a committed table is stale
-    llmlab report --collect RUN DEST          # copy a run's compact raw results (no weights) into DEST
+    llmlab report --collect RUN DEST          # copy a run's compact raw results (no weights) or a bench JSON
 """
 
 from __future__ import annotations

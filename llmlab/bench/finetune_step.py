@@ -19,9 +19,7 @@ import subprocess
 import sys
 import time
 
-from rich.console import Console
-from rich.table import Table
-
+from llmlab.bench.machine import machine, machine_line
 from llmlab.io import write_json
 from llmlab.paths import REPO_ROOT
 
@@ -156,31 +154,41 @@ def main(argv: list[str] | None = None) -> None:
             if out.returncode != 0:
                 raise SystemExit(f"{side}/{mode} failed:\n{out.stderr[-3000:]}")
             results[f"{mode}/{side}"] = json.loads(out.stdout.strip().splitlines()[-1])
-    title = f"fine-tuning step, SmolLM2-135M fp32, batch {args.batch} x {args.seq}, {args.threads} thread(s)"
-    table = Table(title=title)
-    for col in ("mode", "llmlab tok/s", "Trainer tok/s", "ratio (≥ 1.0×)", "llmlab peak RSS MB", "Trainer peak RSS MB"):
-        table.add_column(col)
     summary = {}
     for mode in args.modes.split(","):
         a, b = results[f"{mode}/llmlab"], results[f"{mode}/trainer"]
         ratio = a["tokens_per_s"] / b["tokens_per_s"]
-        summary[mode] = {
-            "ratio": ratio,
-            "speed_pass": ratio >= 1.0,
-            "memory_pass": a["peak_rss_mb"] <= b["peak_rss_mb"],
-        }
-        table.add_row(
-            mode,
-            f"{a['tokens_per_s']:.1f}",
-            f"{b['tokens_per_s']:.1f}",
-            f"{ratio:.2f}×",
-            f"{a['peak_rss_mb']:.0f}",
-            f"{b['peak_rss_mb']:.0f}",
+        memory_pass = a["peak_rss_mb"] <= b["peak_rss_mb"]
+        summary[mode] = {"ratio": ratio, "speed_pass": ratio >= 1.0, "memory_pass": memory_pass}
+    result = {
+        "benchmark": "finetune_step",
+        "machine": machine(),
+        "settings": {k: v for k, v in vars(args).items() if k != "child"},
+        "runs": results,
+        "summary": summary,
+    }
+    print(markdown(result))
+    write_json(REPO_ROOT / "outputs" / "bench" / "finetune_step.json", result)
+
+
+def markdown(result: dict) -> str:
+    """The benchmark's table from its JSON (printed by `main`, and a README table kind)."""
+    st = result["settings"]
+    lines = [
+        f"Fine-tuning step, SmolLM2-135M fp32, batch {st['batch']} × {st['seq']}, {st['threads']} thread(s), "
+        f"{st['steps']} timed steps after {st['warmup']}, each side in its own process",
+        "",
+        "| mode | llmlab tokens/s | Trainer tokens/s | ratio (target ≥ 1.0×) | llmlab peak RSS | Trainer peak RSS |",
+        "|---|---|---|---|---|---|",
+    ]
+    for mode, summary in result["summary"].items():
+        a, b = result["runs"][f"{mode}/llmlab"], result["runs"][f"{mode}/trainer"]
+        lines.append(
+            f"| {mode} | {a['tokens_per_s']:.1f} | {b['tokens_per_s']:.1f} | {summary['ratio']:.2f}× | "
+            f"{a['peak_rss_mb']:,.0f} MB | {b['peak_rss_mb']:,.0f} MB |"
         )
-    Console().print(table)
-    path = REPO_ROOT / "outputs" / "bench" / "finetune_step.json"
-    write_json(path, {"benchmark": "finetune_step", "settings": vars(args), "runs": results, "summary": summary})
-    print(f"results: {path}")
+    lines += ["", machine_line(result)]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ import argparse
 import logging
 import os
 import statistics
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,7 +31,6 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 from rich.console import Console
-from rich.table import Table
 
 from llmlab.bench.machine import machine
 from llmlab.config import DatasetConfig, ModelConfig
@@ -57,7 +55,6 @@ MODE_LABELS = {
     "bf16": "per-query demos, llmlab bf16",
 }  # bf16: against lm-eval in fp32
 
-console = Console(width=None if sys.stdout.isatty() else 160)
 log = Console(stderr=True)
 
 # (log-likelihoods per query, seconds, forward tokens) for a list of queries
@@ -386,30 +383,19 @@ def _fmt(x: float | None, spec: str = ".2f") -> str:
     return "—" if x is None else format(x, spec)
 
 
-def render(results: dict) -> None:
+def markdown(results: dict) -> str:
+    """The benchmark's table and notes from its JSON (printed by `main`, and a README table kind)."""
     hw, st = results["hardware"], results["settings"]
-    console.print(
-        f"[bold]ICL scoring benchmark[/bold] — {st['model']}, {st['shots']}-shot, "
-        f"{st['queries']} queries ({', '.join(f'{n} {t}' for t, n in st['per_task'].items())}), "
-        f"batch size {st['batch_size']}, warm-up {st['warmup']} queries, repeats {st['repeats']}"
-    )
-    console.print(
-        f"hardware: {hw['cpu']} ({hw['cpu_count']} CPUs), torch threads {hw['torch_threads']}, "
-        f"torch {hw['torch']}, transformers {hw['transformers']}, lm-eval {hw['lm_eval']}"
-    )
-    table = Table(title="llmlab Scorer vs lm-eval HFLM (log-likelihood requests = (context, candidate) pairs)")
-    for col in (
-        "mode",
-        "queries",
-        "llmlab req/s",
-        "lm-eval req/s",
-        "ratio",
-        "target",
-        "pass/fail",
-        "max |Δ loglik|",
-        "argmax agree",
-    ):
-        table.add_column(col, justify="left" if col in ("mode", "pass/fail") else "right")
+    lines = [
+        f"ICL scoring: {st['model']}, {st['shots']}-shot, {st['queries']} queries "
+        f"({', '.join(f'{n} {t}' for t, n in st['per_task'].items())}), batch size {st['batch_size']}, warm-up "
+        f"{st['warmup']} queries, repeats {st['repeats']}; llmlab `Scorer` vs lm-eval `HFLM` on the same "
+        "log-likelihood requests (context, candidate)",
+        "",
+        "| mode | queries | llmlab req/s | lm-eval req/s | ratio | target | verdict | "
+        "max \\|Δ loglik\\| | argmax agree |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for mode, r in results["modes"].items():
         target = r["target_ratio"]
         if mode == "bf16":
@@ -417,65 +403,55 @@ def render(results: dict) -> None:
             ref = "vs llmlab fp32" if "drift_vs_llmlab_fp32" in r else "vs lm-eval fp32"
             delta = f"{_fmt(drift['max_abs_diff'], '.3g')} ({ref})"
             agree = f"{drift['argmax_agree']}/{drift['queries_compared']}"
-            verdict = "report only"
+            verdict = "reported"
         else:
             agg = r["vs_lm_eval"]
             delta = _fmt(agg["max_abs_diff"], ".2e")
             agree = f"{agg['argmax_agree']}/{agg['queries_compared']}"
             fails = [w for w, ok in (("speed", r["speed_pass"]), ("Δ", r["agreement_pass"])) if not ok]
-            verdict = "[green]PASS[/green]" if not fails else f"[red]FAIL ({', '.join(fails)})[/red]"
-        table.add_row(
-            r["label"],
-            str(r["llmlab"]["queries"]),
-            _fmt(r["llmlab"]["req_per_s"]),
-            _fmt(r["lm_eval"]["req_per_s"]),
-            f"{r['ratio_req_per_s']:.2f}×",
-            "—" if target is None else f"≥ {target}×",
-            verdict,
-            delta,
-            agree,
+            verdict = "pass" if not fails else f"fail ({', '.join(fails)})"
+        lines.append(
+            f"| {r['label']} | {r['llmlab']['queries']} | {_fmt(r['llmlab']['req_per_s'])} | "
+            f"{_fmt(r['lm_eval']['req_per_s'])} | {r['ratio_req_per_s']:.2f}× | "
+            f"{'–' if target is None else f'≥ {target}×'} | {verdict} | {delta} | {agree} |"
         )
-    console.print(table)
+    lines.append("")
     for mode, r in results["modes"].items():
         lab, ev = r["llmlab"], r["lm_eval"]
-        console.print(
-            f"  {mode}: tokens/s (prompt+candidate tokens) llmlab {lab['tokens_per_s']:.0f}, "
-            f"lm-eval {ev['tokens_per_s']:.0f} ({r['ratio_tokens_per_s']:.2f}×); forward tokens/s "
-            f"llmlab {lab['forward_tokens_per_s']:.0f} ({lab['forward_tokens']} tokens), "
-            f"lm-eval {ev['forward_tokens_per_s']:.0f} ({ev['forward_tokens']} tokens); "
-            f"time llmlab {lab['seconds']:.1f} s, lm-eval {ev['seconds']:.1f} s; "
+        lines.append(
+            f"- {mode}: prompt+candidate tokens/s llmlab {lab['tokens_per_s']:.0f}, lm-eval {ev['tokens_per_s']:.0f} "
+            f"({r['ratio_tokens_per_s']:.2f}×); forward tokens/s llmlab {lab['forward_tokens_per_s']:.0f}, lm-eval "
+            f"{ev['forward_tokens_per_s']:.0f}; time llmlab {lab['seconds']:.1f} s, lm-eval {ev['seconds']:.1f} s; "
             f"accuracy llmlab {lab['accuracy']:.3f}, lm-eval {ev['accuracy']:.3f}"
         )
         if "drift_vs_llmlab_fp32" in r:
             d = r["drift_vs_llmlab_fp32"]
-            console.print(
-                f"  bf16 drift vs llmlab fp32: max {d['max_abs_diff']:.4g}, mean {d['mean_abs_diff']:.4g} "
-                f"over {d['requests_compared']} requests; argmax agrees on {d['argmax_agree']}/"
-                f"{d['queries_compared']} queries"
+            lines.append(
+                f"- bf16 drift vs llmlab fp32: max {d['max_abs_diff']:.4g}, mean {d['mean_abs_diff']:.4g} over "
+                f"{d['requests_compared']} requests; argmax agrees on {d['argmax_agree']}/{d['queries_compared']}"
             )
     for mode, t in results["tokenization"].items():
         if t["mismatched"]:
-            console.print(
-                f"  [yellow]tokenization ({mode}): {t['mismatched']}/{t['requests']} requests tokenized "
-                f"differently by llmlab and lm-eval ({t['by_kind']}); left out of the comparison. "
-                f"Example: {t['examples'][0]}[/yellow]"
+            lines.append(
+                f"- tokenization ({mode}): {t['mismatched']}/{t['requests']} requests tokenized differently by "
+                f"llmlab and lm-eval ({t['by_kind']}), left out of the comparison"
             )
         else:
-            console.print(f"  tokenization ({mode}): all {t['requests']} requests tokenized identically")
+            lines.append(f"- tokenization ({mode}): all {t['requests']} requests tokenized identically")
     load = results["load"]
     ok = load["llmlab_fp32_s"] < LOAD_TARGET_S
-    console.print(
-        f"model load from cache (llmlab, fp32): {load['llmlab_fp32_s']:.2f} s (target < {LOAD_TARGET_S:g} s: "
-        f"{'[green]PASS[/green]' if ok else '[red]FAIL[/red]'}); llmlab bf16 "
-        f"{_fmt(load.get('llmlab_bf16_s'))} s; lm-eval HFLM {_fmt(load.get('lm_eval_s'))} s"
+    lines.append(
+        f"- model load from the cache (llmlab, fp32): {load['llmlab_fp32_s']:.2f} s (target < {LOAD_TARGET_S:g} s: "
+        f"{'pass' if ok else 'fail'}); llmlab bf16 {_fmt(load.get('llmlab_bf16_s'))} s; lm-eval HFLM "
+        f"{_fmt(load.get('lm_eval_s'))} s"
     )
-    if "per_query" in results["modes"]:
-        lab = results["modes"]["per_query"]["llmlab"]
-        console.print(
-            f"llmlab tokens/s (per-query demos, fp32): {lab['tokens_per_s']:.0f} prompt+candidate tokens/s, "
-            f"{lab['forward_tokens_per_s']:.0f} forward tokens/s"
-        )
-    console.print(f"results: {results['output']} (wall time {results['wall_s']:.0f} s)")
+    lines += [
+        "",
+        f"Measured on {hw['cpu']} ({hw['cpu_count']} CPUs), {hw['torch_threads']} torch thread(s), torch "
+        f"{hw['torch']}, transformers {hw['transformers']}, lm-eval {hw['lm_eval']}, commit "
+        f"{(hw.get('git_sha') or 'unknown')[:7]}; wall time {results['wall_s']:.0f} s.",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 # ---- entry point ---------------------------------------------------------------------------------------------------
@@ -609,7 +585,7 @@ def main(argv: list[str] | None = None) -> dict:
     results["wall_s"] = time.perf_counter() - wall0
     results["output"] = str(args.out)
     write_json(args.out, results)
-    render(results)
+    print(markdown(results))
     return results
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import random
 import statistics
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from llmlab.bench.machine import machine, machine_line
 from llmlab.blocksworld.data import DEFAULT_ROOT, load_prompts, prompt_file_exists
 from llmlab.blocksworld.domain import apply, generate_problems, legal_actions
 from llmlab.blocksworld.text import action_text, state_text, update_template, world_update_prompt
@@ -120,8 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
         "model": args.model,
         "device": str(hw.device),
         "threads": args.threads,
-        "cpu": platform.processor() or platform.machine(),
-        "torch": torch.__version__,
+        "machine": machine(),
         "draft": args.draft,
         "draft_layer": args.draft_layer if args.draft == "early_exit" else None,
         "n_layers": model.config.num_hidden_layers,
@@ -148,18 +147,38 @@ def main(argv: list[str] | None = None) -> dict:
             spec_vs_hf=result["spec_tokens_per_s"] / hf_tps,
         )
     write_json(args.out, result)
-    print(
-        f"{NAME}: {len(rows)} nodes, identical={result['all_identical']}, speed-up {result['speedup_total']:.2f}x "
-        f"(median node {result['speedup_median_node']:.2f}x), nodes/s {result['plain_nodes_per_s']:.3f} -> "
-        f"{result['spec_nodes_per_s']:.3f}, acceptance {result['acceptance_mean']}"
-        + (
-            f", tokens/s vs HF generate: plain {result['plain_vs_hf']:.2f}x, spec {result['spec_vs_hf']:.2f}x"
-            if not args.no_hf
-            else ""
-        )
-        + f" -> {args.out}"
-    )
+    print(markdown(result))
     return result
+
+
+def markdown(result: dict) -> str:
+    """The benchmark's row from its JSON (printed by `main`, and a README table kind)."""
+    draft = (
+        "lookup (prompt + earlier outputs)"
+        if result["draft"] == "lookup"
+        else f"early exit after layer {result['draft_layer']}"
+    )
+    cache = "prefix KV cache on both sides" if result["prefix_cache"] else "every prompt prefilled in full"
+    hf = (
+        f"{result['plain_vs_hf']:.2f}× / {result['spec_vs_hf']:.2f}× ({result['hf_tokens_per_s']:.2f} tokens/s)"
+        if "hf_tokens_per_s" in result
+        else "–"
+    )
+    acceptance = "–" if result["acceptance_mean"] is None else f"{result['acceptance_mean']:.2f}"
+    identical = sum(r["identical"] for r in result["rows"])
+    lines = [
+        "| setting | outputs identical | speed-up (total time) | median node | nodes/s plain → spec | "
+        "tokens/s plain → spec | acceptance | tokens/s vs HF generate: plain / spec |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| {draft}, n ≤ {result['n_draft']}, {cache} | {identical}/{result['nodes']} | "
+        f"{result['speedup_total']:.2f}× | {result['speedup_median_node']:.2f}× | "
+        f"{result['plain_nodes_per_s']:.3f} → {result['spec_nodes_per_s']:.3f} | "
+        f"{result['plain_tokens_per_s']:.2f} → {result['spec_tokens_per_s']:.2f} | {acceptance} | {hf} |",
+        "",
+        f"{result['model']}, {result['threads']} thread(s), {result['device']}; target ≥ {result['target']}× "
+        f"({'met' if result['meets_target'] else 'missed'}). " + machine_line(result),
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def hf_generate(model, tok, ids: list[int], max_new_tokens: int):

@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = attention([int(s) for s in args.seqs.split(",")], args.reps)
     step = pretrain_step(max(2, args.reps // 2))
     result = {
+        "benchmark": "stablemask_cpu",
         "machine": machine(),
         "threads": torch.get_num_threads(),
         "attention": rows,

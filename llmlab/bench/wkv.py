@@ -276,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     cpu = cpu_wkv(ints(args.seqs), ints(args.channels), args.reps)
     dec = decode(ints(args.contexts), max(3, args.reps))
     gpu = gpu_wkv(ints(args.gpu_seqs), ints(args.gpu_channels), args.reps, ints(args.gpu_blocks))
-    result = {"machine": machine(), "threads": torch.get_num_threads(), "cpu_wkv": cpu, "decode": dec, "gpu_wkv": gpu}
+    result = {"benchmark": "wkv", "machine": machine(), "threads": torch.get_num_threads()}
+    result |= {"cpu_wkv": cpu, "decode": dec, "gpu_wkv": gpu}
     print(markdown(result))
     plot_decode(dec, REPO_ROOT / "outputs" / "bench" / "wkv_decode.png")
     write_json(REPO_ROOT / "outputs" / "bench" / "wkv.json", result)

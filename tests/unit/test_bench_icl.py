@@ -49,3 +49,16 @@ def test_icl_scoring_bench_agrees_with_lm_eval(tmp_path):
         assert r["ratio_req_per_s"] == pytest.approx(r["llmlab"]["req_per_s"] / r["lm_eval"]["req_per_s"])
     drift = res["modes"]["bf16"]["drift_vs_llmlab_fp32"]
     assert drift["requests_compared"] == 12 and 0 <= drift["mean_abs_diff"] <= drift["max_abs_diff"] < 1.0
+    # what the README table shows is rendered from the same JSON
+    settings = {"model": "tiny", "shots": 2, "queries": 6, "per_task": {"expression": 3, "relation": 3}}
+    results = {
+        **res,
+        "hardware": bench.hardware_info(1),
+        "settings": {**settings, "batch_size": 4, "warmup": 1, "repeats": 1},
+        "load": {"llmlab_fp32_s": 0.5},
+        "wall_s": 3.0,
+    }
+    text = bench.markdown(results)
+    per_query = next(line for line in text.splitlines() if line.startswith(f"| {bench.MODE_LABELS['per_query']} |"))
+    assert f"| {res['modes']['per_query']['ratio_req_per_s']:.2f}× |" in per_query and "| 6/6 |" in per_query
+    assert "all 12 requests tokenized identically" in text and "(target < 3 s: pass)" in text

@@ -392,3 +392,38 @@ def test_a_bench_table_is_rendered_from_its_kept_json_by_the_benchmark(tmp_path)
     (tmp_path / "results" / "nope.json").write_text("{}")
     with pytest.raises(LlmlabError, match="one of the benchmarks"):
         readme_tables.render("bench results/nope.json", tmp_path)
+
+
+def test_collect_copies_a_benchmark_json_without_machine_paths(tmp_path):
+    bench = tmp_path / "outputs" / "bench" / "wkv.json"
+    bench.parent.mkdir(parents=True)
+    bench.write_text(json.dumps({"output": str(bench), "threads": 1}))
+    (written,) = collect.collect(bench, tmp_path / "dest")
+    assert json.loads(written.read_text()) == {"output": "<run>/wkv.json", "threads": 1}
+
+
+def test_finetune_step_and_spec_decode_tables_come_from_their_json(tmp_path):
+    (tmp_path / "results").mkdir()
+    side = {"tokens_per_s": 59.4, "peak_rss_mb": 4470.0}
+    ft = {
+        "benchmark": "finetune_step",
+        "settings": {"batch": 8, "seq": 128, "threads": 1, "steps": 3, "warmup": 1},
+        "runs": {"full/llmlab": side, "full/trainer": {"tokens_per_s": 52.3, "peak_rss_mb": 4465.0}},
+        "summary": {"full": {"ratio": 59.4 / 52.3}},
+    }
+    (tmp_path / "results" / "ft.json").write_text(json.dumps(ft))
+    text = readme_tables.render("bench results/ft.json", tmp_path)
+    assert "| full | 59.4 | 52.3 | 1.14× | 4,470 MB | 4,465 MB |" in text
+    spec = {"benchmark": "spec_decode", "draft": "lookup", "prefix_cache": False, "n_draft": 8, "nodes": 2}
+    spec |= {"rows": [{"identical": True}, {"identical": False}], "speedup_total": 1.29, "speedup_median_node": 1.31}
+    spec |= {
+        "plain_nodes_per_s": 0.046,
+        "spec_nodes_per_s": 0.059,
+        "plain_tokens_per_s": 2.0,
+        "spec_tokens_per_s": 2.58,
+    }
+    spec |= {"acceptance_mean": 0.4, "model": "m", "threads": 1, "device": "cpu", "target": 1.3, "meets_target": False}
+    (tmp_path / "results" / "spec_decode_no_cache.json").write_text(json.dumps(spec))
+    text = readme_tables.render("bench results/spec_decode_no_cache.json", tmp_path)
+    assert "every prompt prefilled in full | 1/2 | 1.29× | 1.31× | 0.046 → 0.059 | 2.00 → 2.58 | 0.40 | – |" in text
+    assert "target ≥ 1.3× (missed)" in text
