@@ -170,7 +170,7 @@ def ablation_items(run: dict, cond: str, level: str, labels: list[str]) -> np.nd
 
 
 def ablation_table(runs: list[dict]) -> list[str]:
-    lines = ["| model | dataset | condition | seeds | n | F1 | Δ vs reference |", "|" + "---|" * 7]
+    lines = ["| model | dataset | condition | seeds | n | F1 per seed | F1 | Δ vs reference |", "|" + "---|" * 8]
     for (model, ds), rs in grouped(runs).items():
         labels = ablation_labels(rs[0])
         for cond, (level, ref) in ABLATION.items():
@@ -187,12 +187,14 @@ def ablation_table(runs: list[dict]) -> list[str]:
                 else:
                     arm, versus = bootstrap.estimate(per[cond], N_BOOT, statistic=stat), "–"
                 name = f"joint ({lvl.upper()})" if cond == "joint" else cond
+                each = " / ".join(f"{stat(x[None])[0]:.3f}" for x in per[cond])
                 lines.append(
-                    f"| {model} | {ds} | {name} | {len(seeds)} | {seeds[0]['n_test']} | {ci(arm)} | {versus} |"
+                    f"| {model} | {ds} | {name} | {len(seeds)} | {seeds[0]['n_test']} | {each} | {ci(arm)} | {versus} |"
                 )
     lines += [
         "",
-        "F1: TL macro-F1 (tl_* and joint's TL) or WL micro-F1 (wl_* and joint's WL) over each seed's test items, "
+        "F1: TL macro-F1 (tl_* and joint's TL) or WL micro-F1 (wl_* and joint's WL) over each seed's test items (per "
+        "seed in seed order), "
         f"mean over the seeds that ran both the condition and its reference [{bootstrap.METHOD}, the F1 recomputed "
         f"on each draw; {N_BOOT} resamples]; Δ paired against the single-level model of the same level (same seeds "
         "and test items).",

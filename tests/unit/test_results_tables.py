@@ -333,10 +333,10 @@ def test_the_ablation_table_pairs_each_condition_with_its_single_level_model(tmp
     rows = {
         ln.split("|")[3].strip(): [c.strip() for c in ln.split("|")[1:-1]] for ln in text.splitlines() if "mre/" in ln
     }
-    assert rows["tl_plus_wli"][5].startswith("1.000 [1.000, 1.000]")
-    assert rows["tl_plus_wli"][6].startswith("+0.500 [") and rows["tl_plus_wli"][6].endswith("vs tl_only")
-    assert rows["tl_only"][5].startswith("0.500 [") and rows["tl_only"][6] == "–"
-    assert rows["wl_only"][5].startswith(f"{2 * 4 / (2 * 4 + 4):.3f} [")  # micro-F1: tp 4, fn 4
+    assert rows["tl_plus_wli"][5] == "1.000" and rows["tl_plus_wli"][6].startswith("1.000 [1.000, 1.000]")
+    assert rows["tl_plus_wli"][7].startswith("+0.500 [") and rows["tl_plus_wli"][7].endswith("vs tl_only")
+    assert rows["tl_only"][6].startswith("0.500 [") and rows["tl_only"][7] == "–"
+    assert rows["wl_only"][6].startswith(f"{2 * 4 / (2 * 4 + 4):.3f} [")  # micro-F1: tp 4, fn 4
 
 
 def test_collect_scrubs_every_path_of_this_machine_and_leaves_other_text(tmp_path):
