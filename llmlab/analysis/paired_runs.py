@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from llmlab.errors import LlmlabError
-from llmlab.io import read_jsonl
+from llmlab.io import read_rows
 
 
 def mcnemar_exact(only_a: int, only_b: int) -> float:
@@ -29,10 +29,10 @@ def mcnemar_exact(only_a: int, only_b: int) -> float:
 
 
 def outcomes(run: Path) -> dict[str, bool]:
-    path = run / "predictions.jsonl"
-    if not path.is_file():
+    rows = read_rows(run, "predictions.jsonl")  # or its gzipped copy in collected results
+    if not rows:
         raise LlmlabError(f"{run}: no predictions.jsonl (not a finished CoT/MCTS run)")
-    return {str(r["id"]): bool(r["correct"]) for r in read_jsonl(path) if "id" in r and "correct" in r}
+    return {str(r["id"]): bool(r["correct"]) for r in rows if "id" in r and "correct" in r}
 
 
 def compare(run_a: Path, run_b: Path) -> dict:

@@ -480,3 +480,10 @@ def test_paired_runs_mcnemar(tmp_path):
     lo, hi = r["diff_ci95"]  # per-problem B - A = [-1, 0, 0, -1]: resampled means lie in [-1, 0]
     assert -1.0 <= lo < -0.5 < hi <= 0.0
     assert main([str(tmp_path / "a"), str(tmp_path / "missing")]) == 2
+    import gzip  # collected results keep the rows gzipped
+
+    for name in ("a", "b"):
+        rows = tmp_path / name / "predictions.jsonl"
+        (tmp_path / name / "predictions.jsonl.gz").write_bytes(gzip.compress(rows.read_bytes()))
+        rows.unlink()
+    assert compare(tmp_path / "a", tmp_path / "b")["only_a"] == 2
