@@ -56,12 +56,9 @@ def paired(per_cond: dict[str, list[np.ndarray]], arm: str, ref: str, statistic=
     """Estimates of `arm`, `ref` and `arm − ref` from one set of two-level draws (same seeds and items)."""
     kw = {"statistic": statistic} if statistic else {}
     draws = bootstrap.resample({arm: per_cond[arm], ref: per_cond[ref]}, N_BOOT, **kw)
+    a, r = bootstrap.point(per_cond[arm], **kw), bootstrap.point(per_cond[ref], **kw)
     out = []
-    for samples, point in (
-        (draws[arm], bootstrap.point(per_cond[arm], **kw)),
-        (draws[ref], bootstrap.point(per_cond[ref], **kw)),
-        (draws[arm] - draws[ref], bootstrap.point(per_cond[arm], **kw) - bootstrap.point(per_cond[ref], **kw)),
-    ):
+    for samples, point in ((draws[arm], a), (draws[ref], r), (draws[arm] - draws[ref], a - r)):
         lo, hi = bootstrap.interval(samples)
         out.append({"mean": point, "lo": lo, "hi": hi})
     return out[0], out[1], out[2]

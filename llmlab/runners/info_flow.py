@@ -190,7 +190,7 @@ def run(cfg: DictConfig, ctx: RunContext) -> RunResult:
         for i, (flow, ok, lp) in enumerate(zip(flows, correct, gold_lp.tolist())):
             rows.append({"variant": cond, "query": i, "accuracy": ok, "gold_logprob": lp, **query_thirds(flow)})
         results["conditions"][cond] = {
-            "tl_accuracy": float((logp.argmax(-1) == torch.tensor(gold)).float().mean()),
+            "tl_accuracy": float(np.mean(correct)),
             "gold_logprob": float(gold_lp.mean()),
             "mean_tokens": float(np.mean([len(s) for s in seqs])),
             "flows": summarize_flows(flows),
@@ -206,16 +206,11 @@ def run(cfg: DictConfig, ctx: RunContext) -> RunResult:
             for row in rows:
                 if row["variant"] == cond:
                     row["gold_logprob_vs_gold"] = float(diff[row["query"]])
-    results["metrics"] = {  # per condition: the means of the rows' values, for `llmlab report`
-        cond: {
-            k: float(np.mean([r[k] for r in rs]))
-            for k in rs[0]
-            if k not in ("variant", "query") and all(r[k] is not None for r in rs)
-        }
-        | {"n": len(rs)}
-        for cond in m.conditions
-        for rs in [[r for r in rows if r["variant"] == cond]]
-    }
+    results["metrics"] = {}  # per condition: the means of the rows' values, for `llmlab report`
+    for cond in m.conditions:
+        rs = [r for r in rows if r["variant"] == cond]
+        keys = [k for k in rs[0] if k not in ("variant", "query") and all(r[k] is not None for r in rs)]
+        results["metrics"][cond] = {k: float(np.mean([r[k] for r in rs])) for k in keys} | {"n": len(rs)}
     write_jsonl(ctx.run_dir.file("predictions.jsonl"), rows)
     results["timing"] = {"saliency_s": time.perf_counter() - t0}
     results["plot"] = plot_flows(results, ctx.run_dir.file("info_flow.png"))
