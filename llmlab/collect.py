@@ -1,11 +1,12 @@
 """Copy a run's compact raw results into the repository (`llmlab report --collect RUN DEST`).
 
 For every run directory under RUN (one holding `results.json`): `results.json`, `config.yaml`, `meta.json`,
-`comparison.json`, `metrics.jsonl`, and the per-item files (`predictions.jsonl`, `problems.jsonl`) gzipped; never
-weights, checkpoints, W&B files or locks. Paths of the machine that ran it are replaced (`<run>` for RUN, and for
-the run directory a step was first written under when it was copied into RUN; `<repo>`, `<shared>`, `~`, and
-`<elsewhere>/a/b` for any other path that exists there), so the copy can be committed. Existing files in DEST are
-replaced, others are kept, so runs can be collected as their steps finish.
+`comparison.json`, `metrics.jsonl`, the per-item files (`predictions.jsonl`, `problems.jsonl`) gzipped, and the
+per-pair arrays `scores.npz` (circuit shift); never weights, checkpoints, W&B files or locks. Paths of the machine
+that ran it are replaced (`<run>` for RUN, and for the run directory a step was first written under when it was
+copied into RUN; `<repo>`, `<shared>`, `~`, and `<elsewhere>/a/b` for any other path that exists there), so the copy
+can be committed. Existing files in DEST are replaced, others are kept, so runs can be collected as their steps
+finish.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from llmlab.paths import REPO_ROOT
 
 PLAIN = ("results.json", "config.yaml", "meta.json", "comparison.json", "metrics.jsonl")
 ITEMS = ("predictions.jsonl", "problems.jsonl")
+ARRAYS = ("scores.npz",)  # circuit shift's per-pair component scores (float32), for intervals over pairs and seeds
 
 
 ABSOLUTE = re.compile(r"(?<![\w.:/<>~-])/[\w.+@-]+(?:/[\w.+@-]+)+")  # a POSIX path not inside a word or URL
@@ -88,12 +90,13 @@ def collect(run: str | Path, dest: str | Path) -> list[Path]:
                     if (src / name).is_file()
                     else gzip.decompress(gz.read_bytes()).decode("utf-8")
                 )
-                data = scrub(text, run, roots).encode("utf-8")
                 target = out / f"{name}.gz"
-                tmp = target.with_name(f".{target.name}.tmp")
-                tmp.write_bytes(gzip.compress(data, mtime=0))
-                tmp.replace(target)
+                atomic_write(target, gzip.compress(scrub(text, run, roots).encode("utf-8"), mtime=0))
                 written.append(target)
+        for name in ARRAYS:
+            if (src / name).is_file():
+                atomic_write(out / name, (src / name).read_bytes())
+                written.append(out / name)
     if not written:
         raise LlmlabError(f"{run}: no finished runs (no results.json found)")
     return written

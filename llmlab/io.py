@@ -34,16 +34,16 @@ def notice(message: str) -> None:
     print(f"llmlab: {message}", file=sys.stderr, flush=True)
 
 
-def atomic_write(path: str | Path, text: str) -> None:
-    """Write `text` to `path` via a temporary file in the same directory and an atomic rename. A full disk raises
-    `DiskFullError` and leaves `path` as it was."""
+def atomic_write(path: str | Path, text: str | bytes) -> None:
+    """Write `text` (or bytes) to `path` via a temporary file in the same directory and an atomic rename. A full disk
+    raises `DiskFullError` and leaves `path` as it was."""
     path = Path(path)
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "w") as fh:
+        with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())

@@ -131,19 +131,23 @@ def render_paired(base: Path, folder: str, arm: str, ref: str, by: str, metrics:
 
 
 def render_circuit_shift(base: Path, folder: str) -> str:
-    """Circuit-shift runs (one per task): each condition's pair accuracy, logit differences and circuit size, the
-    shift of B8 and F0 from B0 per component and metric, the noise floor (two disjoint halves of B0's pairs) and the
-    run's own check."""
-    paths = sorted((base / folder).rglob("results.json"))
-    runs = sorted(
-        (r for r in (json.loads(p.read_text(encoding="utf-8")) for p in paths) if r.get("runner") == "circuit_shift"),
-        key=lambda r: r["task"],
-    )
-    if not runs:
+    """Circuit-shift runs (one per task and seed): each condition's pair accuracy, logit differences and circuit size,
+    the shift of B<k> and F0 from B0 per component and metric, the half-split noise floor and the run's own check;
+    with several seeds of a task, also the verdict over seeds (`llmlab.analysis.circuit_shift.across_seeds`, from the
+    runs' kept per-pair `scores.npz`)."""
+    from llmlab.analysis import circuit_shift
+
+    found = []
+    for path in sorted((base / folder).rglob("results.json")):
+        run = json.loads(path.read_text(encoding="utf-8"))
+        if run.get("runner") == "circuit_shift":
+            found.append((run, path.parent / "scores.npz"))
+    if not found:
         raise LlmlabError(f"{base / folder}: no finished circuit-shift runs")
-    parts = ("heads", "mlps")
-    metrics = ("jaccard", "tv", "spearman")
-    head = ["task", "condition", "pair accuracy", "mean LD clean / corrupt", "circuit heads / MLPs"]
+    found.sort(key=lambda f: (f[0]["task"], f[0]["seed"]))
+    runs = [r for r, _ in found]
+    parts, metrics = circuit_shift.KINDS, circuit_shift.METRICS
+    head = ["task", "seed", "condition", "pair accuracy", "mean LD clean / corrupt", "circuit heads / MLPs"]
     head += [f"{p}: 1−Jaccard / TV / 1−ρ" for p in parts]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for run in runs:
@@ -151,6 +155,7 @@ def render_circuit_shift(base: Path, folder: str) -> str:
             shift = run["shift"].get(name)
             cells = [
                 run["task"],
+                str(run["seed"]),
                 name,
                 f"{cond['accuracy']:.3f}",
                 f"{cond['mean_ld_clean']:.2f} / {cond['mean_ld_corrupt']:.2f}",
@@ -159,19 +164,70 @@ def render_circuit_shift(base: Path, folder: str) -> str:
             cells += [" / ".join(f"{shift[p][m]:.3f}" for m in metrics) if shift else "–" for p in parts]
             lines.append("| " + " | ".join(cells) + " |")
         floor = run["noise_floor"]
-        cells = [run["task"], "noise floor", "–", "–", "–"] + [
-            " / ".join(f"{floor[p][m]:.3f}" for m in metrics) for p in parts
-        ]
+        cells = [run["task"], str(run["seed"]), "noise floor", "–", "–", "–"]
+        cells += [" / ".join(f"{floor[p][m]:.3f}" for m in metrics) for p in parts]
         lines.append("| " + " | ".join(cells) + " |")
     checks = "; ".join(
-        f"{r['task']}: paper_consistent {r['check']['paper_consistent']}, supporting {r['check']['supporting']}"
+        f"{r['task']} seed {r['seed']}: paper_consistent {r['check']['paper_consistent']}, "
+        f"supporting {r['check']['supporting']}"
         for r in runs
     )
+    text = (
+        "\n".join(lines) + f"\n\nSeeds {sorted({r['seed'] for r in runs})}, {runs[0]['n_pairs']} pairs per task and "
+        "seed; shifts are from B0; the noise floor is the shift between the B0 circuits of two disjoint halves of the "
+        f"pairs. Each run's check ({runs[0]['check']['rule']}): {checks}.\n"
+    )
+    by_task: dict[str, list] = {}
+    for run, scores in found:
+        by_task.setdefault(run["task"], []).append((run, scores))
+    several = [seeds for seeds in by_task.values() if len(seeds) > 1]
+    for _, scores in (f for seeds in several for f in seeds):
+        if not scores.is_file():
+            raise LlmlabError(f"{scores}: missing; the verdict over seeds needs each run's per-pair scores.npz")
+    if several:
+        text += "\n" + across_seeds_table(
+            [circuit_shift.across_seeds([(r, circuit_shift.load_scores(s)) for r, s in seeds]) for seeds in several]
+        )
+    return text
+
+
+def across_seeds_table(verdicts: list[dict]) -> str:
+    """The verdict over seeds per task: every kind and metric's shifts, floors, paired difference and pass."""
+    from llmlab.analysis.circuit_shift import KINDS, METRICS
+
+    def spread(values: list[float]) -> str:
+        return f"{sum(values) / len(values):.3f} ({min(values):.3f}–{max(values):.3f})"
+
+    names = {"jaccard": "1−Jaccard", "tv": "TV", "spearman": "1−ρ"}
+    head = ["task", "over seeds"] + [f"{k}: {names[x]}" for k in KINDS for x in METRICS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    notes = []
+    for v in verdicts:
+        bk, task, cols = v["condition"], v["task"], [(k, x) for k in KINDS for x in METRICS]
+        floors = v["noise_floor"]
+        rows = {
+            f"shift({bk})": [spread(v["shift"][bk][k][x]) for k, x in cols],
+            "shift(F0)": [spread(v["shift"]["F0"][k][x]) for k, x in cols],
+            f"{bk} − F0 [95%]": [
+                f"{c['diff']:+.3f} [{c['lo']:+.3f}, {c['hi']:+.3f}]" for c in (v["checks"][f"{k}/{x}"] for k, x in cols)
+            ],
+            "floor: halves": [spread(floors["halves"][k][x]) for k, x in cols],
+            "floor: between seeds": [f"{floors['between_seeds'][k][x]:.3f}" for k, x in cols],
+            "passes": ["yes" if v["checks"][f"{k}/{x}"]["passes"] else "no" for k, x in cols],
+        }
+        lines += [f"| {task} | {name} | " + " | ".join(cells) + " |" for name, cells in rows.items()]
+        acc, diff = v["accuracy"], v["accuracy_diff"]
+        means = ", ".join(f"{c} {sum(a) / len(a):.3f}" for c, a in acc.items())
+        notes.append(
+            f"{task} (seeds {v['seeds']}): pair accuracy {means}; acc({bk}) − acc(F0) {diff['diff']:+.3f} "
+            f"[{diff['lo']:+.3f}, {diff['hi']:+.3f}]; supporting {v['supporting']}, paper_consistent "
+            f"{v['paper_consistent']}"
+        )
     return (
-        "\n".join(lines)
-        + f"\n\nSeed {sorted({r['seed'] for r in runs})}, {runs[0]['n_pairs']} pairs per task; shifts are "
-        f"from B0; the noise floor is the shift between the B0 circuits of two disjoint halves of the pairs. Check "
-        f"({runs[0]['check']['rule']}): {checks}.\n"
+        "\n".join(lines) + "\n\nOver seeds: mean (min–max) of the seeds' values; the difference's interval is a paired "
+        f"two-level bootstrap (seeds, then pairs; {len(verdicts[0]['seeds'])} seeds). Rule: {verdicts[0]['rule']}. "
+        + "; ".join(notes)
+        + ".\n"
     )
 
 

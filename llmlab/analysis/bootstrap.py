@@ -16,7 +16,7 @@ import numpy as np
 METHOD = "95% two-level bootstrap: seeds resampled, then items within each drawn seed"
 
 
-Statistic = Callable[[np.ndarray], np.ndarray]  # resampled items [draws, items, ...] -> one value per draw
+Statistic = Callable[[np.ndarray], np.ndarray]  # resampled items [draws, items, ...] -> [draws] or [draws, values]
 
 
 def _mean(items: np.ndarray) -> np.ndarray:
@@ -43,15 +43,17 @@ def resample(
             raise ValueError(f"condition '{c}' is not scored on the same items as '{names[0]}'")
     rng = np.random.default_rng(seed)
     drawn = rng.integers(0, n_seeds, size=(n_boot, n_seeds))
-    out = {c: np.empty((n_boot, n_seeds)) for c in names}
+    out: dict[str, np.ndarray] = {}
     for s in range(n_seeds):
         where = np.nonzero(drawn == s)  # every (resample, slot) that drew seed s gets its own item draw
         if not len(where[0]):
             continue
         idx = rng.integers(0, sizes[s], size=(len(where[0]), sizes[s]))
         for c in names:
-            values = np.asarray(conditions[c][s], dtype=float)
-            out[c][where] = statistic(values[idx])
+            values = statistic(np.asarray(conditions[c][s], dtype=float)[idx])
+            if c not in out:  # a statistic may return several values per draw: [draws, ...]
+                out[c] = np.empty((n_boot, n_seeds, *values.shape[1:]))
+            out[c][where] = values
     return {c: v.mean(axis=1) for c, v in out.items()}
 
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 import numpy as np
 
 
-def circuit(scores: np.ndarray, mass: float = 0.8, top_k: int | None = None) -> set[int]:
-    """Indices of the smallest set of components holding `mass` of the total |score| (or the `top_k` largest)."""
+def circuit(scores: np.ndarray, mass: float = 0.8, top_frac: float | None = None) -> set[int]:
+    """Indices of the smallest set of components holding `mass` of the total |score| (or, with `top_frac`, the
+    largest `top_frac` of the components, at least one)."""
     mag = np.abs(np.asarray(scores, dtype=float))
     order = np.argsort(-mag, kind="stable")
-    if top_k is not None:
-        return set(order[:top_k].tolist())
+    if top_frac is not None:
+        return set(order[: max(1, round(top_frac * len(mag)))].tolist())
     total = mag.sum()
     if total == 0:
         return set()
@@ -37,18 +38,9 @@ def tv_shift(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _ranks(x: np.ndarray) -> np.ndarray:
-    """Average ranks (ties share the mean of their positions)."""
-    order = np.argsort(x, kind="stable")
-    ranks = np.empty(len(x))
-    sorted_x = x[order]
-    i = 0
-    while i < len(x):
-        j = i
-        while j + 1 < len(x) and sorted_x[j + 1] == sorted_x[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2
-        i = j + 1
-    return ranks
+    """Average ranks from 0 (ties share the mean of their positions)."""
+    ordered = np.sort(x)
+    return (np.searchsorted(ordered, x, "left") + np.searchsorted(ordered, x, "right") - 1) / 2
 
 
 def spearman_shift(a: np.ndarray, b: np.ndarray) -> float:
@@ -59,10 +51,10 @@ def spearman_shift(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 - float((ra * rb).sum() / denom) if denom else 0.0
 
 
-def shift(scores: np.ndarray, base: np.ndarray, mass: float = 0.8) -> dict[str, float]:
-    """All three shift metrics of a condition's scores against the base condition's."""
+def shift(scores: np.ndarray, base: np.ndarray, mass: float = 0.8, top_frac: float | None = None) -> dict[str, float]:
+    """All three shift metrics of a condition's scores against the base condition's (circuits as in `circuit`)."""
     return {
-        "jaccard": jaccard_shift(circuit(scores, mass), circuit(base, mass)),
+        "jaccard": jaccard_shift(circuit(scores, mass, top_frac), circuit(base, mass, top_frac)),
         "tv": tv_shift(scores, base),
         "spearman": spearman_shift(scores, base),
     }

@@ -6,14 +6,14 @@ Conditions: B0 (base model, 0-shot), BK (base model, k demonstrations fixed per 
 one score per component (`llmlab.analysis.patching`, mean over pairs), its accuracy (share of clean prompts whose gold
 answer token beats the other one) and its circuit; BK and F0 are compared with B0 by 1 - Jaccard of the circuits, the
 total-variation distance of |score| and 1 - Spearman rho, for heads and MLPs separately, and beside them the noise
-floor: the same metrics between the B0 circuits of two disjoint halves of the pairs. Writes `results.json`,
-`scores.npz` (per-pair and mean scores), `pairs.jsonl` and the heatmaps `circuit_shift.png`.
+floor: the same metrics between the B0 circuits of two disjoint halves of the pairs (`llmlab.analysis.circuit_shift`,
+which also gives the verdict over several seeds' runs). Writes `results.json`, `scores.npz` (per-pair scores),
+`pairs.jsonl` and the heatmaps `circuit_shift.png`.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -22,20 +22,17 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from llmlab.analysis import circuits
+from llmlab.analysis import circuit_shift as analysis
 from llmlab.analysis.corrupt_pairs import TASKS, build_pairs, encode
 from llmlab.analysis.patching import SCORERS, model_shape
 from llmlab.config import CircuitShiftConfig
 from llmlab.data.loading import load_eval_data
 from llmlab.errors import LlmlabError
-from llmlab.io import write_json, write_jsonl
+from llmlab.io import atomic_write, write_json, write_jsonl
 from llmlab.models.loading import finetuned_model, load_model
 from llmlab.progress import progress_bar
 from llmlab.registry import register_runner
 from llmlab.run_context import RunContext, RunResult
-
-METRICS = ("jaccard", "tv", "spearman")
-KINDS = ("heads", "mlps")
 
 
 @register_runner("circuit_shift", schema=CircuitShiftConfig)
@@ -120,35 +117,8 @@ def score(cfg, ctx, name: str, model, tok, header: str, pairs, shots: int) -> di
 
 
 def summarize(cfg: DictConfig, scores: dict[str, dict[str, np.ndarray]], shape, n_pairs: int) -> dict:
-    """Accuracy, circuits and layer mass per condition; shift of every other condition against B0; the check."""
+    """The run's results: what was compared, and `llmlab.analysis.circuit_shift.compare` of its conditions."""
     m = cfg.method
-    means = {c: {"heads": s["heads"].mean(0).ravel(), "mlps": s["mlps"].mean(0)} for c, s in scores.items()}
-    conds = {}
-    for c, s in scores.items():
-        conds[c] = {
-            "accuracy": float((s["ld_clean"] > 0).mean()),
-            "mean_ld_clean": float(s["ld_clean"].mean()),
-            "mean_ld_corrupt": float(s["ld_corrupt"].mean()),
-            "circuit_size": {k: len(circuit(means[c][k], m)) for k in KINDS},
-            "layer_mass": {k: circuits.layer_mass(means[c][k], shape.n_layers).tolist() for k in KINDS},
-        }
-    shifts = {c: {k: shift(means[c][k], means["B0"][k], m) for k in KINDS} for c in scores if c != "B0"}
-    floor = noise_floor(scores["B0"], m)
-    bk = f"B{m.shots}"
-    check = None
-    if "F0" in shifts:
-        wins = {f"{k}/{x}": shifts[bk][k][x] > shifts["F0"][k][x] for k in KINDS for x in METRICS}
-        above = {f"{k}/{x}": shifts[bk][k][x] > floor[k][x] for k in KINDS for x in METRICS}
-        acc = conds[bk]["accuracy"] > conds["F0"]["accuracy"]
-        check = {
-            "rule": f"shift({bk}) > shift(F0) and > the noise floor on every metric, and acc({bk}) > acc(F0); "
-            f"supporting: shift({bk}) > shift(F0) and > the noise floor on >= 2 metrics of heads or MLPs",
-            "shift_wins": wins,
-            "above_noise": above,
-            "acc_wins": acc,
-            "paper_consistent": all(wins.values()) and all(above.values()) and acc,
-            "supporting": any(sum(wins[f"{k}/{x}"] and above[f"{k}/{x}"] for x in METRICS) >= 2 for k in KINDS),
-        }
     return {
         "runner": "circuit_shift",
         "operationalization": f"llmlab ({m.method} patching)",
@@ -162,36 +132,9 @@ def summarize(cfg: DictConfig, scores: dict[str, dict[str, np.ndarray]], shape, 
         "n_pairs": n_pairs,
         "circuit": {"top_frac": m.top_frac} if m.top_frac is not None else {"mass": m.mass},
         "shape": {"layers": shape.n_layers, "heads": shape.n_heads},
-        "conditions": conds,
-        "shift": shifts,
-        "noise_floor": floor,
-        "check": check,
+        **analysis.compare(scores, m.shots, m.mass, m.top_frac, shape.n_layers),
         "notes": [] if "F0" in scores else ["F0 skipped: method.finetuned is null"],
     }
-
-
-def noise_floor(base: dict[str, np.ndarray], m) -> dict[str, dict[str, float]]:
-    """The shift between the B0 circuits of the first and the second half of the pairs: how far two samples of the
-    same condition lie apart. Each half has half the pairs, so this errs high (a conservative floor)."""
-    half = len(base["heads"]) // 2
-    parts = [
-        {"heads": base["heads"][sl].mean(0).ravel(), "mlps": base["mlps"][sl].mean(0)}
-        for sl in (slice(0, half), slice(half, 2 * half))
-    ]
-    return {k: shift(parts[0][k], parts[1][k], m) for k in KINDS}
-
-
-def circuit(scores: np.ndarray, m) -> set[int]:
-    top_k = None if m.top_frac is None else max(1, round(m.top_frac * len(scores)))
-    return circuits.circuit(scores, m.mass, top_k)
-
-
-def shift(scores: np.ndarray, base: np.ndarray, m) -> dict[str, float]:
-    """The three shift metrics; with `top_frac` the Jaccard shift compares top-K circuits."""
-    out = circuits.shift(scores, base, m.mass)
-    if m.top_frac is not None:
-        out["jaccard"] = circuits.jaccard_shift(circuit(scores, m), circuit(base, m))
-    return out
 
 
 def flatten(results: dict) -> dict[str, float]:
@@ -211,14 +154,10 @@ def flatten(results: dict) -> dict[str, float]:
 
 
 def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """The per-pair scores as float32 (what the model computed them in), compressed; written atomically."""
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **{k: v.astype(np.float32) for k, v in arrays.items()})
+    atomic_write(path, buf.getvalue())
 
 
 def plot(path: Path, scores: dict[str, dict[str, np.ndarray]], conds: dict) -> None:
@@ -239,13 +178,9 @@ def plot(path: Path, scores: dict[str, dict[str, np.ndarray]], conds: dict) -> N
         ax.set(title=f"{c} (acc {conds[c]['accuracy']:.2f})", xlabel="head", ylabel="layer")
         fig.colorbar(im, ax=ax, shrink=0.8)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    buf = io.BytesIO()
     try:
-        fig.savefig(tmp, format="png", dpi=100)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        fig.savefig(buf, format="png", dpi=100)
     finally:
         plt.close(fig)
+    atomic_write(path, buf.getvalue())

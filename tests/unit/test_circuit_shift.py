@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 
 from llmlab.analysis import patching
@@ -215,36 +214,3 @@ def test_a_directory_that_is_no_model_is_a_clear_error(tmp_path):
 def test_a_model_without_o_proj_and_mlp_layers_is_a_clear_error():
     with pytest.raises(LlmlabError, match="self_attn.o_proj and mlp"):
         patching.model_shape(nn.Linear(4, 4))
-
-
-def synthetic_scores(rng, base_noise: float) -> dict:
-    """B0, B2 and F0 per-pair scores (8 pairs, 2 layers x 4 heads): B2 moves the mass to other components, F0 is
-    B0; `base_noise` sets how much B0's pairs disagree with each other."""
-    base = np.abs(rng.normal(size=(2, 4))) + np.eye(2, 4) * 3
-    moved = base[::-1, ::-1].copy()
-    b0 = base + base_noise * rng.normal(size=(8, 2, 4))
-    ld = np.ones(8)
-    return {
-        c: {"heads": h, "mlps": np.abs(h.sum(-1)), "ld_clean": ld, "ld_corrupt": -ld}
-        for c, h in (("B0", b0), ("B2", np.broadcast_to(moved, (8, 2, 4)) + 0 * b0), ("F0", b0))
-    }
-
-
-@pytest.mark.parametrize("base_noise,supported", [(0.0, True), (50.0, False)])
-def test_a_shift_counts_only_above_the_noise_floor_of_the_base_circuit(base_noise, supported):
-    cfg = OmegaConf.create(
-        {
-            "method": {"shots": 2, "mass": 0.8, "top_frac": None, "method": "exact", "finetuned": "x"},
-            "model": {"name": "m"},
-            "dataset": {"name": "d", "task": "bool", "faithful": False},
-            "seed": 0,
-        }
-    )
-    scores = synthetic_scores(np.random.default_rng(0), base_noise)
-    res = circuit_shift.summarize(cfg, scores, patching.Shape(2, 4, 8), 8)
-    halves = [{k: scores["B0"][k][sl].mean(0).ravel() for k in ("heads", "mlps")} for sl in (slice(0, 4), slice(4, 8))]
-    assert res["noise_floor"]["heads"]["tv"] == pytest.approx(
-        circuit_shift.shift(halves[0]["heads"], halves[1]["heads"], cfg.method)["tv"]
-    )
-    assert all(res["check"]["shift_wins"][f"heads/{x}"] for x in ("tv", "spearman"))  # B2 moved, F0 did not
-    assert res["check"]["supporting"] is supported

@@ -14,7 +14,9 @@ import pytest
 
 from llmlab import collect, readme_tables, report, runs_table
 from llmlab.analysis import bootstrap
+from llmlab.analysis import circuit_shift as analysis
 from llmlab.errors import LlmlabError
+from llmlab.runners import circuit_shift
 from tests.helpers import REPO
 
 EXPERIMENTS = REPO / "experiments"
@@ -49,6 +51,15 @@ def test_paired_conditions_share_their_draws():
     assert np.array_equal(samples["a"], samples["b"])  # identical conditions: every paired difference is 0
     with pytest.raises(ValueError, match="same items"):
         bootstrap.resample({"a": a, "b": [a[0], a[1][:2]]})
+
+
+def test_a_statistic_may_give_several_values_per_draw_from_the_same_draws():
+    a = [np.array([1.0, 0.0, 1.0, 1.0]), np.array([0.0, 1.0, 1.0])]
+    both = bootstrap.resample({"a": a}, n_boot=300, statistic=lambda x: np.stack([x.mean(1), 2 * x.mean(1)], 1))
+    alone = bootstrap.resample({"a": a}, n_boot=300)
+    assert both["a"].shape == (300, 2)
+    np.testing.assert_allclose(both["a"][:, 0], alone["a"])
+    np.testing.assert_allclose(both["a"][:, 1], 2 * alone["a"])
 
 
 def write_run(root: Path, seed: int, shots: int, correct: list[bool]) -> None:
@@ -114,8 +125,10 @@ def test_collect_keeps_results_and_items_without_weights_or_machine_paths(tmp_pa
     (run / "seed-0" / "ft" / "model").mkdir(parents=True)
     (run / "seed-0" / "ft" / "model" / "model.safetensors").write_bytes(b"weights")
     (run / "seed-0" / "ft" / "results.json").write_text("{}")
+    (run / "seed-0" / "ft" / "scores.npz").write_bytes(b"PK\x03\x04 per-pair arrays")
     dest = tmp_path / "dest"
     collect.collect(run, dest)
+    assert (dest / "seed-0/ft/scores.npz").read_bytes() == b"PK\x03\x04 per-pair arrays"  # kept byte for byte
     assert (dest / "seed-0/icl/config.yaml").read_text() == "output_dir: <run>/seed-0/icl\n"
     assert (dest / "seed-0/icl/predictions.jsonl.gz").is_file() and (dest / "seed-0/ft/results.json").is_file()
     assert not list(dest.rglob("*.safetensors"))
@@ -245,10 +258,37 @@ def test_the_circuit_shift_table_shows_each_condition_its_shift_and_the_noise_fl
     (tmp_path / "results" / "c" / "bool").mkdir(parents=True)
     (tmp_path / "results" / "c" / "bool" / "results.json").write_text(json.dumps(run))
     text = readme_tables.render("circuit_shift results/c", tmp_path)
-    assert "| bool | B0 | 0.750 | 1.00 / -1.00 | 3 / 2 | – | – |" in text
-    assert "| bool | B8 | 0.750 | 1.00 / -1.00 | 3 / 2 | 0.500 / 0.250 / 0.125 | 0.500 / 0.250 / 0.125 |" in text
-    assert "| bool | noise floor | – | – | – | 0.100 / 0.200 / 0.300 | 0.100 / 0.200 / 0.300 |" in text
-    assert "bool: paper_consistent False, supporting True" in text
+    assert "| bool | 0 | B0 | 0.750 | 1.00 / -1.00 | 3 / 2 | – | – |" in text
+    assert "| bool | 0 | B8 | 0.750 | 1.00 / -1.00 | 3 / 2 | 0.500 / 0.250 / 0.125 | 0.500 / 0.250 / 0.125 |" in text
+    assert "| bool | 0 | noise floor | – | – | – | 0.100 / 0.200 / 0.300 | 0.100 / 0.200 / 0.300 |" in text
+    assert "bool seed 0: paper_consistent False, supporting True" in text
+    assert "over seeds" not in text  # one seed: no verdict over seeds
+
+
+def test_the_circuit_shift_verdict_over_seeds_comes_from_the_kept_per_pair_scores(tmp_path):
+    from tests.unit.test_circuits import seed_run, synthetic_scores
+
+    rng = np.random.default_rng(1)  # as in test_circuits: every head metric passes, the MLPs' Jaccard cannot
+    for seed in range(3):
+        run, scores = seed_run(seed, synthetic_scores(rng, 0.05))
+        folder = tmp_path / "results" / "c" / f"seed-{seed}" / "bool"
+        folder.mkdir(parents=True)
+        (folder / "results.json").write_text(json.dumps({"runner": "circuit_shift", **run}))
+        circuit_shift.save_npz(folder / "scores.npz", {f"{c}_{k}": v for c, s in scores.items() for k, v in s.items()})
+    text = readme_tables.render("circuit_shift results/c", tmp_path)
+    verdict = analysis.across_seeds(
+        [
+            (json.loads((f / "results.json").read_text()), analysis.load_scores(f / "scores.npz"))
+            for f in sorted((tmp_path / "results" / "c").glob("seed-*/bool"))
+        ]
+    )
+    tv = verdict["checks"]["heads/tv"]
+    assert f"{tv['diff']:+.3f} [{tv['lo']:+.3f}, {tv['hi']:+.3f}]" in text
+    assert "| bool | passes | yes | yes | yes | no |" in text  # MLP circuits of 2 components cannot move
+    assert "bool (seeds [0, 1, 2]):" in text and "supporting True" in text
+    (tmp_path / "results" / "c" / "seed-1" / "bool" / "scores.npz").unlink()
+    with pytest.raises(LlmlabError, match="scores.npz"):
+        readme_tables.render("circuit_shift results/c", tmp_path)
 
 
 # ---- MRE tables: F1 statistics recomputed on every draw ----------------------------------------------------------
