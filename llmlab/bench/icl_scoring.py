@@ -32,7 +32,7 @@ import torch
 from omegaconf import OmegaConf
 from rich.console import Console
 
-from llmlab.bench.machine import machine
+from llmlab.bench.machine import machine, machine_line
 from llmlab.config import DatasetConfig, ModelConfig
 from llmlab.data.loading import load_eval_data
 from llmlab.data.sources import dataset_option
@@ -385,7 +385,7 @@ def _fmt(x: float | None, spec: str = ".2f") -> str:
 
 def markdown(results: dict) -> str:
     """The benchmark's table and notes from its JSON (printed by `main`, and a README table kind)."""
-    hw, st = results["hardware"], results["settings"]
+    st = results["settings"]
     lines = [
         f"ICL scoring: {st['model']}, {st['shots']}-shot, {st['queries']} queries "
         f"({', '.join(f'{n} {t}' for t, n in st['per_task'].items())}), batch size {st['batch_size']}, warm-up "
@@ -445,12 +445,8 @@ def markdown(results: dict) -> str:
         f"{'pass' if ok else 'fail'}); llmlab bf16 {_fmt(load.get('llmlab_bf16_s'))} s; lm-eval HFLM "
         f"{_fmt(load.get('lm_eval_s'))} s"
     )
-    lines += [
-        "",
-        f"Measured on {hw['cpu']} ({hw['cpu_count']} CPUs), {hw['torch_threads']} torch thread(s), torch "
-        f"{hw['torch']}, transformers {hw['transformers']}, lm-eval {hw['lm_eval']}, commit "
-        f"{(hw.get('git_sha') or 'unknown')[:7]}; wall time {results['wall_s']:.0f} s.",
-    ]
+    libraries = ("torch", "transformers", "lm_eval")
+    lines += ["", f"{machine_line(results, 'hardware', libraries)} Wall time {results['wall_s']:.0f} s."]
     return "\n".join(lines) + "\n"
 
 

@@ -39,13 +39,16 @@ def machine() -> dict:
     }
 
 
-def machine_line(result: dict) -> str:
-    """One sentence naming the machine of `result["machine"]` ("" for results written before it was recorded)."""
-    m = result.get("machine")
+def machine_line(result: dict, key: str = "machine", libraries: tuple[str, ...] = ("torch",)) -> str:
+    """One sentence naming the machine recorded in `result[key]` and the versions of `libraries` ("" for results
+    written before it was recorded)."""
+    m = result.get(key)
     if not m:
         return ""
-    load = f", 1-min load {m['load_average_1min']:.1f} at the start" if m.get("load_average_1min") is not None else ""
-    return (
-        f"Measured on {m['gpu'] or m['cpu']} ({m['cpu_count']} CPUs{load}), torch {m['torch']}, "
-        f"commit {(m['git_sha'] or 'unknown')[:7]}."
-    )
+    threads = m.get("torch_threads")
+    where = [f"{m['cpu_count']} CPUs"] + ([f"{threads} torch thread{'s' if threads != 1 else ''}"] if threads else [])
+    if m.get("load_average_1min") is not None:
+        where.append(f"1-min load {m['load_average_1min']:.1f} at the start")
+    versions = "".join(f"{lib.replace('_', '-')} {m[lib]}, " for lib in libraries if m.get(lib))
+    commit = (m["git_sha"] or "unknown")[:7]
+    return f"Measured on {m['gpu'] or m['cpu']} ({', '.join(where)}), {versions}commit {commit}."

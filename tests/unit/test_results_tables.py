@@ -434,6 +434,19 @@ def test_a_bench_table_is_rendered_from_its_kept_json_by_the_benchmark(tmp_path)
         readme_tables.render("bench results/nope.json", tmp_path)
 
 
+def test_a_bench_table_names_the_machine_it_was_measured_on():
+    from llmlab.bench.machine import machine_line
+
+    m = {"cpu": "Xeon", "gpu": None, "cpu_count": 2, "torch_threads": 1, "load_average_1min": 1.04, "torch": "2.13"}
+    m |= {"transformers": "5.2", "lm_eval": "0.4.13", "git_sha": "0123456789"}
+    assert machine_line({"machine": m}) == (
+        "Measured on Xeon (2 CPUs, 1 torch thread, 1-min load 1.0 at the start), torch 2.13, commit 0123456."
+    )
+    line = machine_line({"hardware": {**m, "gpu": "H100", "torch_threads": 16}}, "hardware", ("torch", "lm_eval"))
+    assert line.startswith("Measured on H100 (2 CPUs, 16 torch threads,") and "torch 2.13, lm-eval 0.4.13, " in line
+    assert machine_line({}) == ""  # results written before the machine was recorded
+
+
 def test_collect_copies_a_benchmark_json_without_machine_paths(tmp_path):
     bench = tmp_path / "outputs" / "bench" / "wkv.json"
     bench.parent.mkdir(parents=True)
