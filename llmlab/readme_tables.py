@@ -193,27 +193,26 @@ def render_circuit_shift(base: Path, folder: str) -> str:
 
 def across_seeds_table(verdicts: list[dict]) -> str:
     """The verdict over seeds per task: every kind and metric's shifts, floors, paired difference and pass."""
-    from llmlab.analysis.circuit_shift import KINDS, METRICS
+    from llmlab.analysis.circuit_shift import COLUMNS
 
     def spread(values: list[float]) -> str:
         return f"{sum(values) / len(values):.3f} ({min(values):.3f}–{max(values):.3f})"
 
     names = {"jaccard": "1−Jaccard", "tv": "TV", "spearman": "1−ρ"}
-    head = ["task", "over seeds"] + [f"{k}: {names[x]}" for k in KINDS for x in METRICS]
+    head = ["task", "over seeds"] + [f"{k}: {names[x]}" for k, x in COLUMNS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     notes = []
     for v in verdicts:
-        bk, task, cols = v["condition"], v["task"], [(k, x) for k in KINDS for x in METRICS]
+        bk, task = v["condition"], v["task"]
         floors = v["noise_floor"]
+        checks = [v["checks"][f"{k}/{x}"] for k, x in COLUMNS]
         rows = {
-            f"shift({bk})": [spread(v["shift"][bk][k][x]) for k, x in cols],
-            "shift(F0)": [spread(v["shift"]["F0"][k][x]) for k, x in cols],
-            f"{bk} − F0 [95%]": [
-                f"{c['diff']:+.3f} [{c['lo']:+.3f}, {c['hi']:+.3f}]" for c in (v["checks"][f"{k}/{x}"] for k, x in cols)
-            ],
-            "floor: halves": [spread(floors["halves"][k][x]) for k, x in cols],
-            "floor: between seeds": [f"{floors['between_seeds'][k][x]:.3f}" for k, x in cols],
-            "passes": ["yes" if v["checks"][f"{k}/{x}"]["passes"] else "no" for k, x in cols],
+            f"shift({bk})": [spread(v["shift"][bk][k][x]) for k, x in COLUMNS],
+            "shift(F0)": [spread(v["shift"]["F0"][k][x]) for k, x in COLUMNS],
+            f"{bk} − F0 [95%]": [f"{c['diff']:+.3f} [{c['lo']:+.3f}, {c['hi']:+.3f}]" for c in checks],
+            "floor: halves": [spread(floors["halves"][k][x]) for k, x in COLUMNS],
+            "floor: between seeds": [f"{floors['between_seeds'][k][x]:.3f}" for k, x in COLUMNS],
+            "passes": ["yes" if c["passes"] else "no" for c in checks],
         }
         lines += [f"| {task} | {name} | " + " | ".join(cells) + " |" for name, cells in rows.items()]
         acc, diff = v["accuracy"], v["accuracy_diff"]

@@ -15,9 +15,11 @@ from itertools import combinations
 import numpy as np
 
 from llmlab.analysis import bootstrap, circuits
+from llmlab.errors import LlmlabError
 
 METRICS = ("jaccard", "tv", "spearman")
 KINDS = ("heads", "mlps")
+COLUMNS = tuple((k, x) for k in KINDS for x in METRICS)
 Scores = dict[str, dict[str, np.ndarray]]  # condition -> heads / mlps / ld_clean / ld_corrupt per pair
 
 
@@ -102,7 +104,10 @@ def across_seeds(runs: list[tuple[dict, Scores]], n_boot: int = 2000) -> dict:
     mass, top_frac = circuit.get("mass", 0.8), circuit.get("top_frac")
     bk = f"B{shots}"
     if any(r["shots"] != shots or r["circuit"] != circuit or "F0" not in r["shift"] for r in results):
-        raise ValueError("the seeds differ in shots or circuit rule, or one has no fine-tuned model (F0)")
+        raise LlmlabError(
+            f"circuit shift of {results[0]['task']} over seeds: the runs differ in method.shots or the circuit rule, "
+            "or one has no fine-tuned model (F0)"
+        )
     base = [means(s)["B0"] for _, s in runs]
     between = [shifts(base[i], base[j], mass, top_frac) for i, j in combinations(range(len(base)), 2)]
     per_seed = {c: {k: {x: [r["shift"][c][k][x] for r in results] for x in METRICS} for k in KINDS} for c in (bk, "F0")}
@@ -116,11 +121,11 @@ def across_seeds(runs: list[tuple[dict, Scores]], n_boot: int = 2000) -> dict:
         n = rows.shape[1]
         weights = np.stack([np.bincount(r, minlength=n) for r in rows[:, :, 1].astype(int)]) / n
         mean = {c: {k: weights @ seed_scores[c][k].reshape(n, -1) for k in KINDS} for c in ("B0", bk, "F0")}
-        out = np.empty((len(rows), len(KINDS) * len(METRICS) + 1))
+        out = np.empty((len(rows), len(COLUMNS) + 1))
         for d in range(len(rows)):
             row = {c: {k: mean[c][k][d] for k in KINDS} for c in mean}
             moved, tuned = shifts(row[bk], row["B0"], mass, top_frac), shifts(row["F0"], row["B0"], mass, top_frac)
-            out[d, :-1] = [moved[k][x] - tuned[k][x] for k in KINDS for x in METRICS]
+            out[d, :-1] = [moved[k][x] - tuned[k][x] for k, x in COLUMNS]
         correct = {c: (seed_scores[c]["ld_clean"] > 0).astype(float) for c in (bk, "F0")}
         out[:, -1] = weights @ (correct[bk] - correct["F0"])
         return out
@@ -131,21 +136,17 @@ def across_seeds(runs: list[tuple[dict, Scores]], n_boot: int = 2000) -> dict:
     ]
     draws = bootstrap.resample({"x": items}, n_boot, statistic=statistic)["x"]
     acc = {c: [r["conditions"][c]["accuracy"] for r in results] for c in ("B0", bk, "F0")}
-    checks, j = {}, 0
-    for k in KINDS:
-        for x in METRICS:
-            diff = [a - b for a, b in zip(per_seed[bk][k][x], per_seed["F0"][k][x])]
-            lo, hi = bootstrap.interval(draws[:, j])
-            floors = [max(h, seeds_floor[k][x]) for h in halves[k][x]]
-            above = all(s > f for s, f in zip(per_seed[bk][k][x], floors))
-            checks[f"{k}/{x}"] = {
-                "diff": float(np.mean(diff)),
-                "lo": lo,
-                "hi": hi,
-                "above_noise": above,
-                "passes": lo > 0 and above,
-            }
-            j += 1
+    checks = {}
+    for j, (k, x) in enumerate(COLUMNS):
+        lo, hi = bootstrap.interval(draws[:, j])
+        floors = [max(h, seeds_floor[k][x]) for h in halves[k][x]]
+        checks[f"{k}/{x}"] = {
+            "diff": float(np.mean(per_seed[bk][k][x]) - np.mean(per_seed["F0"][k][x])),
+            "lo": lo,
+            "hi": hi,
+            "above_noise": all(s > f for s, f in zip(per_seed[bk][k][x], floors)),
+        }
+        checks[f"{k}/{x}"]["passes"] = lo > 0 and checks[f"{k}/{x}"]["above_noise"]
     acc_lo, acc_hi = bootstrap.interval(draws[:, -1])
     acc_diff = {"diff": float(np.mean(acc[bk]) - np.mean(acc["F0"])), "lo": acc_lo, "hi": acc_hi}
     passes = {k: sum(checks[f"{k}/{x}"]["passes"] for x in METRICS) for k in KINDS}

@@ -7,6 +7,7 @@ import pytest
 
 from llmlab.analysis import circuit_shift
 from llmlab.analysis.circuits import circuit, jaccard_shift, layer_mass, shift, spearman_shift, tv_shift
+from llmlab.errors import LlmlabError
 
 
 def test_circuit_is_the_smallest_set_with_the_mass():
@@ -112,5 +113,5 @@ def test_a_shift_under_the_floor_between_seeds_is_not_above_noise():
         runs.append(seed_run(s, scores))
     out = circuit_shift.across_seeds(runs, n_boot=200)
     assert not out["checks"]["heads/tv"]["above_noise"] and out["supporting"] is False
-    with pytest.raises(ValueError, match="differ"):
+    with pytest.raises(LlmlabError, match="differ in method.shots"):
         circuit_shift.across_seeds([runs[0], ({**runs[1][0], "shots": 4}, runs[1][1])])
