@@ -131,10 +131,10 @@ def render_paired(base: Path, folder: str, arm: str, ref: str, by: str, metrics:
 
 
 def render_circuit_shift(base: Path, folder: str) -> str:
-    """Circuit-shift runs (one per task and seed): each condition's pair accuracy, logit differences and circuit size,
-    the shift of B<k> and F0 from B0 per component and metric, the half-split noise floor and the run's own check;
-    with several seeds of a task, also the verdict over seeds (`llmlab.analysis.circuit_shift.across_seeds`, from the
-    runs' kept per-pair `scores.npz`)."""
+    """Circuit-shift runs (one per task and seed): each condition's pair accuracy, logit differences, circuit size and
+    largest components, the shift of B<k> and F0 from B0 per component and metric, the half-split noise floor and the
+    run's own check; with several seeds of a task, also the verdict over seeds
+    (`llmlab.analysis.circuit_shift.across_seeds`, from the runs' kept per-pair `scores.npz`)."""
     from llmlab.analysis import circuit_shift
 
     found = []
@@ -148,9 +148,10 @@ def render_circuit_shift(base: Path, folder: str) -> str:
     runs = [r for r, _ in found]
     parts, metrics = circuit_shift.KINDS, circuit_shift.METRICS
     head = ["task", "seed", "condition", "pair accuracy", "mean LD clean / corrupt", "circuit heads / MLPs"]
-    head += [f"{p}: 1−Jaccard / TV / 1−ρ" for p in parts]
+    head += [f"{p}: 1−Jaccard / TV / 1−ρ" for p in parts] + ["largest heads / MLP"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for run in runs:
+    for run, scores in found:
+        top = circuit_shift.largest(circuit_shift.load_scores(scores)) if scores.is_file() else {}
         for name, cond in run["conditions"].items():
             shift = run["shift"].get(name)
             cells = [
@@ -162,10 +163,11 @@ def render_circuit_shift(base: Path, folder: str) -> str:
                 f"{cond['circuit_size']['heads']} / {cond['circuit_size']['mlps']}",
             ]
             cells += [" / ".join(f"{shift[p][m]:.3f}" for m in metrics) if shift else "–" for p in parts]
+            cells.append(top.get(name, "–"))
             lines.append("| " + " | ".join(cells) + " |")
         floor = run["noise_floor"]
         cells = [run["task"], str(run["seed"]), "noise floor", "–", "–", "–"]
-        cells += [" / ".join(f"{floor[p][m]:.3f}" for m in metrics) for p in parts]
+        cells += [" / ".join(f"{floor[p][m]:.3f}" for m in metrics) for p in parts] + ["–"]
         lines.append("| " + " | ".join(cells) + " |")
     checks = "; ".join(
         f"{r['task']} seed {r['seed']}: paper_consistent {r['check']['paper_consistent']}, "
@@ -175,7 +177,8 @@ def render_circuit_shift(base: Path, folder: str) -> str:
     text = (
         "\n".join(lines) + f"\n\nSeeds {sorted({r['seed'] for r in runs})}, {runs[0]['n_pairs']} pairs per task and "
         "seed; shifts are from B0; the noise floor is the shift between the B0 circuits of two disjoint halves of the "
-        f"pairs. Each run's check ({runs[0]['check']['rule']}): {checks}.\n"
+        "pairs; largest: the 3 heads and the MLP with the largest |mean score| (layer L, head H, from 0; from the "
+        f"run's scores.npz). Each run's check ({runs[0]['check']['rule']}): {checks}.\n"
     )
     by_task: dict[str, list] = {}
     for run, scores in found:

@@ -38,6 +38,18 @@ def means(scores: Scores) -> dict[str, dict[str, np.ndarray]]:
     return {c: {"heads": s["heads"].mean(0).ravel(), "mlps": s["mlps"].mean(0)} for c, s in scores.items()}
 
 
+def largest(scores: Scores, n: int = 3) -> dict[str, str]:
+    """Per condition its `n` heads and its MLP with the largest |mean score| over pairs, as "L13H3, L12H1, L11H2 /
+    L3" (layer and head from 0)."""
+    out = {}
+    for c, s in scores.items():
+        heads = np.abs(s["heads"].mean(0))
+        top = np.argsort(-heads.ravel(), kind="stable")[:n]
+        names = ", ".join(f"L{i // heads.shape[1]}H{i % heads.shape[1]}" for i in top)
+        out[c] = f"{names} / L{int(np.argmax(np.abs(s['mlps'].mean(0))))}"
+    return out
+
+
 def shifts(a: dict[str, np.ndarray], b: dict[str, np.ndarray], mass: float, top_frac: float | None) -> dict:
     return {k: circuits.shift(a[k], b[k], mass, top_frac) for k in KINDS}
 

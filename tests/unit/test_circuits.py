@@ -115,3 +115,11 @@ def test_a_shift_under_the_floor_between_seeds_is_not_above_noise():
     assert not out["checks"]["heads/tv"]["above_noise"] and out["supporting"] is False
     with pytest.raises(LlmlabError, match="differ in method.shots"):
         circuit_shift.across_seeds([runs[0], ({**runs[1][0], "shots": 4}, runs[1][1])])
+
+
+def test_the_largest_components_are_named_by_layer_and_head():
+    heads = np.zeros((2, 3, 4))  # 2 pairs, 3 layers x 4 heads
+    heads[:, 2, 1], heads[:, 0, 3], heads[:, 1, 0] = -5.0, 4.0, 3.0  # |mean| decides, not the sign
+    heads[0, 1, 2], heads[1, 1, 2] = 9.0, -9.0  # large per pair, 0 on average
+    mlps = np.array([[0.1, -2.0, 0.5], [0.1, -2.0, 0.5]])
+    assert circuit_shift.largest({"B0": {"heads": heads, "mlps": mlps}}) == {"B0": "L2H1, L0H3, L1H0 / L1"}

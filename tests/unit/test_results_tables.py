@@ -258,9 +258,10 @@ def test_the_circuit_shift_table_shows_each_condition_its_shift_and_the_noise_fl
     (tmp_path / "results" / "c" / "bool").mkdir(parents=True)
     (tmp_path / "results" / "c" / "bool" / "results.json").write_text(json.dumps(run))
     text = readme_tables.render("circuit_shift results/c", tmp_path)
-    assert "| bool | 0 | B0 | 0.750 | 1.00 / -1.00 | 3 / 2 | – | – |" in text
-    assert "| bool | 0 | B8 | 0.750 | 1.00 / -1.00 | 3 / 2 | 0.500 / 0.250 / 0.125 | 0.500 / 0.250 / 0.125 |" in text
-    assert "| bool | 0 | noise floor | – | – | – | 0.100 / 0.200 / 0.300 | 0.100 / 0.200 / 0.300 |" in text
+    assert "| bool | 0 | B0 | 0.750 | 1.00 / -1.00 | 3 / 2 | – | – | – |" in text  # no scores.npz: no largest
+    shifted = "0.500 / 0.250 / 0.125"
+    assert f"| bool | 0 | B8 | 0.750 | 1.00 / -1.00 | 3 / 2 | {shifted} | {shifted} | – |" in text
+    assert "| bool | 0 | noise floor | – | – | – | 0.100 / 0.200 / 0.300 | 0.100 / 0.200 / 0.300 | – |" in text
     assert "bool seed 0: paper_consistent False, supporting True" in text
     assert "over seeds" not in text  # one seed: no verdict over seeds
 
@@ -286,6 +287,8 @@ def test_the_circuit_shift_verdict_over_seeds_comes_from_the_kept_per_pair_score
     assert f"{tv['diff']:+.3f} [{tv['lo']:+.3f}, {tv['hi']:+.3f}]" in text
     assert "| bool | passes | yes | yes | yes | no |" in text  # MLP circuits of 2 components cannot move
     assert "bool (seeds [0, 1, 2]):" in text and "supporting True" in text
+    seed0 = tmp_path / "results" / "c" / "seed-0" / "bool" / "scores.npz"
+    assert f"| {analysis.largest(analysis.load_scores(seed0))['B0']} |" in text  # the largest heads, from the npz
     (tmp_path / "results" / "c" / "seed-1" / "bool" / "scores.npz").unlink()
     with pytest.raises(LlmlabError, match="scores.npz"):
         readme_tables.render("circuit_shift results/c", tmp_path)
