@@ -137,21 +137,22 @@ def render_circuit_shift(base: Path, folder: str) -> str:
     (`llmlab.analysis.circuit_shift.across_seeds`, from the runs' kept per-pair `scores.npz`)."""
     from llmlab.analysis import circuit_shift
 
-    found = []
+    found = []  # (results, per-pair scores or None where the run kept no scores.npz)
     for path in sorted((base / folder).rglob("results.json")):
         run = json.loads(path.read_text(encoding="utf-8"))
         if run.get("runner") == "circuit_shift":
-            found.append((run, path.parent / "scores.npz"))
+            npz = path.parent / "scores.npz"
+            found.append((run, circuit_shift.load_scores(npz) if npz.is_file() else None, npz))
     if not found:
         raise LlmlabError(f"{base / folder}: no finished circuit-shift runs")
     found.sort(key=lambda f: (f[0]["task"], f[0]["seed"]))
-    runs = [r for r, _ in found]
+    runs = [r for r, _, _ in found]
     parts, metrics = circuit_shift.KINDS, circuit_shift.METRICS
     head = ["task", "seed", "condition", "pair accuracy", "mean LD clean / corrupt", "circuit heads / MLPs"]
     head += [f"{p}: 1−Jaccard / TV / 1−ρ" for p in parts] + ["largest heads / MLP"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for run, scores in found:
-        top = circuit_shift.largest(circuit_shift.load_scores(scores)) if scores.is_file() else {}
+    for run, scores, _ in found:
+        top = circuit_shift.largest(scores) if scores is not None else {}
         for name, cond in run["conditions"].items():
             shift = run["shift"].get(name)
             cells = [
@@ -181,15 +182,15 @@ def render_circuit_shift(base: Path, folder: str) -> str:
         f"run's scores.npz). Each run's check ({runs[0]['check']['rule']}): {checks}.\n"
     )
     by_task: dict[str, list] = {}
-    for run, scores in found:
-        by_task.setdefault(run["task"], []).append((run, scores))
+    for run, scores, npz in found:
+        by_task.setdefault(run["task"], []).append((run, scores, npz))
     several = [seeds for seeds in by_task.values() if len(seeds) > 1]
-    for _, scores in (f for seeds in several for f in seeds):
-        if not scores.is_file():
-            raise LlmlabError(f"{scores}: missing; the verdict over seeds needs each run's per-pair scores.npz")
+    for _, scores, npz in (f for seeds in several for f in seeds):
+        if scores is None:
+            raise LlmlabError(f"{npz}: missing; the verdict over seeds needs each run's per-pair scores.npz")
     if several:
         text += "\n" + across_seeds_table(
-            [circuit_shift.across_seeds([(r, circuit_shift.load_scores(s)) for r, s in seeds]) for seeds in several]
+            [circuit_shift.across_seeds([(r, s) for r, s, _ in seeds]) for seeds in several]
         )
     return text
 

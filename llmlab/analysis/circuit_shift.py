@@ -57,8 +57,9 @@ def shifts(a: dict[str, np.ndarray], b: dict[str, np.ndarray], mass: float, top_
 def noise_floor(base: dict[str, np.ndarray], mass: float, top_frac: float | None) -> dict[str, dict[str, float]]:
     """The shift between the B0 circuits of the first and the second half of the pairs: how far two samples of the
     same condition lie apart. Each half has half the pairs, so this errs high (a conservative floor)."""
-    half = len(base["heads"]) // 2
-    first, second = (means({"B0": {k: base[k][sl] for k in KINDS}})["B0"] for sl in (slice(0, half), slice(half, None)))
+    half = len(base["heads"]) // 2  # with an odd number of pairs the last one is left out: equal halves
+    halves = (slice(0, half), slice(half, 2 * half))
+    first, second = (means({"B0": {k: base[k][sl] for k in KINDS}})["B0"] for sl in halves)
     return shifts(first, second, mass, top_frac)
 
 
@@ -80,8 +81,8 @@ def compare(scores: Scores, shots: int, mass: float, top_frac: float | None, n_l
     floor = noise_floor(scores["B0"], mass, top_frac)
     bk, check = f"B{shots}", None
     if "F0" in shift:
-        wins = {f"{k}/{x}": shift[bk][k][x] > shift["F0"][k][x] for k in KINDS for x in METRICS}
-        above = {f"{k}/{x}": shift[bk][k][x] > floor[k][x] for k in KINDS for x in METRICS}
+        wins = {f"{k}/{x}": shift[bk][k][x] > shift["F0"][k][x] for k, x in COLUMNS}
+        above = {f"{k}/{x}": shift[bk][k][x] > floor[k][x] for k, x in COLUMNS}
         acc = conds[bk]["accuracy"] > conds["F0"]["accuracy"]
         check = {
             "rule": f"shift({bk}) > shift(F0) and > the noise floor on every metric, and acc({bk}) > acc(F0); "

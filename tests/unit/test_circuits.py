@@ -123,3 +123,12 @@ def test_the_largest_components_are_named_by_layer_and_head():
     heads[0, 1, 2], heads[1, 1, 2] = 9.0, -9.0  # large per pair, 0 on average
     mlps = np.array([[0.1, -2.0, 0.5], [0.1, -2.0, 0.5]])
     assert circuit_shift.largest({"B0": {"heads": heads, "mlps": mlps}}) == {"B0": "L2H1, L0H3, L1H0 / L1"}
+
+
+def test_the_half_split_floor_compares_equal_halves():
+    rng = np.random.default_rng(4)
+    base = {"heads": rng.normal(size=(5, 2, 4)), "mlps": rng.normal(size=(5, 2))}  # odd: pair 5 is left out
+    floor = circuit_shift.noise_floor(base, 0.8, None)
+    a, b = base["heads"][0:2].mean(0).ravel(), base["heads"][2:4].mean(0).ravel()
+    assert floor["heads"]["tv"] == pytest.approx(tv_shift(a, b))
+    assert floor["heads"]["spearman"] == pytest.approx(spearman_shift(a, b))
